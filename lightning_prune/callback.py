@@ -1,0 +1,396 @@
+"""The ``Pruning`` callback: routes Lightning's hooks to the pure core.
+
+Timeline of a fit (epochs are 0-based)::
+
+    epochs [0, warmup)            train the dense model
+    start of epoch warmup + c*F   cycle c: score, rank, mask (F = finetune_epochs)
+    epochs of cycle c             fine-tune with masks enforced after every optimizer step
+    start of the next epoch       judge cycle c on the monitored metric: accept, or roll back and stop
+
+Every decision is taken at the *start* of an epoch (or at the end of training for the last cycle),
+after any checkpoint of the previous epoch and before any of this one, so a run resumed from any
+checkpoint takes the same decisions as the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
+
+from lightning_prune.criteria import GRANULARITIES, Criterion, batch_input, cross_entropy_loss, make_criterion
+from lightning_prune.masks import MaskEnforcer, apply_masks
+from lightning_prune.pruner import Keep, Pruner
+from lightning_prune.ranking import SCOPES
+from lightning_prune.schedules import SCHEDULES, Timeline, sparsity_schedule
+
+MODES = ("max", "min")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+
+
+def _check_fraction(name: str, value: Any, low_open: bool = True) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (0.0 < value < 1.0 if low_open else 0.0 <= value < 1.0)
+    if not ok:
+        raise ValueError(f"`{name}` must be a number in {'(0, 1)' if low_open else '[0, 1)'}, got {value!r}.")
+
+
+def _clone_tensors(state: Any) -> Any:
+    """Deep copy of nested dicts/lists of tensors with fresh storage (no aliasing of the source)."""
+    if torch.is_tensor(state):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {key: _clone_tensors(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_clone_tensors(value) for value in state)
+    return state
+
+
+class Pruning(Callback):
+    """Iterative pruning inside ``Trainer.fit``: train, score, rank, prune, fine-tune, repeat.
+
+    Args:
+        criterion: Importance of each unit: ``"l1"``, ``"l2"``, ``"apoz"`` (neurons only),
+            ``"taylor"``, ``"random"``, or a :class:`~lightning_prune.criteria.Criterion`.
+        granularity: ``"weight"`` (unstructured) or ``"neuron"`` (whole output units / filters,
+            with their coupled bias, BatchNorm entries and consumer inputs).
+        scope: ``"global"`` (one ranking across layers) or ``"layer"`` (same fraction per layer).
+        target: Final fraction of prunable units removed, in (0, 1).
+        schedule: ``"oneshot"``, ``"geometric"`` or ``"cubic"``.
+        per_cycle: Fraction of the remaining units pruned per cycle (``"geometric"``; default 0.2).
+        cycles: Number of cycles (``"cubic"``; default 10).
+        warmup_epochs: Epochs of dense training before the first prune.
+        finetune_epochs: Epochs of fine-tuning after each prune (>= 1).
+        monitor: Logged validation metric recorded after each cycle (e.g. ``"val_acc"``).
+        mode: ``"max"`` if a higher ``monitor`` is better, ``"min"`` if lower is.
+        max_drop: Largest accepted worsening of ``monitor`` against the dense model. A cycle that
+            worsens it more is rolled back and pruning stops. Needs ``monitor`` and a warm-up.
+        layers: Glob patterns of module names to prune (default: every ``Linear``/``Conv``).
+        ignore_layers: Glob patterns of module names never to prune.
+        min_keep: Fraction of each layer's units always kept (at least one unit).
+        calibration_batches: Training batches seen by ``"apoz"``/``"taylor"`` per cycle.
+        calibration_loss: ``loss(pl_module, batch) -> Tensor`` for ``"taylor"`` (default:
+            cross-entropy of ``pl_module(batch[0])`` against ``batch[1]``).
+        seed: Seed of the ``"random"`` criterion.
+        verbose: Print one line per cycle and a summary table (rank zero).
+
+    Raises:
+        ValueError: At construction, for any invalid argument (naming it, its value and what is
+            allowed); at ``setup``, when ``max_epochs`` is too small for the schedule.
+    """
+
+    def __init__(
+        self,
+        criterion: str | Criterion = "l1",
+        granularity: str = "weight",
+        scope: str = "global",
+        target: float = 0.5,
+        schedule: str = "oneshot",
+        per_cycle: float | None = None,
+        cycles: int | None = None,
+        warmup_epochs: int = 0,
+        finetune_epochs: int = 1,
+        monitor: str | None = None,
+        mode: str = "max",
+        max_drop: float | None = None,
+        layers: Sequence[str] | None = None,
+        ignore_layers: Sequence[str] | None = None,
+        min_keep: float = 0.01,
+        calibration_batches: int = 16,
+        calibration_loss: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+        seed: int = 0,
+        verbose: bool = True,
+    ) -> None:
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"`granularity` must be one of {GRANULARITIES}, got {granularity!r}.")
+        self.criterion = make_criterion(criterion, seed)
+        if granularity not in getattr(self.criterion, "granularities", GRANULARITIES):
+            raise ValueError(
+                f"`criterion`={self.criterion.name!r} scores {self.criterion.granularities} only, got "
+                f"granularity={granularity!r}."
+            )
+        if scope not in SCOPES:
+            raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}.")
+        _check_fraction("target", target)
+        if schedule not in SCHEDULES:
+            raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {schedule!r}.")
+        if per_cycle is not None and schedule != "geometric":
+            raise ValueError(f"`per_cycle`={per_cycle!r} applies to schedule='geometric' only, got schedule={schedule!r}.")
+        if cycles is not None and schedule != "cubic":
+            raise ValueError(f"`cycles`={cycles!r} applies to schedule='cubic' only, got schedule={schedule!r}.")
+        if schedule == "geometric":
+            per_cycle = 0.2 if per_cycle is None else per_cycle
+            _check_fraction("per_cycle", per_cycle)
+        if schedule == "cubic":
+            cycles = 10 if cycles is None else cycles
+            _check_int("cycles", cycles, 1)
+        _check_int("warmup_epochs", warmup_epochs, 0)
+        _check_int("finetune_epochs", finetune_epochs, 1)
+        if monitor is not None and not (isinstance(monitor, str) and monitor):
+            raise ValueError(f"`monitor` must be the name of a logged metric or None, got {monitor!r}.")
+        if mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}.")
+        if max_drop is not None:
+            if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or max_drop < 0:
+                raise ValueError(f"`max_drop` must be a number >= 0 or None, got {max_drop!r}.")
+            if monitor is None:
+                raise ValueError(f"`max_drop`={max_drop!r} needs `monitor`, the metric it applies to; got monitor=None.")
+            if warmup_epochs < 1:
+                raise ValueError(
+                    f"`max_drop` compares against the dense model's `{monitor}`, measured after warm-up; "
+                    f"`warmup_epochs` must be >= 1, got {warmup_epochs!r}."
+                )
+        for name, patterns in (("layers", layers), ("ignore_layers", ignore_layers)):
+            if patterns is not None and (isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns)):
+                raise ValueError(f"`{name}` must be a list of module-name patterns or None, got {patterns!r}.")
+        _check_fraction("min_keep", min_keep, low_open=False)
+        _check_int("calibration_batches", calibration_batches, 1)
+
+        self.granularity, self.scope, self.target, self.schedule = granularity, scope, target, schedule
+        self.monitor, self.mode, self.max_drop = monitor, mode, max_drop
+        self.layers = list(layers) if layers is not None else None
+        self.ignore_layers = list(ignore_layers) if ignore_layers is not None else None
+        self.min_keep, self.calibration_batches, self.verbose = min_keep, calibration_batches, verbose
+        self.calibration_loss = calibration_loss or cross_entropy_loss
+        self.fractions = sparsity_schedule(schedule, target, per_cycle, cycles)
+        self.timeline = Timeline(warmup_epochs, finetune_epochs, len(self.fractions))
+        self.pruner: Pruner | None = None
+        self._enforcer: MaskEnforcer | None = None
+        self._masks: dict[str, torch.Tensor] = {}
+        self._state = self._fresh_state()
+        self._restored: dict[str, Any] | None = None
+
+    # ----------------------------------------------------------------------------- state
+    @staticmethod
+    def _fresh_state() -> dict[str, Any]:
+        return {
+            "cycle": 0,  # cycles done
+            "keep": None,  # unit keep-masks (Keep)
+            "baseline": None,  # the dense model's monitored metric
+            "metrics": {},  # epoch -> monitored metric after that epoch's validation
+            "pending": None,  # {"cycle", "epoch"}: cycle awaiting judgement after `epoch`
+            "stopped": False,  # rolled back: no more pruning
+            "history": [],  # one row per cycle
+            "snapshot": None,  # last accepted {"model", "optimizers", "keep"} (with max_drop)
+        }
+
+    def _config(self) -> dict[str, Any]:
+        return {"granularity": self.granularity, "scope": self.scope, "fractions": list(self.fractions)}
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(granularity=self.granularity, target=self.target, schedule=self.schedule)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**_clone_tensors(self._state), "config": self._config()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        config = state_dict.get("config")
+        if config != self._config():
+            raise ValueError(
+                f"Checkpointed Pruning state was made with {config}, this callback is configured with "
+                f"{self._config()}; resume with the same arguments."
+            )
+        self._restored = {key: value for key, value in state_dict.items() if key != "config"}
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One row per cycle: epoch, sparsity, kept parameters and MACs, metric, accepted."""
+        return self._state["history"]
+
+    @property
+    def keep(self) -> Keep | None:
+        """Current unit keep-masks."""
+        return self._state["keep"]
+
+    # ----------------------------------------------------------------------------- hooks
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._state, self._restored = self._fresh_state(), None
+        max_epochs = trainer.max_epochs
+        if max_epochs is not None and 0 <= max_epochs < self.timeline.epochs_needed:
+            raise ValueError(
+                f"`max_epochs`={max_epochs} is too small for this pruning schedule: warmup_epochs="
+                f"{self.timeline.warmup_epochs} + {self.timeline.num_cycles} cycles x finetune_epochs="
+                f"{self.timeline.finetune_epochs} needs max_epochs >= {self.timeline.epochs_needed}."
+            )
+        if self.max_drop is not None and trainer.check_val_every_n_epoch != 1:
+            raise ValueError(
+                f"`max_drop` judges every cycle on `{self.monitor}`, so validation must run every epoch; got "
+                f"check_val_every_n_epoch={trainer.check_val_every_n_epoch}."
+            )
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        example = self._example_input(trainer, pl_module)
+        self.pruner = Pruner(
+            pl_module, example, self.criterion, self.granularity, self.scope, self.min_keep, self.layers, self.ignore_layers
+        )
+        for name in self.pruner.skipped_layers:
+            rank_zero_warn(f"Pruning: the neurons of layer {name!r} are coupled to a layer that is kept; left unpruned.")
+        if self._restored is not None:
+            self._state.update(self._restored)
+            self._restored = None
+            self.pruner.check_keep(self._state["keep"])
+        else:
+            self._state["keep"] = self.pruner.dense_keep()
+        self._apply(trainer, pl_module, self._state["keep"])
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        self._judge_pending(trainer, pl_module, before_epoch=epoch)
+        cycle = self.timeline.cycle_at(epoch)
+        if self._state["stopped"] or cycle is None or cycle != self._state["cycle"]:
+            return
+        if cycle == 0 and self.monitor is not None:
+            self._state["baseline"] = self._state["metrics"].get(epoch - 1)
+        if cycle == 0 and self.max_drop is not None:
+            self._state["snapshot"] = self._snapshot(trainer, pl_module)
+        self._prune(trainer, pl_module, cycle, epoch)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.monitor is None:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            raise ValueError(
+                f"`monitor`={self.monitor!r} was never logged. Logged metrics: {sorted(trainer.callback_metrics)}."
+            )
+        if not trainer.sanity_checking:
+            self._state["metrics"][trainer.current_epoch] = float(value)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._judge_pending(trainer, pl_module, before_epoch=trainer.current_epoch + 1)
+        if self._enforcer is not None:
+            self._enforcer.detach()
+        if self.verbose:
+            rank_zero_info(self.summary_table())
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._enforcer is not None:
+            self._enforcer.detach()
+
+    # ----------------------------------------------------------------------------- steps
+    def _example_input(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Any:
+        if pl_module.example_input_array is not None:
+            return trainer.strategy.batch_to_device(pl_module.example_input_array)
+        loader = trainer.train_dataloader
+        if loader is None:
+            raise ValueError("Pruning needs `pl_module.example_input_array` or a train dataloader to trace the model.")
+        batch = next(iter(loader))
+        return batch_input(trainer.strategy.batch_to_device(batch))
+
+    def _calibration_batches(self, trainer: L.Trainer) -> list[Any]:
+        if not (self.criterion.needs_activations or self.criterion.needs_gradients):
+            return []
+        loader = trainer.train_dataloader
+        if not isinstance(loader, torch.utils.data.DataLoader):
+            raise ValueError(
+                f"`criterion`={self.criterion.name!r} needs calibration batches from one train DataLoader; "
+                f"got {type(loader).__name__}."
+            )
+        return [trainer.strategy.batch_to_device(b) for b in itertools.islice(loader, self.calibration_batches)]
+
+    def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule, keep: Keep) -> None:
+        masks = self.pruner.parameter_masks(keep)
+        if self._enforcer is not None:
+            self._enforcer.detach()
+        apply_masks(pl_module, masks)
+        self._enforcer = MaskEnforcer(pl_module, masks)
+        self._enforcer.enforce(trainer.optimizers)
+        self._enforcer.attach(trainer.optimizers)
+        self._masks = masks
+
+    def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule, cycle: int, epoch: int) -> None:
+        fraction = self.fractions[cycle]
+        keep = self.pruner.plan(
+            self._state["keep"], fraction, cycle, self._calibration_batches(trainer), self.calibration_loss
+        )
+        keep = trainer.strategy.broadcast(keep, src=0)
+        self._apply(trainer, pl_module, keep)
+        self._state["keep"] = keep
+        self._state["cycle"] = cycle + 1
+        last = self.timeline.prune_epoch(cycle) + self.timeline.finetune_epochs - 1
+        self._state["pending"] = {"cycle": cycle, "epoch": last}
+        row = {"cycle": cycle, "epoch": epoch, **self.pruner.summary(keep, self._masks), "metric": None, "accepted": None}
+        self._state["history"].append(row)
+        self._log(trainer, {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        if self.verbose:
+            rank_zero_info(
+                f"Pruning cycle {cycle} at epoch {epoch}: {self.granularity} sparsity {row['sparsity']:.4f}, "
+                f"{int(row['params'])} parameters, {row['macs']:.0f} MACs"
+            )
+
+    def _judge_pending(self, trainer: L.Trainer, pl_module: L.LightningModule, before_epoch: int) -> None:
+        pending = self._state["pending"]
+        if pending is None or before_epoch <= pending["epoch"]:
+            return
+        self._state["pending"] = None
+        if self.monitor is None:
+            return
+        row = self._state["history"][pending["cycle"]]
+        row["metric"] = self._state["metrics"].get(pending["epoch"])
+        self._log(trainer, {f"metric/{self.monitor}": row["metric"]} if row["metric"] is not None else {})
+        if self.max_drop is None:
+            return
+        baseline, value = self._state["baseline"], row["metric"]
+        if baseline is None or value is None:
+            raise ValueError(f"`max_drop` needs `{self.monitor}` after warm-up and after each cycle; it was not logged.")
+        drop = baseline - value if self.mode == "max" else value - baseline
+        row["accepted"] = drop <= self.max_drop
+        if row["accepted"]:
+            self._state["snapshot"] = self._snapshot(trainer, pl_module)
+            return
+        self._rollback(trainer, pl_module)
+        self._state["stopped"] = True
+        rank_zero_warn(
+            f"Pruning: cycle {pending['cycle']} worsened `{self.monitor}` by {drop:.4f} (> max_drop={self.max_drop}); "
+            f"rolled back to the last accepted model and stopped pruning."
+        )
+
+    def _snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        return {
+            "model": _clone_tensors(pl_module.state_dict()),
+            "optimizers": [_clone_tensors(optimizer.state_dict()["state"]) for optimizer in trainer.optimizers],
+            "keep": _clone_tensors(self._state["keep"]),
+        }
+
+    def _rollback(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        snapshot = self._state["snapshot"]
+        pl_module.load_state_dict(snapshot["model"])
+        for optimizer, saved in zip(trainer.optimizers, snapshot["optimizers"]):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            optimizer.state.clear()
+            for index, values in saved.items():
+                optimizer.state[params[index]] = _clone_tensors(values)
+        self._state["keep"] = _clone_tensors(snapshot["keep"])
+        self._apply(trainer, pl_module, self._state["keep"])
+
+    def _log(self, trainer: L.Trainer, metrics: dict[str, float]) -> None:
+        if not metrics:
+            return
+        for logger in trainer.loggers:
+            logger.log_metrics({f"pruning/{key}": value for key, value in metrics.items()}, step=trainer.global_step)
+
+    def summary_table(self) -> str:
+        """The per-cycle history as a text table."""
+        header = f"{'cycle':>5} {'epoch':>5} {'sparsity':>9} {'params':>10} {'MACs':>12} {'metric':>8} {'accepted':>8}"
+        lines = ["Pruning summary", header]
+        for row in self.history:
+            metric = "-" if row["metric"] is None else f"{row['metric']:.4f}"
+            accepted = "-" if row["accepted"] is None else ("yes" if row["accepted"] else "ROLLBACK")
+            lines.append(
+                f"{row['cycle']:>5} {row['epoch']:>5} {row['sparsity']:>9.4f} {int(row['params']):>10} "
+                f"{row['macs']:>12.0f} {metric:>8} {accepted:>8}"
+            )
+        return "\n".join(lines)

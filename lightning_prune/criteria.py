@@ -1,0 +1,274 @@
+"""Importance criteria: one score per unit, higher meaning more important.
+
+A unit is a weight for ``granularity="weight"`` (the score has the weight's shape) and an output
+neuron or filter for ``granularity="neuron"`` (one score per row of the weight). Ranking, not the
+criterion, decides whether scores are compared per layer or globally.
+
+Criteria that need data (APoZ) or gradients (Taylor) observe a calibration pass run by
+:func:`score_layers`. Any object with the attributes and methods of :class:`Criterion` can be passed
+to :class:`~lightning_prune.Pruning` instead of a name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_prune.layers import PrunableLayer
+from lightning_prune.statistics import WeightGradientProduct, ZeroActivationRate
+
+GRANULARITIES = ("weight", "neuron")
+
+
+def _per_unit(values: torch.Tensor) -> torch.Tensor:
+    """Sum a weight-shaped tensor over everything but the output-unit dimension."""
+    return values.flatten(1).sum(dim=1)
+
+
+class Criterion:
+    """Base class and protocol of importance criteria.
+
+    Attributes:
+        name: Short name used in logs.
+        needs_activations: The criterion observes a forward pass over calibration data.
+        needs_gradients: The criterion observes gradients of the loss over calibration data.
+        granularities: The granularities the criterion can score.
+    """
+
+    name = "criterion"
+    needs_activations = False
+    needs_gradients = False
+    granularities: tuple[str, ...] = GRANULARITIES
+
+    def begin(self, layers: Sequence[PrunableLayer], sites: Mapping[str, nn.Module]) -> None:
+        """Reset statistics and start observing (called before a calibration pass).
+
+        Args:
+            layers: The layers to score.
+            sites: Layer name to the module whose output is the layer's pre-activation (its
+                BatchNorm, or the layer itself).
+        """
+
+    def observe_gradients(self, layers: Sequence[PrunableLayer], grads: Sequence[torch.Tensor | None]) -> None:
+        """Record one calibration batch's loss gradients with respect to each layer's weight."""
+
+    def end(self) -> None:
+        """Stop observing (remove hooks)."""
+
+    def scores(self, layers: Sequence[PrunableLayer], granularity: str, cycle: int) -> dict[str, torch.Tensor]:
+        """Scores of every unit of every layer, keyed by layer name."""
+        raise NotImplementedError
+
+
+class Magnitude(Criterion):
+    """Weight magnitude (Han et al. 2015): ``|w|`` per weight; per neuron the p-norm of its weights.
+
+    Args:
+        p: 1 for L1, 2 for L2.
+    """
+
+    def __init__(self, p: int) -> None:
+        self.p = p
+        self.name = f"l{p}"
+
+    def scores(self, layers: Sequence[PrunableLayer], granularity: str, cycle: int) -> dict[str, torch.Tensor]:
+        result = {}
+        for layer in layers:
+            weight = layer.weight.detach()
+            if granularity == "weight":
+                result[layer.name] = weight.abs() ** self.p
+            else:
+                result[layer.name] = torch.linalg.vector_norm(weight.flatten(1), ord=self.p, dim=1)
+        return result
+
+
+class RandomImportance(Criterion):
+    """Random scores: the control every pruning paper compares against.
+
+    Scores depend only on ``seed`` and the cycle, so a resumed run and every DDP rank draw the same.
+    """
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def scores(self, layers: Sequence[PrunableLayer], granularity: str, cycle: int) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + cycle)
+        shape = (lambda layer: layer.weight.shape) if granularity == "weight" else (lambda layer: (layer.num_units,))
+        return {layer.name: torch.rand(shape(layer), generator=generator) for layer in layers}
+
+
+class APoZ(Criterion):
+    """Activation frequency, ``1 - APoZ``: how often each neuron's post-ReLU output is non-zero.
+
+    Hu et al. (2016), "Network Trimming": neurons that are mostly zero over the data are unimportant.
+    Counts are :class:`~lightning_prune.statistics.ZeroActivationRate` metrics, reduced across ranks.
+    """
+
+    name = "apoz"
+    needs_activations = True
+    granularities = ("neuron",)
+
+    def __init__(self) -> None:
+        self._stats: dict[str, ZeroActivationRate] = {}
+        self._handles: list[Any] = []
+
+    def begin(self, layers: Sequence[PrunableLayer], sites: Mapping[str, nn.Module]) -> None:
+        self.end()
+        self._stats = {}
+        for layer in layers:
+            unit_dim = -1 if isinstance(layer.module, nn.Linear) else 1
+            stat = ZeroActivationRate(layer.num_units, unit_dim).to(layer.weight.device)
+            self._stats[layer.name] = stat
+            site = sites.get(layer.name, layer.module)
+            self._handles.append(site.register_forward_hook(lambda module, args, output, stat=stat: stat.update(output)))
+
+    def end(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def scores(self, layers: Sequence[PrunableLayer], granularity: str, cycle: int) -> dict[str, torch.Tensor]:
+        if not self._stats:
+            raise RuntimeError("APoZ has no statistics: run a calibration pass (`score_layers`) first.")
+        return {layer.name: 1.0 - self._stats[layer.name].compute() for layer in layers}
+
+
+class Taylor(Criterion):
+    """First-order Taylor importance ``|w * dL/dw|`` (Molchanov et al. 2017/2019).
+
+    Per weight, the absolute product of the weight and the loss gradient summed over calibration
+    batches; per neuron, the absolute sum of those products over the neuron's weights (the
+    first-order change of the loss when the whole neuron is removed).
+    """
+
+    name = "taylor"
+    needs_gradients = True
+
+    def __init__(self) -> None:
+        self._stats: dict[str, WeightGradientProduct] = {}
+
+    def begin(self, layers: Sequence[PrunableLayer], sites: Mapping[str, nn.Module]) -> None:
+        self._stats = {layer.name: WeightGradientProduct(layer.weight.shape).to(layer.weight.device) for layer in layers}
+
+    def observe_gradients(self, layers: Sequence[PrunableLayer], grads: Sequence[torch.Tensor | None]) -> None:
+        for layer, grad in zip(layers, grads):
+            if grad is not None:
+                self._stats[layer.name].update(layer.weight, grad)
+
+    def scores(self, layers: Sequence[PrunableLayer], granularity: str, cycle: int) -> dict[str, torch.Tensor]:
+        if not self._stats:
+            raise RuntimeError("Taylor has no statistics: run a calibration pass (`score_layers`) first.")
+        totals = {layer.name: self._stats[layer.name].compute() for layer in layers}
+        if granularity == "weight":
+            return {name: total.abs() for name, total in totals.items()}
+        return {name: _per_unit(total).abs() for name, total in totals.items()}
+
+
+#: Criterion names accepted by :class:`~lightning_prune.Pruning`, each with its factory.
+CRITERIA: dict[str, Callable[[int], Criterion]] = {
+    "l1": lambda seed: Magnitude(1),
+    "l2": lambda seed: Magnitude(2),
+    "apoz": lambda seed: APoZ(),
+    "taylor": lambda seed: Taylor(),
+    "random": lambda seed: RandomImportance(seed),
+}
+
+
+def make_criterion(criterion: str | Criterion, seed: int = 0) -> Criterion:
+    """Turn a name from :data:`CRITERIA` into a criterion; pass objects through.
+
+    Raises:
+        ValueError: If a name is unknown (listing the valid ones) or an object lacks ``scores``.
+    """
+    if isinstance(criterion, str):
+        if criterion not in CRITERIA:
+            raise ValueError(f"`criterion` must be one of {sorted(CRITERIA)} or a Criterion object, got {criterion!r}.")
+        return CRITERIA[criterion](seed)
+    if not callable(getattr(criterion, "scores", None)):
+        raise ValueError(
+            f"`criterion` object {criterion!r} has no `scores(layers, granularity, cycle)` method; "
+            f"subclass lightning_prune.criteria.Criterion or pass one of {sorted(CRITERIA)}."
+        )
+    return criterion
+
+
+def batch_input(batch: Any) -> Any:
+    """The model input of a batch: the first element of a tuple/list batch, else the batch itself."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def cross_entropy_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    """Default calibration loss for gradient criteria: cross-entropy of ``model(x)`` against ``y``."""
+    inputs, targets = batch[0], batch[1]
+    return F.cross_entropy(model(inputs), targets)
+
+
+def score_layers(
+    criterion: Criterion,
+    layers: Sequence[PrunableLayer],
+    granularity: str,
+    cycle: int,
+    model: nn.Module | None = None,
+    batches: Iterable[Any] = (),
+    sites: Mapping[str, nn.Module] | None = None,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor] = cross_entropy_loss,
+) -> dict[str, torch.Tensor]:
+    """Score every unit, running a calibration pass first when the criterion needs one.
+
+    The pass runs the model in eval mode (BatchNorm statistics untouched) and leaves ``.grad``
+    alone: gradients are taken with ``torch.autograd.grad``.
+
+    Args:
+        criterion: The criterion.
+        layers: Layers to score.
+        granularity: ``"weight"`` or ``"neuron"``.
+        cycle: Index of the pruning cycle (seeds random scores).
+        model: The model, for criteria that need data.
+        batches: Calibration batches, for criteria that need data.
+        sites: Layer name to the module whose output is the layer's pre-activation.
+        loss_fn: ``loss_fn(model, batch) -> scalar`` for gradient criteria.
+
+    Returns:
+        Layer name to scores (weight-shaped, or one per output unit).
+
+    Raises:
+        ValueError: If the criterion needs data and no model or batch is given, or a score is not
+            finite (naming the layer).
+    """
+    if criterion.needs_activations or criterion.needs_gradients:
+        if model is None:
+            raise ValueError(f"Criterion {criterion.name!r} needs a model and calibration batches.")
+        was_training = model.training
+        seen = 0
+        criterion.begin(layers, sites or {})
+        try:
+            model.eval()
+            for batch in batches:
+                seen += 1
+                if criterion.needs_gradients:
+                    with torch.enable_grad():
+                        loss = loss_fn(model, batch)
+                        grads = torch.autograd.grad(loss, [layer.weight for layer in layers], allow_unused=True)
+                    criterion.observe_gradients(layers, grads)
+                else:
+                    with torch.no_grad():
+                        model(batch_input(batch))
+        finally:
+            criterion.end()
+            model.train(was_training)
+        if seen == 0:
+            raise ValueError(f"Criterion {criterion.name!r} needs calibration batches, but none were given.")
+    scores = criterion.scores(layers, granularity, cycle)
+    for layer in layers:
+        score = scores.get(layer.name)
+        if score is None:
+            raise ValueError(f"Criterion {criterion.name!r} returned no scores for layer {layer.name!r}.")
+        if not torch.isfinite(score).all():
+            raise ValueError(f"Criterion {criterion.name!r} gave non-finite scores for layer {layer.name!r}.")
+    return scores

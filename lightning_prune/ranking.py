@@ -1,0 +1,100 @@
+"""Ranking: from one score per unit to the units to keep.
+
+Scores come in groups (one tensor per layer for weight pruning, one per coupled group of neurons
+for neuron pruning). ``scope="layer"`` prunes every group by the same fraction; ``scope="global"``
+ranks all units together, so that the least important units go wherever they are. Either way,
+units pruned earlier stay pruned (masks only shrink) and each group keeps at least
+``max(1, ceil(min_keep * size))`` units, so a global ranking cannot wipe out a layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+SCOPES = ("global", "layer")
+
+
+def min_units(size: int, min_keep: float) -> int:
+    """Units a group of ``size`` must keep: ``max(1, ceil(min_keep * size))``."""
+    return max(1, math.ceil(min_keep * size - 1e-9))
+
+
+def prunable_capacity(sizes: Mapping[str, int], min_keep: float) -> int:
+    """The most units that can be pruned in total while every group keeps its minimum."""
+    return sum(size - min_units(size, min_keep) for size in sizes.values())
+
+
+def select_units(
+    scores: Mapping[str, torch.Tensor],
+    keep: Mapping[str, torch.Tensor],
+    fraction: float,
+    scope: str = "global",
+    min_keep: float = 0.01,
+) -> dict[str, torch.Tensor]:
+    """Choose the units to keep so that ``fraction`` of all units is pruned.
+
+    Args:
+        scores: Group name to scores, one per unit (any shape); higher means more important.
+        keep: Group name to the current ``bool`` keep-mask (same shape as the scores).
+        fraction: Cumulative fraction of units to prune: of all units together for ``"global"``,
+            of each group for ``"layer"``.
+        scope: ``"global"`` or ``"layer"``.
+        min_keep: Minimum fraction of each group's units that is kept.
+
+    Returns:
+        New keep-masks, a subset of ``keep``. Ties break by group order, then index.
+
+    Raises:
+        ValueError: If ``scope`` is unknown, a score is NaN (naming the group), shapes differ, or
+            ``fraction`` cannot be reached while each group keeps its minimum.
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}.")
+    ranked: dict[str, torch.Tensor] = {}
+    for name, score in scores.items():
+        if score.shape != keep[name].shape:
+            raise ValueError(f"Scores for {name!r} have shape {tuple(score.shape)}, its mask {tuple(keep[name].shape)}.")
+        if torch.isnan(score).any():
+            raise ValueError(f"Importance scores of {name!r} contain NaN; cannot rank its units.")
+        flat = score.detach().flatten().double().cpu()
+        ranked[name] = torch.where(keep[name].flatten().cpu(), flat, torch.tensor(-math.inf, dtype=flat.dtype))
+
+    sizes = {name: value.numel() for name, value in ranked.items()}
+    if scope == "layer":
+        counts = {}
+        for name, size in sizes.items():
+            wanted = round(fraction * size)
+            already = size - int(keep[name].sum())
+            counts[name] = min(max(wanted, already), size - min_units(size, min_keep))
+            if counts[name] < already:
+                raise ValueError(f"Group {name!r} already has fewer units than `min_keep` allows.")
+    else:
+        total = round(fraction * sum(sizes.values()))
+        capacity = prunable_capacity(sizes, min_keep)
+        if total > capacity:
+            raise ValueError(
+                f"Pruning {fraction:.4f} of {sum(sizes.values())} units ({total}) would leave a layer below "
+                f"`min_keep`={min_keep}; at most {capacity} units can be pruned."
+            )
+        # Candidates are each group's lowest (size - minimum) scores; the globally lowest `total` of
+        # them go. This respects every group's minimum and is optimal among the choices that do.
+        total = max(total, sum(size - int(keep[name].sum()) for name, size in sizes.items()))
+        values, owners = [], []
+        for index, (name, value) in enumerate(ranked.items()):
+            order = torch.sort(value, stable=True).indices[: sizes[name] - min_units(sizes[name], min_keep)]
+            values.append(value[order])
+            owners.append(torch.full_like(order, index))
+        values_all, owners_all = torch.cat(values), torch.cat(owners)
+        chosen = torch.sort(values_all, stable=True).indices[:total]
+        counts = {name: int((owners_all[chosen] == index).sum()) for index, name in enumerate(ranked)}
+
+    result = {}
+    for name, value in ranked.items():
+        pruned = torch.sort(value, stable=True).indices[: counts[name]]
+        mask = torch.ones(sizes[name], dtype=torch.bool)
+        mask[pruned] = False
+        result[name] = mask.reshape(keep[name].shape).to(keep[name].device)
+    return result

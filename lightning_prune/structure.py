@@ -1,0 +1,180 @@
+"""Coupled neurons: which output units must go together, and which parameter entries they own.
+
+Removing a neuron touches more than its own row: its bias, the matching BatchNorm entries, every
+consumer's input columns (a conv filter feeding a ``Flatten`` owns ``H * W`` columns of the next
+``Linear``), and, across a residual addition, the same channel of every branch. We do not trace
+this by hand: Torch-Pruning's ``DependencyGraph`` traces one forward pass and returns *groups* of
+coupled channels. A group is one unit of neuron pruning; its score is the mean of its member
+layers' scores.
+
+Which entries of which parameters a set of removed units owns is read off by *index tracking*:
+on a float64 copy of the model whose parameters hold their own flat indices, the removal is done
+for real by Torch-Pruning, and the indices that survive are exactly the entries to keep. Masking
+those entries is therefore, by construction, the same function as removing the units.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from lightning_prune.layers import PRUNABLE_TYPES, PrunableLayer
+from lightning_prune.masks import Masks
+
+
+@dataclass(frozen=True)
+class UnitGroup:
+    """Channels of one or more layers that are pruned together.
+
+    Attributes:
+        key: The name of the group's root layer (used as the group's name).
+        size: Number of units (channels) in the group.
+        members: For each member layer (whose output units are the group's units), its name and the
+            permutation taking the member's unit order to the root's.
+    """
+
+    key: str
+    size: int
+    members: tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def _to_dtype(value: Any, dtype: torch.dtype) -> Any:
+    if torch.is_tensor(value) and value.is_floating_point():
+        return value.to(dtype)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_dtype(item, dtype) for item in value)
+    return value
+
+
+def detached_copy(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` of a module that shares (does not copy) an attached Lightning trainer."""
+    trainer = getattr(model, "_trainer", None)
+    memo = {id(trainer): trainer} if trainer is not None else {}
+    return copy.deepcopy(model, memo)
+
+
+def build_graph(model: nn.Module, example_input: Any) -> tp.DependencyGraph:
+    """Trace ``model`` with Torch-Pruning, leaving its train/eval mode as it was."""
+    was_training = model.training
+    try:
+        inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+        return tp.DependencyGraph().build_dependency(
+model, example_inputs=tuple(inputs), verbose=False)
+    finally:
+        model.train(was_training)
+
+
+def _remove(model: nn.Module, example_input: Any, groups: Sequence[UnitGroup], keep: Mapping[str, torch.Tensor]) -> None:
+    """Remove, group by group, the units that ``keep`` drops (indices are dense coordinates)."""
+    modules = dict(model.named_modules())
+    graph = build_graph(model, example_input)
+    for group in groups:
+        removed = (~keep[group.key].cpu()).nonzero().flatten().tolist()
+        if removed:
+            module = modules[group.key]
+            pruner = graph.get_pruner_of_module(module)
+            graph.get_pruning_group(module, pruner.prune_out_channels, removed).prune()
+
+
+class NeuronStructure:
+    """The neuron groups of a model and the parameter entries each unit owns.
+
+    Args:
+        model: The model, with the dense (unpruned) architecture.
+        example_input: A batch the model accepts.
+        layers: The prunable layers. Groups that include the output layer's units or a layer not in
+            ``layers`` are left out.
+
+    Attributes:
+        groups: The prunable groups, in trace order.
+        skipped: Names of layers in ``layers`` (other than the output layer) that belong to no
+            prunable group, so their units cannot be pruned.
+        sites: Layer name to the module whose output is the layer's pre-activation: the BatchNorm
+            fed directly by the layer, if any, else the layer.
+    """
+
+    def __init__(self, model: nn.Module, example_input: Any, layers: Sequence[PrunableLayer]) -> None:
+        self.example_input = example_input
+        names = {id(layer.module): layer.name for layer in layers}
+        kept_out = [layer.module for layer in layers if layer.is_output]
+        unselected = [
+            module for module in model.modules() if type(module) in PRUNABLE_TYPES.values() and id(module) not in names
+        ]
+        graph = build_graph(model, example_input)
+        self.groups: list[UnitGroup] = []
+        grouped: set[str] = set()
+        for group in graph.get_all_groups(ignored_layers=kept_out + unselected, root_module_types=tuple(PRUNABLE_TYPES.values())):
+            root = group[0].dep.target.module
+            size = len(group[0].idxs)
+            members = []
+            for item in group:
+                module = item.dep.target.module
+                if id(module) in names and graph.is_out_channel_pruning_fn(item.dep.handler):
+                    plain = [int(i) for i in tp._helpers.to_plain_idxs(item.idxs)]
+                    roots = [int(i) for i in tp._helpers.to_root_idxs(item.idxs)]
+                    if len(plain) != size or sorted(roots) != list(range(size)):
+                        continue
+                    order = [plain[roots.index(r)] for r in range(size)]
+                    members.append((names[id(module)], tuple(order)))
+                    grouped.add(names[id(module)])
+            if members:
+                self.groups.append(UnitGroup(names[id(root)], size, tuple(dict(members).items())))
+        self.skipped = [layer.name for layer in layers if not layer.is_output and layer.name not in grouped]
+        self.sites = {}
+        for layer in layers:
+            node = graph.module2node.get(layer.module)
+            followers = [out.module for out in (node.outputs if node else []) if isinstance(out.module, nn.modules.batchnorm._BatchNorm)]
+            self.sites[layer.name] = followers[0] if len(node.outputs if node else []) == 1 and followers else layer.module
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Group key to number of units."""
+        return {group.key: group.size for group in self.groups}
+
+    def group_scores(self, layer_scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Score each group's units by the mean of its member layers' unit scores."""
+        result = {}
+        for group in self.groups:
+            aligned = [layer_scores[name].flatten()[list(order)].double() for name, order in group.members]
+            result[group.key] = torch.stack(aligned).mean(dim=0)
+        return result
+
+    def remove_units(self, model: nn.Module, keep: Mapping[str, torch.Tensor]) -> None:
+        """Physically remove the units not kept, in place (Torch-Pruning replaces the parameters).
+
+        Args:
+            model: A model with the dense architecture (same as at construction).
+            keep: Group key to a ``bool`` keep-mask over its units, in dense coordinates.
+        """
+        _remove(model, self.example_input, self.groups, keep)
+
+    def parameter_masks(self, model: nn.Module, keep: Mapping[str, torch.Tensor]) -> Masks:
+        """Keep-masks of every parameter entry that the removed units own.
+
+        Args:
+            model: The model with the dense architecture (same as at construction).
+            keep: Group key to a ``bool`` keep-mask over its units.
+
+        Returns:
+            Parameter name to keep-mask, for every parameter with at least one removed entry.
+        """
+        probe = detached_copy(model).double()
+        originals = {}
+        with torch.no_grad():
+            for name, param in probe.named_parameters():
+                originals[name] = param.shape
+                param.data = torch.arange(param.numel(), dtype=torch.float64).reshape(param.shape)
+        _remove(probe, _to_dtype(self.example_input, torch.float64), self.groups, keep)
+        masks = {}
+        for name, param in probe.named_parameters():
+            if param.numel() != torch.Size(originals[name]).numel():
+                mask = torch.zeros(originals[name].numel(), dtype=torch.bool)
+                mask[param.detach().flatten().long()] = True
+                masks[name] = mask.reshape(originals[name])
+        return masks

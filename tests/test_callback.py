@@ -1,0 +1,140 @@
+"""The Pruning callback in real Trainer runs on the digits data."""
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from lightning_prune import Pruning
+from lightning_prune.data import DigitsDataModule
+from lightning_prune.models import Classifier
+from lightning_prune.ranking import min_units
+
+
+class Recorder(Callback):
+    """After each training epoch: the keep-masks and whether every pruned weight is exactly zero."""
+
+    def __init__(self, pruning):
+        self.pruning, self.keeps, self.zero = pruning, [], []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.keeps.append({k: v.clone() for k, v in self.pruning.keep.items()})
+        params = dict(pl_module.named_parameters())
+        self.zero.append(all(torch.all(params[n][~m] == 0) for n, m in self.pruning._masks.items()))
+
+
+def _fit(pruning, max_epochs, optimizer="adam", batches=6, seed=0, **trainer_kwargs):
+    from conftest import make_trainer
+
+    L.seed_everything(seed)
+    model = Classifier("lenet_300_100", optimizer=optimizer, lr=1e-2 if optimizer == "sgd" else 1e-3, input_shape=(1, 8, 8))
+    recorder = Recorder(pruning)
+    trainer = make_trainer(max_epochs, [pruning, recorder], limit_train_batches=batches, limit_val_batches=2, **trainer_kwargs)
+    trainer.fit(model, DigitsDataModule(batch_size=32))
+    return model, trainer, recorder
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_weight_pruning_follows_the_schedule_and_stays_zero(optimizer, scope):
+    pruning = Pruning(criterion="l1", scope=scope, target=0.875, schedule="geometric", per_cycle=0.5, warmup_epochs=1)
+    model, _, recorder = _fit(pruning, max_epochs=5, optimizer=optimizer)
+    assert [row["epoch"] for row in pruning.history] == [1, 2, 3]
+    for row, fraction in zip(pruning.history, [0.5, 0.75, 0.875]):
+        total = sum(mask.numel() for mask in pruning.keep.values())
+        assert abs(row["sparsity"] - fraction) <= len(pruning.keep) / total  # within one weight per layer
+    for name, mask in pruning.keep.items():
+        if scope == "layer":
+            assert abs(float((~mask).float().mean()) - 0.875) <= 1 / mask.numel()
+        assert int(mask.sum()) >= min_units(mask.numel(), 0.01)
+    for before, after in zip(recorder.keeps, recorder.keeps[1:]):
+        assert all(not (after[k] & ~before[k]).any() for k in before)  # masks only shrink
+    assert all(recorder.zero)  # every pruned weight exactly zero after every epoch of steps
+
+
+def test_neuron_pruning_with_apoz_masks_whole_units():
+    pruning = Pruning(criterion="apoz", granularity="neuron", scope="layer", target=0.5, warmup_epochs=1)
+    model, _, recorder = _fit(pruning, max_epochs=3)
+    keep = pruning.keep
+    hidden = [layer.name for layer in pruning.pruner.layers if not layer.is_output]
+    assert sorted(keep) == sorted(hidden) and len(hidden) == 2  # the classifier's units are never pruned
+    for name, mask in keep.items():
+        assert int((~mask).sum()) == round(0.5 * mask.numel())
+    # The pruned neurons' rows, biases and the consumers' columns are zero.
+    params = dict(model.named_parameters())
+    first = next(iter(keep))
+    weight, bias = params[f"{first}.weight"], params[f"{first}.bias"]
+    assert torch.all(weight[~keep[first]] == 0) and torch.all(bias[~keep[first]] == 0)
+    assert all(recorder.zero)
+    assert pruning.history[-1]["params_fraction"] < 0.6
+
+
+class DensityModule(Classifier):
+    """Logs the fraction of non-zero weights as `val_density`: drops with every prune."""
+
+    def on_validation_epoch_end(self):
+        weights = [p for n, p in self.named_parameters() if n.endswith("weight")]
+        density = sum(int((w != 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+        self.log("val_density", density)
+
+
+def test_rollback_restores_the_last_accepted_weights_and_stops():
+    L.seed_everything(0)
+    pruning = Pruning(criterion="l1", target=0.9, schedule="geometric", per_cycle=0.3, warmup_epochs=1,
+                monitor="val_density", max_drop=0.5)
+
+    class AtRollback(Callback):
+        """The model at the end of epoch 1 (accepted) and right after the rollback at the start of epoch 3."""
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 3:
+                self.state = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                self.accepted = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+    from conftest import make_trainer
+
+    probe = AtRollback()
+    model = DensityModule("lenet_300_100", input_shape=(1, 8, 8))
+    trainer = make_trainer(8, [pruning, probe], limit_train_batches=4, limit_val_batches=1)
+    trainer.fit(model, DigitsDataModule(batch_size=32))
+    # Density 0.7 after cycle 0 (drop 0.3: accepted), 0.49 after cycle 1 (drop 0.51: rolled back),
+    # and no third cycle.
+    assert [row["accepted"] for row in pruning.history] == [True, False]
+    for key, value in probe.accepted.items():
+        assert torch.equal(probe.state[key], value), key
+    kept = torch.cat([mask.flatten() for mask in pruning.keep.values()])
+    assert float((~kept).float().mean()) == pytest.approx(0.3, abs=1e-3)
+    params = dict(model.named_parameters())
+    assert all(torch.all(params[name][~mask] == 0) for name, mask in pruning._masks.items())
+
+
+@pytest.mark.parametrize("granularity,criterion", [("weight", "l1"), ("neuron", "apoz")])
+def test_resume_mid_schedule_reaches_the_same_masks_and_weights(tmp_path, granularity, criterion):
+    def pruning():
+        return Pruning(criterion=criterion, granularity=granularity, target=0.8, schedule="geometric",
+                       per_cycle=0.4, warmup_epochs=1, monitor="val_acc", max_drop=0.5)
+
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    full = pruning()
+    model_full, _, _ = _fit_with(full, 5, [checkpoints])
+    resumed = pruning()
+    model_resumed, _, _ = _fit_with(resumed, 5, [], ckpt_path=str(tmp_path / "epoch=2.ckpt"))
+    assert len(full.history) == len(resumed.history) == 4
+    for key in full.keep:
+        assert torch.equal(full.keep[key], resumed.keep[key])
+    for (name, a), b in zip(model_full.state_dict().items(), model_resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def _fit_with(pruning, max_epochs, extra, ckpt_path=None):
+    from conftest import make_trainer
+
+    L.seed_everything(0)
+    model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
+    trainer = make_trainer(max_epochs, [pruning, *extra], limit_train_batches=6, limit_val_batches=2,
+                           enable_checkpointing=bool(extra))
+    trainer.fit(model, DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)
+    return model, trainer, None

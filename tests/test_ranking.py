@@ -1,0 +1,87 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightning_prune.ranking import min_units, select_units
+
+
+def _scores(sizes, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return {f"layer{i}": torch.randn(size, generator=generator) for i, size in enumerate(sizes)}
+
+
+def _dense(scores):
+    return {name: torch.ones_like(value, dtype=torch.bool) for name, value in scores.items()}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 60), min_size=1, max_size=5),
+    fraction=st.floats(0.05, 0.9),
+    seed=st.integers(0, 10_000),
+)
+def test_global_ranking_prunes_the_lowest_scores_within_the_minimum(sizes, fraction, seed):
+    scores = _scores(sizes, seed)
+    min_keep = 0.0
+    capacity = sum(size - min_units(size, min_keep) for size in sizes)
+    total = round(fraction * sum(sizes))
+    if total > capacity:
+        with pytest.raises(ValueError, match="min_keep"):
+            select_units(scores, _dense(scores), fraction, "global", min_keep)
+        return
+    keep = select_units(scores, _dense(scores), fraction, "global", min_keep)
+    assert sum(int((~mask).sum()) for mask in keep.values()) == total
+    # Every kept score >= every pruned score, except in a layer held at its minimum.
+    free = [name for name, mask in keep.items() if int(mask.sum()) > min_units(mask.numel(), min_keep)]
+    kept = torch.cat([scores[n][keep[n]] for n in free]) if free else torch.tensor([])
+    pruned = torch.cat([scores[n][~keep[n]] for n in keep])
+    if kept.numel() and pruned.numel():
+        assert kept.min() >= pruned.max()
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(2, 80), min_size=1, max_size=4), fraction=st.floats(0.05, 0.95), seed=st.integers(0, 999))
+def test_layer_ranking_prunes_each_layer_by_the_fraction(sizes, fraction, seed):
+    scores = _scores(sizes, seed)
+    keep = select_units(scores, _dense(scores), fraction, "layer", min_keep=0.0)
+    for name, mask in keep.items():
+        expected = min(round(fraction * mask.numel()), mask.numel() - 1)
+        assert int((~mask).sum()) == expected
+        assert scores[name][mask].min() >= scores[name][~mask].max() if (~mask).any() else True
+
+
+def test_masks_only_shrink_even_when_scores_change():
+    first = _scores([50, 30], seed=1)
+    keep = select_units(first, _dense(first), 0.4, "global", 0.01)
+    again = select_units(_scores([50, 30], seed=2), keep, 0.6, "global", 0.01)
+    for name in keep:
+        assert not (again[name] & ~keep[name]).any()  # nothing regrows
+    assert sum(int((~m).sum()) for m in again.values()) == round(0.6 * 80)
+
+
+def test_global_ranking_keeps_the_minimum_of_a_layer_with_tiny_scores():
+    scores = {"big": torch.rand(100) + 1.0, "tiny": torch.rand(10) * 1e-6}
+    keep = select_units(scores, _dense(scores), 0.5, "global", min_keep=0.2)
+    assert int(keep["tiny"].sum()) == 2  # ceil(0.2 * 10), not wiped out
+    assert int((~keep["big"]).sum()) == 55 - 8
+
+
+def test_weight_shaped_scores_keep_their_shape():
+    scores = {"w": torch.randn(4, 3, 2)}
+    keep = select_units(scores, _dense(scores), 0.5, "layer", 0.0)
+    assert keep["w"].shape == (4, 3, 2) and int((~keep["w"]).sum()) == 12
+
+
+def test_nan_scores_name_the_layer():
+    scores = {"fc1": torch.tensor([1.0, math.nan])}
+    with pytest.raises(ValueError, match="'fc1' contain NaN"):
+        select_units(scores, _dense(scores), 0.5)
+
+
+def test_unknown_scope_is_named():
+    scores = {"fc1": torch.ones(3)}
+    with pytest.raises(ValueError, match=r"`scope` must be one of \('global', 'layer'\), got 'local'"):
+        select_units(scores, _dense(scores), 0.5, "local")

@@ -1,0 +1,51 @@
+import math
+
+import pytest
+
+from lightning_prune.schedules import Timeline, sparsity_schedule
+
+
+def test_oneshot_is_one_step_to_target():
+    assert sparsity_schedule("oneshot", 0.8) == [0.8]
+
+
+def test_geometric_prunes_per_cycle_of_what_remains_and_lands_on_target():
+    fractions = sparsity_schedule("geometric", 0.9, per_cycle=0.2)
+    # 0.8**10 = 0.107 remaining is not yet 0.9 pruned, so an 11th cycle lands exactly on 0.9.
+    assert len(fractions) == math.ceil(math.log(0.1) / math.log(0.8)) == 11
+    for cycle, fraction in enumerate(fractions[:-1], start=1):
+        assert fraction == pytest.approx(1 - 0.8**cycle)
+    assert fractions[-1] == 0.9
+    assert all(b > a for a, b in zip(fractions, fractions[1:]))
+
+
+def test_geometric_exact_power_does_not_add_an_empty_cycle():
+    assert sparsity_schedule("geometric", 0.75, per_cycle=0.5) == [0.5, 0.75]
+
+
+def test_cubic_follows_zhu_and_gupta():
+    fractions = sparsity_schedule("cubic", 0.8, cycles=4)
+    assert fractions == pytest.approx([0.8 * (1 - (1 - t / 4) ** 3) for t in range(1, 5)])
+    steps = [b - a for a, b in zip([0.0] + fractions, fractions)]
+    assert all(later < earlier for earlier, later in zip(steps, steps[1:]))  # big steps first
+
+
+@pytest.mark.parametrize(
+    ("kind", "target", "per_cycle", "cycles", "message"),
+    [
+        ("linear", 0.5, None, None, "`schedule` must be one of"),
+        ("oneshot", 1.0, None, None, "`target` must be in (0, 1), got 1.0"),
+        ("geometric", 0.5, None, None, "`per_cycle` must be in (0, 1)"),
+        ("cubic", 0.5, None, 0, "`cycles` must be an integer >= 1"),
+    ],
+)
+def test_invalid_schedules_are_named(kind, target, per_cycle, cycles, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        sparsity_schedule(kind, target, per_cycle, cycles)
+
+
+def test_timeline_places_cycles_after_warmup():
+    timeline = Timeline(warmup_epochs=3, finetune_epochs=2, num_cycles=3)
+    assert [timeline.prune_epoch(c) for c in range(3)] == [3, 5, 7]
+    assert timeline.epochs_needed == 9
+    assert [timeline.cycle_at(e) for e in range(10)] == [None, None, None, 0, None, 1, None, 2, None, None]
