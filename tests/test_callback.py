@@ -138,3 +138,44 @@ def _fit_with(pruning, max_epochs, extra, ckpt_path=None):
                            enable_checkpointing=bool(extra))
     trainer.fit(model, DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)
     return model, trainer, None
+
+
+def test_each_cycle_is_logged_to_the_trainers_loggers(tmp_path):
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from conftest import make_trainer
+
+    L.seed_everything(0)
+    pruning = Pruning(criterion="l2", target=0.75, schedule="geometric", per_cycle=0.5, warmup_epochs=1,
+                      monitor="val_acc")
+    logger = CSVLogger(tmp_path, name="run")
+    trainer = make_trainer(3, [pruning], logger=logger, limit_train_batches=3, limit_val_batches=1)
+    trainer.fit(Classifier("lenet_300_100", input_shape=(1, 8, 8)), DigitsDataModule(batch_size=32))
+    with open(logger.experiment.metrics_file_path) as handle:
+        rows = list(csv.DictReader(handle))
+    sparsity = [float(r["pruning/sparsity"]) for r in rows if r.get("pruning/sparsity")]
+    assert sparsity == pytest.approx([0.5, 0.75], abs=1e-3)
+    assert any(r.get("pruning/sparsity/model.features.0") for r in rows)
+    macs = [float(r["pruning/macs"]) for r in rows if r.get("pruning/macs")]
+    assert macs[0] > macs[1] > 0 and all(float(r["pruning/params"]) > 0 for r in rows if r.get("pruning/params"))
+    metric = [float(r["pruning/metric/val_acc"]) for r in rows if r.get("pruning/metric/val_acc")]
+    assert len(metric) == 2  # the monitored metric after each cycle's fine-tuning
+    assert "Pruning summary" in pruning.summary_table() and len(pruning.summary_table().splitlines()) == 4
+
+
+def test_the_readme_snippet_prunes_90_percent_within_half_a_point(tmp_path):
+    """Acceptance (issue 2): the README snippet vs the dense model trained for the same epochs."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
+    from digits_acceptance import run
+
+    dense = run("dense", seed=0)
+    pruned = run("weight_l1_90", seed=0)
+    assert pruned["sparsity"] == pytest.approx(0.9) and not pruned["rolled_back"]
+    assert pruned["test_acc"] >= dense["test_acc"] - 0.005
+    neurons = run("neuron_apoz_50", seed=0)
+    assert neurons["sparsity"] >= 0.5 and neurons["test_acc"] >= dense["test_acc"] - 0.01

@@ -1,0 +1,3 @@
+from lightning_prune.cli import main
+
+main()

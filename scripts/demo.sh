@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The main job: iterative magnitude pruning of LeNet-300-100 on digits, configured by YAML.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_venv.sh
+.venv/bin/lightning-prune fit --config lightning_prune/configs/lenet_digits.yaml "$@"

@@ -1,0 +1,93 @@
+"""Every invalid argument raises early, naming the argument, the bad value and what is allowed."""
+
+import re
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_prune import Pruning
+from lightning_prune.data import DigitsDataModule
+from lightning_prune.models import Classifier
+
+VALID = dict(criterion="l1", granularity="weight", scope="global", target=0.5)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"criterion": "l3"}, "`criterion` must be one of ['apoz', 'l1', 'l2', 'random', 'taylor'] or a Criterion object, got 'l3'"),
+        ({"criterion": object()}, "has no `scores(layers, granularity, cycle)` method"),
+        ({"granularity": "channel"}, "`granularity` must be one of ('weight', 'neuron'), got 'channel'"),
+        ({"criterion": "apoz", "granularity": "weight"}, "`criterion`='apoz' scores ('neuron',) only, got granularity='weight'"),
+        ({"scope": "local"}, "`scope` must be one of ('global', 'layer'), got 'local'"),
+        ({"target": 1.0}, "`target` must be a number in (0, 1), got 1.0"),
+        ({"target": 0}, "`target` must be a number in (0, 1), got 0"),
+        ({"target": "0.5"}, "`target` must be a number in (0, 1), got '0.5'"),
+        ({"schedule": "linear"}, "`schedule` must be one of ('oneshot', 'geometric', 'cubic'), got 'linear'"),
+        ({"schedule": "oneshot", "per_cycle": 0.2}, "`per_cycle`=0.2 applies to schedule='geometric' only, got schedule='oneshot'"),
+        ({"schedule": "geometric", "cycles": 3}, "`cycles`=3 applies to schedule='cubic' only, got schedule='geometric'"),
+        ({"schedule": "geometric", "per_cycle": 1.5}, "`per_cycle` must be a number in (0, 1), got 1.5"),
+        ({"schedule": "cubic", "cycles": 0}, "`cycles` must be an integer >= 1, got 0"),
+        ({"warmup_epochs": -1}, "`warmup_epochs` must be an integer >= 0, got -1"),
+        ({"finetune_epochs": 0}, "`finetune_epochs` must be an integer >= 1, got 0"),
+        ({"finetune_epochs": 1.5}, "`finetune_epochs` must be an integer >= 1, got 1.5"),
+        ({"monitor": ""}, "`monitor` must be the name of a logged metric or None, got ''"),
+        ({"mode": "up"}, "`mode` must be one of ('max', 'min'), got 'up'"),
+        ({"monitor": "val_acc", "max_drop": -0.1, "warmup_epochs": 1}, "`max_drop` must be a number >= 0 or None, got -0.1"),
+        ({"max_drop": 0.01}, "`max_drop`=0.01 needs `monitor`, the metric it applies to; got monitor=None"),
+        ({"monitor": "val_acc", "max_drop": 0.01}, "`warmup_epochs` must be >= 1, got 0"),
+        ({"layers": "fc1"}, "`layers` must be a list of module-name patterns or None, got 'fc1'"),
+        ({"ignore_layers": [3]}, "`ignore_layers` must be a list of module-name patterns or None, got [3]"),
+        ({"min_keep": 1.0}, "`min_keep` must be a number in [0, 1), got 1.0"),
+        ({"calibration_batches": 0}, "`calibration_batches` must be an integer >= 1, got 0"),
+    ],
+)
+def test_invalid_argument_raises_at_construction(changes, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Pruning(**{**VALID, **changes})
+
+
+def _fit(pruning, max_epochs=2, model=None):
+    trainer = L.Trainer(max_epochs=max_epochs, callbacks=[pruning], enable_progress_bar=False, logger=False,
+                        enable_checkpointing=False, enable_model_summary=False, limit_train_batches=2,
+                        limit_val_batches=1, num_sanity_val_steps=0)
+    trainer.fit(model or Classifier("lenet_300_100", input_shape=(1, 8, 8)), DigitsDataModule(batch_size=32))
+    return trainer
+
+
+def test_max_epochs_too_small_names_the_number_needed():
+    pruning = Pruning(target=0.9, schedule="geometric", per_cycle=0.5, warmup_epochs=2, finetune_epochs=2)
+    with pytest.raises(ValueError, match=re.escape("`max_epochs`=5 is too small") + ".*needs max_epochs >= 10"):
+        _fit(pruning, max_epochs=5)
+
+
+def test_monitor_never_logged_lists_the_logged_metrics():
+    pruning = Pruning(target=0.5, warmup_epochs=1, monitor="val_accuracy", max_drop=0.01)
+    with pytest.raises(ValueError, match=r"`monitor`='val_accuracy' was never logged\. Logged metrics: \[.*'val_acc'"):
+        _fit(pruning)
+
+
+def test_layer_pattern_matching_nothing_is_named():
+    pruning = Pruning(target=0.5, layers=["model.fc*"])
+    with pytest.raises(ValueError, match=r"`layers` pattern 'model.fc\*' matches no module\. Module names: \["):
+        _fit(pruning)
+
+
+def test_selecting_an_unsupported_layer_names_its_type():
+    class WithEmbedding(Classifier):
+        def __init__(self):
+            super().__init__("lenet_300_100", input_shape=(1, 8, 8))
+            self.table = torch.nn.Embedding(4, 2)
+
+    pruning = Pruning(target=0.5, layers=["table"])
+    with pytest.raises(ValueError, match=r"'table' of type Embedding, which cannot be pruned\. Supported layer types: \["):
+        _fit(pruning, model=WithEmbedding())
+
+
+def test_resuming_with_other_arguments_is_refused():
+    pruning = Pruning(target=0.5)
+    state = pruning.state_dict()
+    other = Pruning(target=0.5, scope="layer")
+    with pytest.raises(ValueError, match="resume with the same arguments"):
+        other.load_state_dict(state)
