@@ -32,9 +32,9 @@ def weight_pruning() -> Pruning:
 
 
 def neuron_pruning() -> Pruning:
-    """Iterative APoZ neuron pruning to half of the hidden units."""
-    return Pruning(criterion="apoz", granularity="neuron", scope="global", target=0.5, schedule="geometric",
-                   per_cycle=0.2, warmup_epochs=4, finetune_epochs=2, monitor="val_acc", max_drop=0.01, verbose=False)
+    """Iterative APoZ neuron pruning to half of the hidden units of each layer, 10 % per cycle."""
+    return Pruning(criterion="apoz", granularity="neuron", scope="layer", target=0.5, schedule="geometric",
+                   per_cycle=0.1, warmup_epochs=4, finetune_epochs=2, monitor="val_acc", max_drop=0.02, verbose=False)
 
 
 VARIANTS = {"dense": lambda: None, "weight_l1_90": weight_pruning, "neuron_apoz_50": neuron_pruning}

@@ -139,7 +139,7 @@ class ResNetSmall(nn.Module):
 
 
 class CNN1D(nn.Module):
-    """A 1-D CNN for MNIST-1D: stride-2 Conv1d-ReLU layers, flatten, hidden Linear-ReLU, classifier.
+    """A 1-D CNN for MNIST-1D: Conv1d-ReLU-MaxPool layers, flatten, hidden Linear-ReLU, classifier.
 
     The flatten between the last conv and the hidden ``Linear`` couples each conv channel with a
     block of ``Linear`` input features, which structured pruning must follow.
@@ -147,10 +147,13 @@ class CNN1D(nn.Module):
     Args:
         in_channels: Input channels.
         num_classes: Number of output classes.
-        channels: Output channels of each conv layer; each one halves the length.
+        channels: Output channels of each conv layer; each is max-pooled to half the length.
         length: Input sequence length (40 for MNIST-1D).
         hidden: Width of the hidden fully connected layer.
         kernel_size: Conv kernel size (padding ``kernel_size // 2``).
+
+    Raises:
+        ValueError: If ``length`` is too short for the number of conv layers.
     """
 
     def __init__(
@@ -165,10 +168,12 @@ class CNN1D(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         c, n = in_channels, length
-        k, pad = kernel_size, kernel_size // 2
+        k = kernel_size
         for w in channels:
-            layers += [nn.Conv1d(c, w, k, stride=2, padding=pad), nn.ReLU()]
-            c, n = w, (n + 2 * pad - k) // 2 + 1
+            layers += [nn.Conv1d(c, w, k, padding=k // 2), nn.ReLU(), nn.MaxPool1d(2)]
+            c, n = w, (n + 2 * (k // 2) - k + 1) // 2
+        if n < 1:
+            raise ValueError(f"length={length!r} is too short for {len(channels)} pooled convs")
         self.features = nn.Sequential(*layers)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(c * n, hidden)

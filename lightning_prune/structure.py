@@ -15,7 +15,6 @@ those entries is therefore, by construction, the same function as removing the u
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from torch import nn
 
 from lightning_prune.layers import PRUNABLE_TYPES, PrunableLayer
 from lightning_prune.masks import Masks
+from lightning_prune.surgery import build_graph, remove_units, surviving_entries
 
 
 @dataclass(frozen=True)
@@ -42,44 +42,6 @@ class UnitGroup:
     key: str
     size: int
     members: tuple[tuple[str, tuple[int, ...]], ...]
-
-
-def _to_dtype(value: Any, dtype: torch.dtype) -> Any:
-    if torch.is_tensor(value) and value.is_floating_point():
-        return value.to(dtype)
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to_dtype(item, dtype) for item in value)
-    return value
-
-
-def detached_copy(model: nn.Module) -> nn.Module:
-    """``copy.deepcopy`` of a module that shares (does not copy) an attached Lightning trainer."""
-    trainer = getattr(model, "_trainer", None)
-    memo = {id(trainer): trainer} if trainer is not None else {}
-    return copy.deepcopy(model, memo)
-
-
-def build_graph(model: nn.Module, example_input: Any) -> tp.DependencyGraph:
-    """Trace ``model`` with Torch-Pruning, leaving its train/eval mode as it was."""
-    was_training = model.training
-    try:
-        inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
-        return tp.DependencyGraph().build_dependency(
-model, example_inputs=tuple(inputs), verbose=False)
-    finally:
-        model.train(was_training)
-
-
-def _remove(model: nn.Module, example_input: Any, groups: Sequence[UnitGroup], keep: Mapping[str, torch.Tensor]) -> None:
-    """Remove, group by group, the units that ``keep`` drops (indices are dense coordinates)."""
-    modules = dict(model.named_modules())
-    graph = build_graph(model, example_input)
-    for group in groups:
-        removed = (~keep[group.key].cpu()).nonzero().flatten().tolist()
-        if removed:
-            module = modules[group.key]
-            pruner = graph.get_pruner_of_module(module)
-            graph.get_pruning_group(module, pruner.prune_out_channels, removed).prune()
 
 
 class NeuronStructure:
@@ -145,36 +107,36 @@ class NeuronStructure:
             result[group.key] = torch.stack(aligned).mean(dim=0)
         return result
 
-    def remove_units(self, model: nn.Module, keep: Mapping[str, torch.Tensor]) -> None:
-        """Physically remove the units not kept, in place (Torch-Pruning replaces the parameters).
+    def removal(self, keep: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
+        """The unit indices each group drops under ``keep``."""
+        return {group.key: (~keep[group.key].cpu()).nonzero().flatten().tolist() for group in self.groups}
+
+    def remove_units(
+        self, model: nn.Module, keep: Mapping[str, torch.Tensor], optimizers: Sequence[torch.optim.Optimizer] = ()
+    ) -> None:
+        """Physically remove the units not kept, in place, carrying the optimizers over.
 
         Args:
-            model: A model with the dense architecture (same as at construction).
-            keep: Group key to a ``bool`` keep-mask over its units, in dense coordinates.
+            model: The model this structure was built on (same architecture).
+            keep: Group key to a ``bool`` keep-mask over the group's current units.
+            optimizers: Optimizers whose parameters and state move to the compact parameters.
         """
-        _remove(model, self.example_input, self.groups, keep)
+        remove_units(model, self.example_input, self.removal(keep), optimizers)
 
     def parameter_masks(self, model: nn.Module, keep: Mapping[str, torch.Tensor]) -> Masks:
         """Keep-masks of every parameter entry that the removed units own.
 
         Args:
-            model: The model with the dense architecture (same as at construction).
+            model: The model this structure was built on.
             keep: Group key to a ``bool`` keep-mask over its units.
 
         Returns:
             Parameter name to keep-mask, for every parameter with at least one removed entry.
         """
-        probe = detached_copy(model).double()
-        originals = {}
-        with torch.no_grad():
-            for name, param in probe.named_parameters():
-                originals[name] = param.shape
-                param.data = torch.arange(param.numel(), dtype=torch.float64).reshape(param.shape)
-        _remove(probe, _to_dtype(self.example_input, torch.float64), self.groups, keep)
+        params = dict(model.named_parameters())
         masks = {}
-        for name, param in probe.named_parameters():
-            if param.numel() != torch.Size(originals[name]).numel():
-                mask = torch.zeros(originals[name].numel(), dtype=torch.bool)
-                mask[param.detach().flatten().long()] = True
-                masks[name] = mask.reshape(originals[name])
+        for name, indices in surviving_entries(model, self.example_input, self.removal(keep)).items():
+            mask = torch.zeros(params[name].numel(), dtype=torch.bool)
+            mask[indices] = True
+            masks[name] = mask.reshape(params[name].shape)
         return masks

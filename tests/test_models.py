@@ -21,7 +21,7 @@ SPECS = {
     "lenet_300_100": ((1, 8, 8), 64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10),
     "vgg_small": ((1, 8, 8), 288_170),
     "resnet_small": ((1, 8, 8), 77_754),
-    "cnn1d": ((1, 40), 93_834),
+    "cnn1d": ((1, 40), 93_834),  # 40 -> 20 -> 10 after pooling: 64 * 10 features into fc
 }
 
 
@@ -65,6 +65,8 @@ def test_lenet_on_mnist1d_and_custom_widths() -> None:
 def test_cnn1d_other_lengths() -> None:
     model = build_model("cnn1d", channels=(8, 8, 8), length=33, kernel_size=3)
     assert model(torch.randn(2, 1, 33)).shape == (2, 10)
+    with pytest.raises(ValueError, match="length=3"):
+        build_model("cnn1d", channels=(8, 8), length=3)
 
 
 def test_activations_are_relu_modules_and_no_dropout() -> None:
@@ -98,7 +100,7 @@ def test_resnet_residual_groups_couple_shortcuts() -> None:
 def test_cnn1d_flatten_coupling_prunes_linear_blocks() -> None:
     model = build_model("cnn1d")
     x = torch.randn(2, 1, 40)
-    last_conv, fc = model.features[2], model.fc
+    last_conv, fc = [m for m in model.features if isinstance(m, nn.Conv1d)][-1], model.fc
     length = fc.in_features // last_conv.out_channels
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=x)
     dg.get_pruning_group(last_conv, tp.prune_conv_out_channels, idxs=[0, 5]).prune()

@@ -1,0 +1,132 @@
+"""Physical removal of neurons: the model, the optimizer state, and what each parameter kept.
+
+Removal itself is Torch-Pruning's: one ``DependencyGraph`` trace, then for each group the root
+layer's output units are removed together with every coupled entry (bias, BatchNorm, consumers'
+inputs, residual partners). Torch-Pruning *replaces* each affected ``nn.Parameter``; an optimizer
+built before the removal would keep training the dead tensors (measured: the pruned layers silently
+stop learning). :func:`remove_units` therefore moves each optimizer's parameter references and
+state (momentum, Adam moments, step) to the new parameters, sliced to the surviving entries, and
+leaves param-group settings and learning-rate schedulers alone.
+
+Which entries survive is read off by *index tracking*: the same removal is done on a float64 copy
+whose parameters hold their own flat indices.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+Removal = dict[str, list[int]]
+"""Group key (root layer name) to the indices of its output units to remove, in current coordinates."""
+
+
+def to_dtype(value: Any, dtype: torch.dtype) -> Any:
+    """Cast the floating tensors of a (nested tuple/list of) tensors."""
+    if torch.is_tensor(value) and value.is_floating_point():
+        return value.to(dtype)
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_dtype(item, dtype) for item in value)
+    return value
+
+
+def detached_copy(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` of a module that shares (does not copy) an attached Lightning trainer."""
+    trainer = getattr(model, "_trainer", None)
+    memo = {id(trainer): trainer} if trainer is not None else {}
+    return copy.deepcopy(model, memo)
+
+
+def build_graph(model: nn.Module, example_input: Any) -> tp.DependencyGraph:
+    """Trace ``model`` with Torch-Pruning in eval mode, leaving its train/eval mode as it was."""
+    was_training = model.training
+    try:
+        inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+        return tp.DependencyGraph().build_dependency(model, example_inputs=tuple(inputs), verbose=False)
+    finally:
+        model.train(was_training)
+
+
+def remove_groups(model: nn.Module, example_input: Any, removal: Mapping[str, Sequence[int]]) -> None:
+    """Remove units in place, group by group (no optimizer involved).
+
+    Raises:
+        ValueError: If a key names no module or a group would lose all of its units.
+    """
+    modules = dict(model.named_modules())
+    graph = build_graph(model, example_input)
+    for key, indices in removal.items():
+        if not indices:
+            continue
+        if key not in modules:
+            raise ValueError(f"Removal names layer {key!r}, which this model does not have.")
+        module = modules[key]
+        pruner = graph.get_pruner_of_module(module)
+        units = pruner.get_out_channels(module)
+        if len(set(indices)) >= units or max(indices) >= units or min(indices) < 0:
+            raise ValueError(f"Cannot remove units {sorted(indices)[:8]}... of layer {key!r}, which has {units}.")
+        graph.get_pruning_group(module, pruner.prune_out_channels, sorted(set(indices))).prune()
+
+
+def surviving_entries(model: nn.Module, example_input: Any, removal: Mapping[str, Sequence[int]]) -> dict[str, torch.Tensor]:
+    """Flat indices of the entries each changed parameter keeps when ``removal`` is done.
+
+    Returns:
+        Parameter name to a sorted ``long`` tensor of kept flat indices (changed parameters only).
+    """
+    probe = detached_copy(model).double()
+    shapes = {}
+    with torch.no_grad():
+        for name, param in probe.named_parameters():
+            shapes[name] = param.shape
+            param.data = torch.arange(param.numel(), dtype=torch.float64).reshape(param.shape)
+    remove_groups(probe, to_dtype(example_input, torch.float64), removal)
+    return {
+        name: param.detach().flatten().long()
+        for name, param in probe.named_parameters()
+        if param.shape != shapes[name]
+    }
+
+
+def remove_units(
+    model: nn.Module,
+    example_input: Any,
+    removal: Mapping[str, Sequence[int]],
+    optimizers: Iterable[torch.optim.Optimizer] = (),
+) -> dict[str, torch.Tensor]:
+    """Remove units in place and carry every optimizer over to the new parameters.
+
+    Args:
+        model: The model (its modules are changed in place).
+        example_input: A batch the model accepts.
+        removal: Group key to unit indices to remove, in the model's current coordinates.
+        optimizers: Optimizers over the model's parameters; their state is sliced to the survivors.
+
+    Returns:
+        Parameter name to the kept flat indices, for every changed parameter.
+    """
+    kept = surviving_entries(model, example_input, removal)
+    before = dict(model.named_parameters())
+    remove_groups(model, example_input, removal)
+    after = dict(model.named_parameters())
+    replaced = {id(before[name]): (before[name], after[name], kept.get(name)) for name in before if after[name] is not before[name]}
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["params"] = [replaced[id(p)][1] if id(p) in replaced else p for p in group["params"]]
+        for old, new, indices in replaced.values():
+            state = optimizer.state.pop(old, None)
+            if state is not None:
+                optimizer.state[new] = {key: _slice_like(value, old, new, indices) for key, value in state.items()}
+    return kept
+
+
+def _slice_like(value: Any, old: torch.Tensor, new: torch.Tensor, indices: torch.Tensor | None) -> Any:
+    """Slice a per-entry state tensor (same shape as ``old``) to the entries ``new`` kept."""
+    if not (torch.is_tensor(value) and value.shape == old.shape) or indices is None:
+        return value
+    return value.flatten()[indices.to(value.device)].reshape(new.shape).clone()

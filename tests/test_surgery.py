@@ -1,0 +1,90 @@
+"""Removal during training: optimizer state follows the surviving entries; schedulers are untouched."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_prune.layers import find_prunable_layers
+from lightning_prune.masks import MaskEnforcer, apply_masks
+from lightning_prune.models import build_model
+from lightning_prune.structure import NeuronStructure
+from lightning_prune.surgery import remove_units
+
+SHAPES = {"lenet_300_100": (1, 8, 8), "vgg_small": (1, 8, 8), "resnet_small": (1, 8, 8), "cnn1d": (1, 40)}
+
+
+def _steps(model, optimizer, batches, enforcer=None):
+    for x, y in batches:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("arch", sorted(SHAPES))
+@pytest.mark.parametrize("make_optimizer", [
+    lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-4),
+    lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+], ids=["adam", "sgd-momentum"])
+def test_training_after_removal_equals_training_the_masked_model(arch, make_optimizer):
+    torch.manual_seed(0)
+    shape = SHAPES[arch]
+    batches = [(torch.randn(16, *shape), torch.randint(0, 10, (16,))) for _ in range(6)]
+    model = build_model(arch)
+    optimizer = make_optimizer(model.parameters())
+    _steps(model, optimizer, batches[:3])  # non-trivial optimizer state before pruning
+
+    x = batches[0][0]
+    structure = NeuronStructure(model, x[:2], find_prunable_layers(model, x[:2]))
+    generator = torch.Generator().manual_seed(1)
+    keep = {g.key: torch.rand(g.size, generator=generator) > 0.4 for g in structure.groups}
+    for mask in keep.values():
+        mask[0] = True
+
+    masked, removed = copy.deepcopy(model), copy.deepcopy(model)
+    masked_opt, removed_opt = make_optimizer(masked.parameters()), make_optimizer(removed.parameters())
+    # Optimizer.load_state_dict keeps the very tensors it is given: copy, or the two would share state.
+    masked_opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    removed_opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    scheduler = torch.optim.lr_scheduler.StepLR(removed_opt, step_size=1, gamma=0.5)
+    scheduler_state = copy.deepcopy(scheduler.state_dict())
+
+    masks = structure.parameter_masks(masked, keep)
+    enforcer = MaskEnforcer(masked, masks)
+    apply_masks(masked, masks)
+    enforcer.enforce([masked_opt])
+    enforcer.attach([masked_opt])
+    kept = remove_units(removed, x[:2], structure.removal(keep), [removed_opt])
+
+    assert scheduler.state_dict() == scheduler_state
+    new_params = set(map(id, removed.parameters()))
+    assert {id(p) for g in removed_opt.param_groups for p in g["params"]} == new_params
+    for name, param in removed.named_parameters():
+        for value in removed_opt.state[param].values():
+            if torch.is_tensor(value) and value.dim():
+                assert value.shape == param.shape, name
+
+    masked.train(), removed.train()
+    _steps(masked, masked_opt, batches[3:])
+    _steps(removed, removed_opt, batches[3:])
+    masked.eval(), removed.eval()
+    assert torch.allclose(masked(x), removed(x), atol=1e-5)
+    masked_params = dict(masked.named_parameters())
+    for name, param in removed.named_parameters():
+        reference = masked_params[name].detach().flatten()
+        if name in kept:
+            reference = reference[kept[name]]
+        assert torch.allclose(param.detach().flatten(), reference, atol=1e-5), name
+
+    scheduler.step()
+    assert removed_opt.param_groups[0]["lr"] == pytest.approx(masked_opt.param_groups[0]["lr"] * 0.5)
+
+
+def test_removal_that_would_empty_a_layer_is_refused_and_changes_nothing():
+    model = build_model("lenet_300_100")
+    x = torch.randn(2, 1, 8, 8)
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="Cannot remove units .* of layer 'features.2', which has 100"):
+        remove_units(model, x, {"features.2": list(range(100))})
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
