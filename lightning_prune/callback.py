@@ -7,6 +7,11 @@ Timeline of a fit (epochs are 0-based)::
     epochs of cycle c             fine-tune with masks enforced after every optimizer step
     start of the next epoch       judge cycle c on the monitored metric: accept, or roll back and stop
 
+Neurons are masked when pruned and physically removed (``remove=True``, the default for neurons)
+once their cycle is accepted: right away without ``max_drop``, after the judgement with it, so a
+rollback only ever restores weights of the current architecture. With several processes (DDP) the
+wrapped module cannot be reshaped, so units stay masked during the fit.
+
 Every decision is taken at the *start* of an epoch (or at the end of training for the last cycle),
 after any checkpoint of the previous epoch and before any of this one, so a run resumed from any
 checkpoint takes the same decisions as the uninterrupted run.
@@ -24,6 +29,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
+from lightning_prune.checkpoint import PLAN_KEY, input_spec, restore_pruned
+from lightning_prune.counting import count_parameters
 from lightning_prune.criteria import GRANULARITIES, Criterion, batch_input, cross_entropy_loss, make_criterion
 from lightning_prune.masks import MaskEnforcer, apply_masks
 from lightning_prune.pruner import Keep, Pruner
@@ -64,6 +71,8 @@ class Pruning(Callback):
             ``"taylor"``, ``"random"``, or a :class:`~lightning_prune.criteria.Criterion`.
         granularity: ``"weight"`` (unstructured) or ``"neuron"`` (whole output units / filters,
             with their coupled bias, BatchNorm entries and consumer inputs).
+        remove: Physically remove pruned neurons (default ``True`` for ``"neuron"``); ``False``
+            keeps them as masked zeros. Not available for ``"weight"``.
         scope: ``"global"`` (one ranking across layers) or ``"layer"`` (same fraction per layer).
         target: Final fraction of prunable units removed, in (0, 1).
         schedule: ``"oneshot"``, ``"geometric"`` or ``"cubic"``.
@@ -110,9 +119,14 @@ class Pruning(Callback):
         calibration_loss: Callable[[nn.Module, Any], torch.Tensor] | None = None,
         seed: int = 0,
         verbose: bool = True,
+        remove: bool | None = None,
     ) -> None:
         if granularity not in GRANULARITIES:
             raise ValueError(f"`granularity` must be one of {GRANULARITIES}, got {granularity!r}.")
+        if remove not in (None, True, False):
+            raise ValueError(f"`remove` must be True, False or None, got {remove!r}.")
+        if remove and granularity == "weight":
+            raise ValueError("`remove`=True needs granularity='neuron': single weights cannot be removed from a dense layer.")
         self.criterion = make_criterion(criterion, seed)
         if granularity not in getattr(self.criterion, "granularities", GRANULARITIES):
             raise ValueError(
@@ -161,6 +175,8 @@ class Pruning(Callback):
         self.layers = list(layers) if layers is not None else None
         self.ignore_layers = list(ignore_layers) if ignore_layers is not None else None
         self.min_keep, self.calibration_batches, self.verbose = min_keep, calibration_batches, verbose
+        self.remove = granularity == "neuron" if remove is None else remove
+        self._commit_during_fit = False
         self.calibration_loss = calibration_loss or cross_entropy_loss
         self.fractions = sparsity_schedule(schedule, target, per_cycle, cycles)
         self.timeline = Timeline(warmup_epochs, finetune_epochs, len(self.fractions))
@@ -175,7 +191,10 @@ class Pruning(Callback):
     def _fresh_state() -> dict[str, Any]:
         return {
             "cycle": 0,  # cycles done
-            "keep": None,  # unit keep-masks (Keep)
+            "keep": None,  # unit keep-masks (Keep), dense coordinates
+            "present": None,  # neurons: units still physically in the model, dense coordinates
+            "plan": None,  # {"inputs", "steps"}: the removals done, replayable on the dense model
+            "dense": None,  # {"params", "macs"} of the model before pruning
             "baseline": None,  # the dense model's monitored metric
             "metrics": {},  # epoch -> monitored metric after that epoch's validation
             "pending": None,  # {"cycle", "epoch"}: cycle awaiting judgement after `epoch`
@@ -185,7 +204,12 @@ class Pruning(Callback):
         }
 
     def _config(self) -> dict[str, Any]:
-        return {"granularity": self.granularity, "scope": self.scope, "fractions": list(self.fractions)}
+        return {
+            "granularity": self.granularity,
+            "scope": self.scope,
+            "fractions": list(self.fractions),
+            "remove": self.remove,
+        }
 
     @property
     def state_key(self) -> str:
@@ -218,6 +242,8 @@ class Pruning(Callback):
         if stage != "fit":
             return
         self._state, self._restored = self._fresh_state(), None
+        if self.remove and not getattr(pl_module, "restores_pruned_architecture", False):
+            self._install_restore(pl_module)
         max_epochs = trainer.max_epochs
         if max_epochs is not None and 0 <= max_epochs < self.timeline.epochs_needed:
             raise ValueError(
@@ -231,19 +257,41 @@ class Pruning(Callback):
                 f"check_val_every_n_epoch={trainer.check_val_every_n_epoch}."
             )
 
+    def _install_restore(self, pl_module: L.LightningModule) -> None:
+        """Replay the checkpoint's plan before Lightning loads its weights (``fit(ckpt_path=...)``).
+
+        Lightning restores the module (``on_load_checkpoint``, then ``load_state_dict``) before any
+        callback state, so the module's own hook is wrapped until ``on_train_start``. Modules that
+        inherit :class:`~lightning_prune.checkpoint.PrunedCheckpointMixin` need no wrapping.
+        """
+        original = pl_module.on_load_checkpoint
+
+        def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
+            restore_pruned(pl_module, checkpoint)
+            original(checkpoint)
+
+        pl_module.on_load_checkpoint = on_load_checkpoint
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.__dict__.pop("on_load_checkpoint", None)  # undo _install_restore
         example = self._example_input(trainer, pl_module)
         self.pruner = Pruner(
             pl_module, example, self.criterion, self.granularity, self.scope, self.min_keep, self.layers, self.ignore_layers
         )
+        self._commit_during_fit = self.remove and trainer.world_size == 1
+        if self.remove and not self._commit_during_fit:
+            rank_zero_info(f"Pruning: {trainer.world_size} processes; neurons stay masked during the fit.")
         for name in self.pruner.skipped_layers:
             rank_zero_warn(f"Pruning: the neurons of layer {name!r} are coupled to a layer that is kept; left unpruned.")
         if self._restored is not None:
             self._state.update(self._restored)
             self._restored = None
-            self.pruner.check_keep(self._state["keep"])
+            self.pruner.check_keep(self._state["keep"], self._state["present"])
         else:
             self._state["keep"] = self.pruner.dense_keep()
+            self._state["present"] = self.pruner.dense_keep() if self.granularity == "neuron" else None
+            self._state["plan"] = {"inputs": input_spec(example), "steps": []}
+            self._state["dense"] = {"params": count_parameters(pl_module)[1], "macs": self.pruner.macs[""]}
         self._apply(trainer, pl_module, self._state["keep"])
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -276,6 +324,11 @@ class Pruning(Callback):
         if self.verbose:
             rank_zero_info(self.summary_table())
 
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        plan = self._state["plan"]
+        if plan is not None and plan["steps"]:
+            checkpoint[PLAN_KEY] = _clone_tensors(plan)
+
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._enforcer is not None:
             self._enforcer.detach()
@@ -302,7 +355,7 @@ class Pruning(Callback):
         return [trainer.strategy.batch_to_device(b) for b in itertools.islice(loader, self.calibration_batches)]
 
     def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule, keep: Keep) -> None:
-        masks = self.pruner.parameter_masks(keep)
+        masks = self.pruner.parameter_masks(keep, self._state["present"])
         if self._enforcer is not None:
             self._enforcer.detach()
         apply_masks(pl_module, masks)
@@ -314,15 +367,21 @@ class Pruning(Callback):
     def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule, cycle: int, epoch: int) -> None:
         fraction = self.fractions[cycle]
         keep = self.pruner.plan(
-            self._state["keep"], fraction, cycle, self._calibration_batches(trainer), self.calibration_loss
+            self._state["keep"], fraction, cycle, self._calibration_batches(trainer), self.calibration_loss,
+            self._state["present"],
         )
         keep = trainer.strategy.broadcast(keep, src=0)
         self._apply(trainer, pl_module, keep)
         self._state["keep"] = keep
         self._state["cycle"] = cycle + 1
+        if self._commit_during_fit and self.max_drop is None:
+            self._commit(trainer, pl_module)
         last = self.timeline.prune_epoch(cycle) + self.timeline.finetune_epochs - 1
         self._state["pending"] = {"cycle": cycle, "epoch": last}
-        row = {"cycle": cycle, "epoch": epoch, **self.pruner.summary(keep, self._masks), "metric": None, "accepted": None}
+        stats = self.pruner.summary(keep, self._masks)
+        stats["params_fraction"] = stats["params"] / self._state["dense"]["params"]
+        stats["macs_fraction"] = stats["macs"] / self._state["dense"]["macs"] if self._state["dense"]["macs"] else 1.0
+        row = {"cycle": cycle, "epoch": epoch, **stats, "metric": None, "accepted": None}
         self._state["history"].append(row)
         self._log(trainer, {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         if self.verbose:
@@ -349,6 +408,8 @@ class Pruning(Callback):
         drop = baseline - value if self.mode == "max" else value - baseline
         row["accepted"] = drop <= self.max_drop
         if row["accepted"]:
+            if self._commit_during_fit:
+                self._commit(trainer, pl_module)
             self._state["snapshot"] = self._snapshot(trainer, pl_module)
             return
         self._rollback(trainer, pl_module)
@@ -358,11 +419,20 @@ class Pruning(Callback):
             f"rolled back to the last accepted model and stopped pruning."
         )
 
+    def _commit(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Physically remove the masked neurons; record the removal in the plan."""
+        removal = self.pruner.commit(self._state["keep"], self._state["present"], trainer.optimizers)
+        if removal:
+            self._state["plan"]["steps"].append(removal)
+            self._state["present"] = _clone_tensors(self._state["keep"])
+            self._apply(trainer, pl_module, self._state["keep"])
+
     def _snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         return {
             "model": _clone_tensors(pl_module.state_dict()),
             "optimizers": [_clone_tensors(optimizer.state_dict()["state"]) for optimizer in trainer.optimizers],
             "keep": _clone_tensors(self._state["keep"]),
+            "present": _clone_tensors(self._state["present"]),
         }
 
     def _rollback(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -374,6 +444,7 @@ class Pruning(Callback):
             for index, values in saved.items():
                 optimizer.state[params[index]] = _clone_tensors(values)
         self._state["keep"] = _clone_tensors(snapshot["keep"])
+        self._state["present"] = _clone_tensors(snapshot["present"])
         self._apply(trainer, pl_module, self._state["keep"])
 
     def _log(self, trainer: L.Trainer, metrics: dict[str, float]) -> None:

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_prune.checkpoint import PrunedCheckpointMixin
+
 __all__ = [
     "CNN1D", "MODELS", "BasicBlock", "Classifier", "LeNet300100", "ResNetSmall", "VGGSmall",
     "build_model",
@@ -206,7 +208,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
 _OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
-class Classifier(L.LightningModule):
+class Classifier(PrunedCheckpointMixin, L.LightningModule):
     """Cross-entropy classifier around any architecture of :data:`MODELS`.
 
     All arguments are plain hyper-parameters, so ``Classifier.load_from_checkpoint(path)`` rebuilds

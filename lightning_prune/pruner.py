@@ -1,9 +1,13 @@
-"""One prune step on a plain model: score, rank, mask. No Lightning here.
+"""One prune step on a plain model: score, rank, mask, and (for neurons) remove. No Lightning here.
 
-:class:`Pruner` holds what does not change during a run (the prunable layers, the neuron groups,
-the dense MAC counts) and turns a fraction into new keep-masks. It never mutates the model while
-deciding: :meth:`Pruner.plan` returns new masks, and only :func:`~lightning_prune.masks.apply_masks`
-writes zeros, so a failure while scoring or ranking leaves the model as it was.
+:class:`Pruner` holds the prunable layers, the neuron groups and the MAC counts of the current
+model, and turns a fraction into new keep-masks. Unit keep-masks are always in *dense coordinates*
+(one entry per unit of the original model); for neurons, ``present`` says which units are still
+physically in the model. Pruned units are first masked; :meth:`Pruner.commit` removes them.
+
+Deciding never mutates the model: :meth:`Pruner.plan` returns new masks, and only
+:func:`~lightning_prune.masks.apply_masks` and :meth:`Pruner.commit` change it, so a failure while
+scoring or ranking leaves the model as it was.
 """
 
 from __future__ import annotations
@@ -20,10 +24,16 @@ from lightning_prune.layers import PrunableLayer, find_prunable_layers
 from lightning_prune.masks import Masks
 from lightning_prune.ranking import select_units
 from lightning_prune.structure import NeuronStructure
+from lightning_prune.surgery import remove_units
 
 Keep = dict[str, torch.Tensor]
 """Unit keep-masks: layer name to a weight-shaped mask (weight granularity), or neuron-group key to
-one entry per unit (neuron granularity)."""
+one entry per unit of the dense model (neuron granularity)."""
+
+
+def _current(keep: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None) -> Keep:
+    """Restrict dense-coordinate keep-masks to the units physically present."""
+    return dict(keep) if present is None else {key: mask[present[key]] for key, mask in keep.items()}
 
 
 class Pruner:
@@ -73,7 +83,8 @@ class Pruner:
                 )
         else:
             self.scored_layers = self.layers
-        self.dense_macs = count_macs(model, example_input)
+        self.example_input = example_input
+        self.macs = count_macs(model, example_input)
 
     @property
     def skipped_layers(self) -> list[str]:
@@ -81,19 +92,19 @@ class Pruner:
         return self.structure.skipped if self.structure is not None else []
 
     def dense_keep(self) -> Keep:
-        """Keep-masks with every unit kept."""
+        """Keep-masks with every unit of the current model kept."""
         if self.structure is not None:
             return {key: torch.ones(size, dtype=torch.bool) for key, size in self.structure.sizes.items()}
         return {layer.name: torch.ones_like(layer.weight, dtype=torch.bool) for layer in self.layers}
 
-    def check_keep(self, keep: Mapping[str, torch.Tensor]) -> None:
-        """Check that keep-masks fit this model (e.g. restored from a checkpoint).
+    def check_keep(self, keep: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None) -> None:
+        """Check that keep-masks (e.g. restored from a checkpoint) fit the current model.
 
         Raises:
             ValueError: Naming the first group or layer that is missing, extra or of another size.
         """
         expected = {name: tuple(mask.shape) for name, mask in self.dense_keep().items()}
-        found = {name: tuple(mask.shape) for name, mask in keep.items()}
+        found = {name: tuple(mask.shape) for name, mask in _current(keep, present).items()}
         if expected != found:
             diff = sorted(set(expected.items()) ^ set(found.items()))
             raise ValueError(
@@ -108,15 +119,17 @@ class Pruner:
         cycle: int,
         batches: Iterable[Any] = (),
         loss_fn: Callable[[nn.Module, Any], torch.Tensor] = cross_entropy_loss,
+        present: Mapping[str, torch.Tensor] | None = None,
     ) -> Keep:
-        """New keep-masks with ``fraction`` of all units pruned; ``keep`` only shrinks.
+        """New keep-masks with ``fraction`` of all (dense) units pruned; ``keep`` only shrinks.
 
         Args:
-            keep: Current keep-masks.
+            keep: Current keep-masks (dense coordinates).
             fraction: Cumulative fraction of units to prune.
             cycle: Index of the cycle (seeds random scores).
             batches: Calibration batches for data-driven criteria.
             loss_fn: Loss for gradient-based criteria.
+            present: For neurons, which dense units are still in the model (``None``: all).
         """
         sites = self.structure.sites if self.structure is not None else {}
         scores = score_layers(
@@ -124,28 +137,56 @@ class Pruner:
         )
         if self.structure is not None:
             scores = self.structure.group_scores(scores)
+            if present is not None:
+                scores = {key: _scatter(value, present[key]) for key, value in scores.items()}
         return select_units(scores, keep, fraction, self.scope, self.min_keep)
 
-    def parameter_masks(self, keep: Mapping[str, torch.Tensor]) -> Masks:
-        """Parameter keep-masks that realise unit keep-masks (see :mod:`lightning_prune.structure`)."""
+    def parameter_masks(self, keep: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None) -> Masks:
+        """Parameter keep-masks of the current model that realise unit keep-masks."""
         if self.structure is not None:
-            return self.structure.parameter_masks(self.model, keep)
+            return self.structure.parameter_masks(self.model, _current(keep, present))
         names = {layer.name: layer.weight_name for layer in self.layers}
         return {names[name]: mask.clone() for name, mask in keep.items()}
 
+    def commit(
+        self,
+        keep: Mapping[str, torch.Tensor],
+        present: Mapping[str, torch.Tensor] | None = None,
+        optimizers: Sequence[torch.optim.Optimizer] = (),
+    ) -> dict[str, list[int]]:
+        """Physically remove the masked neurons, carrying the optimizers over to the new parameters.
+
+        Args:
+            keep: Keep-masks (dense coordinates).
+            present: Units in the model before the removal (``None``: all).
+            optimizers: Optimizers of the model.
+
+        Returns:
+            The removal done, in the model's coordinates before it: the next step of the plan.
+        """
+        if self.structure is None:
+            raise ValueError("Only neurons can be removed; weight pruning keeps the dense shapes.")
+        removal = {key: idx for key, idx in self.structure.removal(_current(keep, present)).items() if idx}
+        if removal:
+            remove_units(self.model, self.example_input, removal, optimizers)
+            self.structure = NeuronStructure(self.model, self.example_input, self.layers)
+            self.macs = count_macs(self.model, self.example_input)
+            self.check_keep(keep, keep)
+        return removal
+
     def summary(self, keep: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        """Sparsity (overall and per layer/group), kept parameters and MACs, as loggable numbers."""
+        """Sparsity (overall and per layer/group), kept parameters and MACs of the current model."""
         pruned = sum(int((~mask).sum()) for mask in keep.values())
         units = sum(mask.numel() for mask in keep.values())
-        params_kept, params_total = count_parameters(self.model, masks)
-        macs = kept_macs(self.dense_macs, masks)
-        stats = {
-            "sparsity": pruned / units,
-            "params": float(params_kept),
-            "params_fraction": params_kept / params_total,
-            "macs": macs,
-            "macs_fraction": macs / self.dense_macs[""] if self.dense_macs[""] else 1.0,
-        }
+        params_kept, _ = count_parameters(self.model, masks)
+        stats = {"sparsity": pruned / units, "params": float(params_kept), "macs": kept_macs(self.macs, masks)}
         for name, mask in keep.items():
             stats[f"sparsity/{name}"] = 1.0 - float(mask.float().mean())
         return stats
+
+
+def _scatter(scores: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Scores of the present units placed at their dense positions (removed units get -inf)."""
+    dense = torch.full(present.shape, -torch.inf, dtype=scores.dtype)
+    dense[present.cpu()] = scores.cpu()
+    return dense

@@ -53,7 +53,7 @@ def test_weight_pruning_follows_the_schedule_and_stays_zero(optimizer, scope):
 
 
 def test_neuron_pruning_with_apoz_masks_whole_units():
-    pruning = Pruning(criterion="apoz", granularity="neuron", scope="layer", target=0.5, warmup_epochs=1)
+    pruning = Pruning(criterion="apoz", granularity="neuron", scope="layer", target=0.5, warmup_epochs=1, remove=False)
     model, _, recorder = _fit(pruning, max_epochs=3)
     keep = pruning.keep
     hidden = [layer.name for layer in pruning.pruner.layers if not layer.is_output]
@@ -111,11 +111,13 @@ def test_rollback_restores_the_last_accepted_weights_and_stops():
     assert all(torch.all(params[name][~mask] == 0) for name, mask in pruning._masks.items())
 
 
-@pytest.mark.parametrize("granularity,criterion", [("weight", "l1"), ("neuron", "apoz")])
-def test_resume_mid_schedule_reaches_the_same_masks_and_weights(tmp_path, granularity, criterion):
+@pytest.mark.parametrize("granularity,criterion,remove", [
+    ("weight", "l1", False), ("neuron", "apoz", False), ("neuron", "taylor", True),
+])
+def test_resume_mid_schedule_reaches_the_same_masks_and_weights(tmp_path, granularity, criterion, remove):
     def pruning():
         return Pruning(criterion=criterion, granularity=granularity, target=0.8, schedule="geometric",
-                       per_cycle=0.4, warmup_epochs=1, monitor="val_acc", max_drop=0.5)
+                       per_cycle=0.4, warmup_epochs=1, monitor="val_acc", max_drop=0.5, remove=remove)
 
     checkpoints = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
     full = pruning()
@@ -125,8 +127,9 @@ def test_resume_mid_schedule_reaches_the_same_masks_and_weights(tmp_path, granul
     assert len(full.history) == len(resumed.history) == 4
     for key in full.keep:
         assert torch.equal(full.keep[key], resumed.keep[key])
-    for (name, a), b in zip(model_full.state_dict().items(), model_resumed.state_dict().values()):
-        assert torch.allclose(a, b, atol=1e-6), name
+    resumed_state = model_resumed.state_dict()
+    for name, value in model_full.state_dict().items():
+        assert value.shape == resumed_state[name].shape and torch.allclose(value, resumed_state[name], atol=1e-6), name
 
 
 def _fit_with(pruning, max_epochs, extra, ckpt_path=None):

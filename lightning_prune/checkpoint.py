@@ -1,0 +1,138 @@
+"""Checkpoints and exports of physically pruned models.
+
+A pruned model's architecture is not what its class builds: units were removed. The *plan*, the
+sequence of removals, is stored in every checkpoint the :class:`~lightning_prune.Pruning` callback
+sees (``checkpoint["lightning_prune_plan"]``), and :func:`restore_pruned` replays it on a freshly
+built (dense) module before its weights load. Lightning calls a module's ``on_load_checkpoint``
+before ``load_state_dict``, both in ``Trainer.fit(ckpt_path=...)`` and in
+``LightningModule.load_from_checkpoint``, so :class:`PrunedCheckpointMixin` (or one line in your own
+``on_load_checkpoint``) is all a module needs.
+
+Plain exports, without Lightning or pickled classes:
+
+* :func:`save_compact` / :func:`load_compact`: ``{"plan", "state_dict"}`` in a file that
+  ``torch.load(..., weights_only=True)`` reads; rebuild the dense model, then load.
+* :func:`export_program`: ``torch.export`` of the compact model; ``torch.export.load`` restores it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_prune.surgery import remove_groups
+
+PLAN_KEY = "lightning_prune_plan"
+
+Plan = dict[str, Any]
+"""``{"inputs": [{"shape": [...], "dtype": "float32"}, ...], "steps": [{layer: [unit indices]}, ...]}``."""
+
+
+def input_spec(example_input: Any) -> list[dict[str, Any]]:
+    """Shapes and dtypes of an example input (a tensor or a tuple of tensors), for a plan."""
+    inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+    return [{"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} for t in inputs]
+
+
+def example_from_spec(spec: list[dict[str, Any]], device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+    """Zero tensors matching an input spec."""
+    return tuple(torch.zeros(s["shape"], dtype=getattr(torch, s["dtype"]), device=device) for s in spec)
+
+
+def _check_plan(plan: Any) -> None:
+    ok = isinstance(plan, Mapping) and isinstance(plan.get("inputs"), list) and isinstance(plan.get("steps"), list)
+    ok = ok and all(isinstance(step, Mapping) for step in plan["steps"])
+    if not ok:
+        raise ValueError(f"Corrupted pruning plan: expected {{'inputs': [...], 'steps': [...]}}, got {str(plan)[:200]}.")
+
+
+def apply_plan(model: nn.Module, plan: Plan) -> None:
+    """Replay a plan's removals on a model with the dense architecture.
+
+    Raises:
+        ValueError: If the plan is corrupted or does not fit the model (naming the layer).
+    """
+    _check_plan(plan)
+    device = next(model.parameters()).device
+    example = example_from_spec(plan["inputs"], device)
+    for step in plan["steps"]:
+        remove_groups(model, example, step)
+
+
+def restore_pruned(module: nn.Module, checkpoint: Mapping[str, Any]) -> bool:
+    """Give ``module`` the pruned architecture of ``checkpoint`` before its weights load.
+
+    Does nothing when the checkpoint has no plan or the module already has the checkpoint's shapes
+    (e.g. a model pruned in this process).
+
+    Returns:
+        Whether the plan was replayed.
+
+    Raises:
+        ValueError: If the plan is corrupted, or the module still does not fit the checkpoint's
+            weights after the replay (another architecture), naming the first mismatch.
+    """
+    plan = checkpoint.get(PLAN_KEY)
+    if plan is None:
+        return False
+    _check_plan(plan)
+    state = checkpoint.get("state_dict", {})
+    if not plan["steps"] or _mismatch(module, state) is None:
+        return False
+    apply_plan(module, plan)
+    mismatch = _mismatch(module, state)
+    if mismatch is not None:
+        raise ValueError(f"The checkpoint's pruning plan does not fit this model: {mismatch}.")
+    return True
+
+
+def _mismatch(module: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
+    own = module.state_dict()
+    for name, value in state.items():
+        if name in own and torch.is_tensor(value) and own[name].shape != value.shape:
+            return f"{name!r} is {tuple(own[name].shape)} here and {tuple(value.shape)} in the checkpoint"
+    return None
+
+
+class PrunedCheckpointMixin:
+    """Mixin for a ``LightningModule``: checkpoints of its pruned versions load.
+
+    Example:
+        ``class MyModule(PrunedCheckpointMixin, L.LightningModule): ...``; then
+        ``MyModule.load_from_checkpoint(path)`` rebuilds the compact architecture.
+    """
+
+    restores_pruned_architecture = True
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_pruned(self, checkpoint)
+        super().on_load_checkpoint(checkpoint)
+
+
+def save_compact(model: nn.Module, plan: Plan, path: str | Path) -> None:
+    """Save a pruned model's plan and weights as plain tensors and lists (``weights_only``-safe)."""
+    torch.save({PLAN_KEY: plan, "state_dict": model.state_dict()}, path)
+
+
+def load_compact(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load :func:`save_compact`'s file into a freshly built dense model (shrunk in place first)."""
+    saved = torch.load(path, weights_only=True, map_location=next(model.parameters()).device)
+    restore_pruned(model, saved)
+    model.load_state_dict(saved["state_dict"])
+    return model
+
+
+def export_program(model: nn.Module, example_input: Any, path: str | Path) -> None:
+    """Save the compact model with ``torch.export``: ``torch.export.load(path).module()`` runs it
+    without the model's Python class."""
+    inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+    was_training = model.training
+    model.eval()
+    try:
+        torch.export.save(torch.export.export(model, tuple(inputs)), path)
+    finally:
+        model.train(was_training)

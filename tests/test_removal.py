@@ -1,0 +1,117 @@
+"""Neuron pruning that really shrinks the network, inside Trainer.fit, and checkpoints that load."""
+
+import subprocess
+import sys
+import textwrap
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from conftest import make_trainer
+from lightning_prune import Pruning
+from lightning_prune.checkpoint import PLAN_KEY, export_program, load_compact, save_compact
+from lightning_prune.data import DigitsDataModule
+from lightning_prune.models import Classifier
+
+
+def _prune(tmp_path, arch="lenet_300_100", max_drop=None, **kwargs):
+    L.seed_everything(0)
+    pruning = Pruning(criterion="l2", granularity="neuron", target=0.5, schedule="geometric", per_cycle=0.3,
+                      warmup_epochs=1, monitor="val_acc" if max_drop is not None else None, max_drop=max_drop, **kwargs)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, filename="{epoch}")
+    model = Classifier(arch, input_shape=(1, 8, 8), lr=3e-3)
+    trainer = make_trainer(pruning.timeline.epochs_needed, [pruning, checkpoints], enable_checkpointing=True,
+                           limit_train_batches=4, limit_val_batches=1)
+    trainer.fit(model, DigitsDataModule(batch_size=32))
+    return model, pruning, trainer
+
+
+@pytest.mark.parametrize("arch", ["lenet_300_100", "vgg_small", "resnet_small"])
+def test_pruned_neurons_are_removed_and_the_model_is_smaller(tmp_path, arch):
+    dense = Classifier(arch, input_shape=(1, 8, 8))
+    model, pruning, trainer = _prune(tmp_path, arch)
+    modules = dict(model.named_modules())
+    for key, mask in pruning.keep.items():
+        assert modules[key].weight.shape[0] == int(mask.sum())  # the root layer has only its kept units
+    assert sum(p.numel() for p in model.parameters()) < 0.75 * sum(p.numel() for p in dense.parameters())
+    assert pruning.history[-1]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    # The optimizer trains the new parameters, not the dead ones.
+    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in model.parameters()}
+    assert not [n for n, m in model.named_modules() if hasattr(m, "weight_orig")]
+
+
+def test_max_drop_removes_only_accepted_cycles(tmp_path):
+    model, pruning, _ = _prune(tmp_path, max_drop=1.0)
+    assert all(row["accepted"] for row in pruning.history)
+    modules = dict(model.named_modules())
+    assert all(modules[key].weight.shape[0] == int(mask.sum()) for key, mask in pruning.keep.items())
+
+
+def test_checkpoint_of_a_pruned_model_loads_in_a_fresh_process(tmp_path):
+    model, pruning, _ = _prune(tmp_path)
+    checkpoint = sorted(tmp_path.glob("*.ckpt"))[-1]
+    assert torch.load(checkpoint, weights_only=True)[PLAN_KEY]["steps"]
+    x = torch.randn(4, 1, 8, 8)
+    torch.save(x, tmp_path / "x.pt")
+    model.eval()
+    torch.save(model(x).detach(), tmp_path / "y.pt")
+    script = textwrap.dedent(f"""
+        import torch
+        from lightning_prune.models import Classifier
+        model = Classifier.load_from_checkpoint({str(checkpoint)!r}).eval()
+        x, y = torch.load({str(tmp_path / 'x.pt')!r}), torch.load({str(tmp_path / 'y.pt')!r})
+        assert torch.allclose(model(x), y, atol=1e-6), (model(x) - y).abs().max()
+        print("params", sum(p.numel() for p in model.parameters()))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"params {sum(p.numel() for p in model.parameters())}" in done.stdout
+
+
+def test_fit_resumes_from_a_pruned_checkpoint(tmp_path):
+    _, pruning, _ = _prune(tmp_path)
+    last = sorted(tmp_path.glob("*.ckpt"))[-1]
+    L.seed_everything(0)
+    resumed = Pruning(criterion="l2", granularity="neuron", target=0.5, schedule="geometric", per_cycle=0.3, warmup_epochs=1)
+    model = Classifier("lenet_300_100", input_shape=(1, 8, 8), lr=3e-3)
+    trainer = make_trainer(pruning.timeline.epochs_needed + 1, [resumed], limit_train_batches=4, limit_val_batches=1)
+    trainer.fit(model, DigitsDataModule(batch_size=32), ckpt_path=str(last))
+    modules = dict(model.named_modules())
+    assert all(modules[key].weight.shape[0] == int(mask.sum()) for key, mask in resumed.keep.items())
+    assert [r["sparsity"] for r in resumed.history] == [r["sparsity"] for r in pruning.history]
+
+
+def test_plain_exports_restore_the_compact_model(tmp_path):
+    model, pruning, _ = _prune(tmp_path)
+    model.eval()
+    x = torch.randn(3, 1, 8, 8)
+    save_compact(model, pruning.state_dict()["plan"], tmp_path / "compact.pt")
+    fresh = load_compact(Classifier("lenet_300_100", input_shape=(1, 8, 8)), tmp_path / "compact.pt").eval()
+    assert torch.allclose(fresh(x), model(x), atol=1e-6)
+    export_program(model.model, x, tmp_path / "compact.pt2")
+    program = torch.export.load(tmp_path / "compact.pt2").module()
+    assert torch.allclose(program(x), model(x), atol=1e-6)
+
+
+class WithoutMixin(Classifier):
+    """A module that does nothing about pruned checkpoints: the callback must restore them itself."""
+
+    restores_pruned_architecture = False
+
+    def on_load_checkpoint(self, checkpoint):
+        L.LightningModule.on_load_checkpoint(self, checkpoint)
+
+
+def test_the_callback_restores_the_architecture_for_modules_without_the_mixin(tmp_path):
+    _, pruning, _ = _prune(tmp_path)
+    last = sorted(tmp_path.glob("*.ckpt"))[-1]
+    resumed = Pruning(criterion="l2", granularity="neuron", target=0.5, schedule="geometric", per_cycle=0.3, warmup_epochs=1)
+    model = WithoutMixin("lenet_300_100", input_shape=(1, 8, 8), lr=3e-3)
+    trainer = make_trainer(pruning.timeline.epochs_needed, [resumed], limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(model, DigitsDataModule(batch_size=32), ckpt_path=str(last))
+    modules = dict(model.named_modules())
+    assert all(modules[key].weight.shape[0] == int(mask.sum()) for key, mask in resumed.keep.items())
+    assert "on_load_checkpoint" not in model.__dict__  # the temporary wrapper is gone
