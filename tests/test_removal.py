@@ -110,7 +110,7 @@ def test_the_callback_restores_the_architecture_for_modules_without_the_mixin(tm
     last = sorted(tmp_path.glob("*.ckpt"))[-1]
     resumed = Pruning(criterion="l2", granularity="neuron", target=0.5, schedule="geometric", per_cycle=0.3, warmup_epochs=1)
     model = WithoutMixin("lenet_300_100", input_shape=(1, 8, 8), lr=3e-3)
-    trainer = make_trainer(pruning.timeline.epochs_needed, [resumed], limit_train_batches=2, limit_val_batches=1)
+    trainer = make_trainer(pruning.timeline.epochs_needed + 1, [resumed], limit_train_batches=2, limit_val_batches=1)
     trainer.fit(model, DigitsDataModule(batch_size=32), ckpt_path=str(last))
     modules = dict(model.named_modules())
     assert all(modules[key].weight.shape[0] == int(mask.sum()) for key, mask in resumed.keep.items())
