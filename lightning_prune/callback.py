@@ -38,6 +38,7 @@ from lightning_prune.ranking import SCOPES
 from lightning_prune.schedules import SCHEDULES, Timeline, sparsity_schedule
 
 MODES = ("max", "min")
+BUDGETS = ("units", "params", "macs")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -74,7 +75,10 @@ class Pruning(Callback):
         remove: Physically remove pruned neurons (default ``True`` for ``"neuron"``); ``False``
             keeps them as masked zeros. Not available for ``"weight"``.
         scope: ``"global"`` (one ranking across layers) or ``"layer"`` (same fraction per layer).
-        target: Final fraction of prunable units removed, in (0, 1).
+        target: Final fraction removed, in (0, 1): of prunable units (weights or neurons), or of
+            the dense model's parameters or MACs (see ``budget``).
+        budget: What ``target`` and the schedule count: ``"units"``, ``"params"`` or ``"macs"``.
+        round_to: Neurons only: round each layer's kept units up to a multiple of this (e.g. 8).
         schedule: ``"oneshot"``, ``"geometric"`` or ``"cubic"``.
         per_cycle: Fraction of the remaining units pruned per cycle (``"geometric"``; default 0.2).
         cycles: Number of cycles (``"cubic"``; default 10).
@@ -120,6 +124,8 @@ class Pruning(Callback):
         seed: int = 0,
         verbose: bool = True,
         remove: bool | None = None,
+        budget: str = "units",
+        round_to: int | None = None,
     ) -> None:
         if granularity not in GRANULARITIES:
             raise ValueError(f"`granularity` must be one of {GRANULARITIES}, got {granularity!r}.")
@@ -133,6 +139,12 @@ class Pruning(Callback):
                 f"`criterion`={self.criterion.name!r} scores {self.criterion.granularities} only, got "
                 f"granularity={granularity!r}."
             )
+        if budget not in BUDGETS:
+            raise ValueError(f"`budget` must be one of {BUDGETS}, got {budget!r}.")
+        if round_to is not None:
+            _check_int("round_to", round_to, 1)
+            if granularity != "neuron":
+                raise ValueError(f"`round_to`={round_to!r} rounds neuron counts; it needs granularity='neuron'.")
         if scope not in SCOPES:
             raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}.")
         _check_fraction("target", target)
@@ -176,6 +188,7 @@ class Pruning(Callback):
         self.ignore_layers = list(ignore_layers) if ignore_layers is not None else None
         self.min_keep, self.calibration_batches, self.verbose = min_keep, calibration_batches, verbose
         self.remove = granularity == "neuron" if remove is None else remove
+        self.budget, self.round_to = budget, round_to
         self._commit_during_fit = False
         self.calibration_loss = calibration_loss or cross_entropy_loss
         self.fractions = sparsity_schedule(schedule, target, per_cycle, cycles)
@@ -209,6 +222,8 @@ class Pruning(Callback):
             "scope": self.scope,
             "fractions": list(self.fractions),
             "remove": self.remove,
+            "budget": self.budget,
+            "round_to": self.round_to,
         }
 
     @property
@@ -368,7 +383,7 @@ class Pruning(Callback):
         fraction = self.fractions[cycle]
         keep = self.pruner.plan(
             self._state["keep"], fraction, cycle, self._calibration_batches(trainer), self.calibration_loss,
-            self._state["present"],
+            self._state["present"], self.budget, self._state["dense"], self.round_to,
         )
         keep = trainer.strategy.broadcast(keep, src=0)
         self._apply(trainer, pl_module, keep)
@@ -387,7 +402,8 @@ class Pruning(Callback):
         if self.verbose:
             rank_zero_info(
                 f"Pruning cycle {cycle} at epoch {epoch}: {self.granularity} sparsity {row['sparsity']:.4f}, "
-                f"{int(row['params'])} parameters, {row['macs']:.0f} MACs"
+                f"{int(row['params'])} parameters ({row['params_fraction']:.3f}), {row['macs']:.0f} MACs "
+                f"({row['macs_fraction']:.3f})"
             )
 
     def _judge_pending(self, trainer: L.Trainer, pl_module: L.LightningModule, before_epoch: int) -> None:

@@ -22,7 +22,7 @@ from lightning_prune.counting import count_macs, count_parameters, kept_macs
 from lightning_prune.criteria import GRANULARITIES, Criterion, cross_entropy_loss, score_layers
 from lightning_prune.layers import PrunableLayer, find_prunable_layers
 from lightning_prune.masks import Masks
-from lightning_prune.ranking import select_units
+from lightning_prune.ranking import prunable_capacity, round_kept, select_units
 from lightning_prune.structure import NeuronStructure
 from lightning_prune.surgery import remove_units
 
@@ -120,16 +120,26 @@ class Pruner:
         batches: Iterable[Any] = (),
         loss_fn: Callable[[nn.Module, Any], torch.Tensor] = cross_entropy_loss,
         present: Mapping[str, torch.Tensor] | None = None,
+        budget: str = "units",
+        reference: Mapping[str, float] | None = None,
+        round_to: int | None = None,
     ) -> Keep:
-        """New keep-masks with ``fraction`` of all (dense) units pruned; ``keep`` only shrinks.
+        """New keep-masks that remove ``fraction`` of the budget; ``keep`` only shrinks.
 
         Args:
             keep: Current keep-masks (dense coordinates).
-            fraction: Cumulative fraction of units to prune.
+            fraction: Cumulative fraction to remove: of all (dense) units for ``budget="units"``,
+                of ``reference["params"]`` or ``reference["macs"]`` for ``"params"``/``"macs"``.
             cycle: Index of the cycle (seeds random scores).
             batches: Calibration batches for data-driven criteria.
             loss_fn: Loss for gradient-based criteria.
             present: For neurons, which dense units are still in the model (``None``: all).
+            budget: ``"units"``, ``"params"`` or ``"macs"``.
+            reference: The dense model's ``{"params", "macs"}`` (for the last two budgets).
+            round_to: Round each group's kept units up to a multiple of this.
+
+        Raises:
+            ValueError: If the budget cannot be reached while each layer keeps its minimum.
         """
         sites = self.structure.sites if self.structure is not None else {}
         scores = score_layers(
@@ -139,7 +149,39 @@ class Pruner:
             scores = self.structure.group_scores(scores)
             if present is not None:
                 scores = {key: _scatter(value, present[key]) for key, value in scores.items()}
-        return select_units(scores, keep, fraction, self.scope, self.min_keep)
+
+        def choose(unit_fraction: float) -> Keep:
+            chosen = select_units(scores, keep, unit_fraction, self.scope, self.min_keep)
+            return round_kept(scores, keep, chosen, round_to) if round_to else chosen
+
+        if budget == "units":
+            return choose(fraction)
+        return self._search(choose, keep, present, fraction, budget, reference)
+
+    def _search(self, choose, keep, present, fraction: float, budget: str, reference) -> Keep:
+        """Bisect the unit fraction whose keep-masks remove ``fraction`` of the params/MACs."""
+
+        def removed(candidate: Keep) -> float:
+            masks = self.parameter_masks(candidate, present)
+            kept = count_parameters(self.model, masks)[0] if budget == "params" else kept_macs(self.macs, masks)
+            return 1.0 - kept / reference[budget]
+
+        sizes = {name: mask.numel() for name, mask in keep.items()}
+        units = sum(sizes.values())
+        low = sum(size - int(keep[name].sum()) for name, size in sizes.items()) / units
+        high = prunable_capacity(sizes, self.min_keep) / units if self.scope == "global" else 1.0 - self.min_keep
+        if removed(choose(high)) < fraction:
+            raise ValueError(
+                f"Removing {fraction:.4f} of the {budget} is out of reach: at most {removed(choose(high)):.4f} "
+                f"while each layer keeps `min_keep`={self.min_keep} of its units."
+            )
+        while high - low > 0.5 / units:
+            middle = (low + high) / 2
+            if removed(choose(middle)) >= fraction:
+                high = middle
+            else:
+                low = middle
+        return choose(high)
 
     def parameter_masks(self, keep: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None) -> Masks:
         """Parameter keep-masks of the current model that realise unit keep-masks."""

@@ -98,3 +98,37 @@ def select_units(
         mask[pruned] = False
         result[name] = mask.reshape(keep[name].shape).to(keep[name].device)
     return result
+
+
+def round_kept(
+    scores: Mapping[str, torch.Tensor],
+    before: Mapping[str, torch.Tensor],
+    after: Mapping[str, torch.Tensor],
+    multiple: int,
+) -> dict[str, torch.Tensor]:
+    """Round each group's kept count up to a multiple (fast kernels like widths of 8).
+
+    Units pruned in this step (kept in ``before``, not in ``after``) are restored, highest score
+    first, until the kept count is a multiple of ``multiple`` or the step's pruned units run out.
+    Units pruned in earlier steps stay pruned.
+
+    Args:
+        scores: Unit scores (same keys and shapes as the masks).
+        before: Keep-masks before this step.
+        after: Keep-masks chosen by :func:`select_units`.
+        multiple: The multiple, >= 1.
+    """
+    result = {}
+    for name, mask in after.items():
+        kept = int(mask.sum())
+        missing = min(-kept % multiple, mask.numel() - kept)
+        candidates = (before[name] & ~mask).flatten().nonzero().flatten()
+        mask = mask.clone()
+        if missing and candidates.numel():
+            order = torch.sort(scores[name].flatten().double().cpu()[candidates.cpu()], descending=True, stable=True).indices
+            restore = candidates[order[:missing]]
+            flat = mask.flatten()
+            flat[restore] = True
+            mask = flat.reshape(mask.shape)
+        result[name] = mask
+    return result

@@ -115,3 +115,28 @@ def test_the_callback_restores_the_architecture_for_modules_without_the_mixin(tm
     modules = dict(model.named_modules())
     assert all(modules[key].weight.shape[0] == int(mask.sum()) for key, mask in resumed.keep.items())
     assert "on_load_checkpoint" not in model.__dict__  # the temporary wrapper is gone
+
+
+@pytest.mark.parametrize("budget", ["macs", "params"])
+def test_budget_in_macs_or_parameters_is_reached(tmp_path, budget):
+    L.seed_everything(0)
+    pruning = Pruning(criterion="l2", granularity="neuron", target=0.6, budget=budget, warmup_epochs=1)
+    model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
+    trainer = make_trainer(2, [pruning], limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(model, DigitsDataModule(batch_size=32))
+    row = pruning.history[-1]
+    removed = 1 - row[f"{budget}_fraction"]
+    assert 0.6 <= removed <= 0.6 + 0.02  # reached, by at most a few units more
+    if budget == "params":
+        dense = sum(p.numel() for p in Classifier("lenet_300_100").parameters())
+        assert sum(p.numel() for p in model.parameters()) <= 0.4 * dense
+
+
+def test_round_to_keeps_multiples_of_eight(tmp_path):
+    L.seed_everything(0)
+    pruning = Pruning(criterion="l2", granularity="neuron", target=0.5, scope="layer", round_to=8, warmup_epochs=1)
+    model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
+    make_trainer(2, [pruning], limit_train_batches=2, limit_val_batches=1).fit(model, DigitsDataModule(batch_size=32))
+    modules = dict(model.named_modules())
+    widths = [modules[key].weight.shape[0] for key in pruning.keep]
+    assert sorted(widths) == [56, 152]  # 150 -> 152 and 50 -> 56: kept counts rounded up to multiples of 8
