@@ -193,15 +193,19 @@ def find_ratio(model: nn.Module, example: torch.Tensor, structure: NeuronStructu
     meta_x = example[:1].to("meta")
     dense = count_macs(meta, meta_x)[""]
 
+    seen: dict[tuple[int, ...], float] = {}
+
     def reduction(ratio: float) -> float:
-        probe = copy.deepcopy(meta)
-        removal = {g.key: list(range(g.size - keep_count(g.size, ratio))) for g in structure.groups}
-        remove_groups(probe, meta_x, removal)
-        return dense / count_macs(probe, meta_x)[""]
+        widths = tuple(keep_count(g.size, ratio) for g in structure.groups)
+        if widths not in seen:  # many ratios give the same widths
+            probe = copy.deepcopy(meta)
+            remove_groups(probe, meta_x, {g.key: list(range(g.size - w)) for g, w in zip(structure.groups, widths)})
+            seen[widths] = dense / count_macs(probe, meta_x)[""]
+        return seen[widths]
 
     lo, hi = 0.0, 0.999
     best = (0.0, 1.0)
-    for _ in range(16):
+    for _ in range(14):
         mid = (lo + hi) / 2
         red = reduction(mid)
         if abs(red - target) < abs(best[1] - target):
@@ -675,7 +679,7 @@ def _progress(message: str) -> None:
 
 def run(quick: bool = False, out: Path = DEFAULT_OUT, repeats: int | None = None, devices: Sequence[str] | None = None,
         models: Sequence[str] | None = None, command: str | None = None, block_s: float | None = None,
-        progress: Callable[[str], None] = _progress) -> dict[str, Any]:
+        threads: int | None = None, progress: Callable[[str], None] = _progress) -> dict[str, Any]:
     """Run the benchmark and write ``inference.json`` and ``inference.md`` into ``out``.
 
     Args:
@@ -686,10 +690,26 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT, repeats: int | None = None
         models: Subset of model names (default all).
         command: The command line to record (default: this process's argv).
         block_s: Target seconds per timed block (default 0.005 quick, 0.1 full).
+        threads: ``torch.set_num_threads`` for the run (restored after). Default: 1 in quick mode (on a
+            loaded 2-core machine OpenMP threads waiting for time slices make tiny ops 100x slower),
+            else torch's default.
 
     Returns:
         The report written to ``inference.json``.
     """
+    if threads is None and quick:
+        threads = 1
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run(quick, Path(out), repeats, devices, models, command, block_s, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(quick: bool, out: Path, repeats: int | None, devices: Sequence[str] | None, models: Sequence[str] | None,
+         command: str | None, block_s: float | None, progress: Callable[[str], None]) -> dict[str, Any]:
     specs = _specs(quick)
     if models is not None:
         unknown = set(models) - set(specs)
@@ -725,7 +745,6 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT, repeats: int | None = None
                 report["results"][name][dev] = bench_model(name, spec, torch.device(dev), repeats, block_s, warmup, progress)
     report["goals"] = goals(report)
     report["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "inference.json").write_text(json.dumps(report, indent=1))
     (out / "inference.md").write_text(to_markdown(report))
@@ -740,9 +759,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", action="append", default=None, help="cpu or cuda (repeatable; default cpu, plus cuda if available)")
     parser.add_argument("--model", action="append", default=None, help="run only this model (repeatable)")
     parser.add_argument("--block-s", type=float, default=None, help="target seconds per timed block")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 with --quick)")
     args = parser.parse_args(argv)
     report = run(quick=args.quick, out=args.out, repeats=args.repeats, devices=args.device, models=args.model,
-                 block_s=args.block_s)
+                 block_s=args.block_s, threads=args.threads)
     print(to_markdown(report))
     print(f"wrote {args.out / 'inference.json'} and {args.out / 'inference.md'}", file=sys.stderr)
 
