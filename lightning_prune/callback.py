@@ -64,6 +64,11 @@ def _clone_tensors(state: Any) -> Any:
     return state
 
 
+def _spawned(trainer: L.Trainer) -> bool:
+    """Whether the fit runs in spawned workers whose weights return to a main process of fixed shape."""
+    return getattr(trainer.strategy, "_start_method", "popen") != "popen"
+
+
 class Pruning(Callback):
     """Iterative pruning inside ``Trainer.fit``: train, score, rank, prune, fine-tune, repeat.
 
@@ -295,7 +300,11 @@ class Pruning(Callback):
         )
         self._commit_during_fit = self.remove and trainer.world_size == 1
         if self.remove and not self._commit_during_fit:
-            rank_zero_info(f"Pruning: {trainer.world_size} processes; neurons stay masked during the fit.")
+            rank_zero_info(
+                f"Pruning: {trainer.world_size} processes; neurons stay masked during the fit"
+                + (" (and after it: spawned workers return dense-shaped weights)." if _spawned(trainer) else
+                   " and are removed on every rank when it ends.")
+            )
         for name in self.pruner.skipped_layers:
             rank_zero_warn(f"Pruning: the neurons of layer {name!r} are coupled to a layer that is kept; left unpruned.")
         if self._restored is not None:
@@ -334,6 +343,8 @@ class Pruning(Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._judge_pending(trainer, pl_module, before_epoch=trainer.current_epoch + 1)
+        if self.remove and not self._commit_during_fit and not _spawned(trainer):
+            self._commit(trainer, pl_module)  # every rank removes the same units: identical compact models
         if self._enforcer is not None:
             self._enforcer.detach()
         if self.verbose:

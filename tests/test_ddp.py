@@ -1,0 +1,93 @@
+"""Real DDP on CPU (two gloo processes): statistics reduced across ranks, identical masks everywhere."""
+
+import hashlib
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_prune import Pruning
+from lightning_prune.criteria import APoZ
+from lightning_prune.data import DigitsDataModule
+from lightning_prune.models import Classifier
+
+
+class RecordingAPoZ(APoZ):
+    """APoZ that also writes, per rank, the inputs it saw, the layers' weights and its scores."""
+
+    def __init__(self, out_dir):
+        super().__init__()
+        self.out_dir, self.seen, self.rank_handle = out_dir, [], None
+
+    def begin(self, layers, sites):
+        super().begin(layers, sites)
+        self.seen = []
+        self.rank_handle = layers[0].module.register_forward_pre_hook(lambda m, args: self.seen.append(args[0].clone()))
+
+    def end(self):
+        super().end()
+        if self.rank_handle is not None:
+            self.rank_handle.remove()
+
+    def scores(self, layers, granularity, cycle):
+        scores = super().scores(layers, granularity, cycle)
+        rank = torch.distributed.get_rank()
+        torch.save(
+            {
+                "inputs": torch.cat(self.seen),
+                "layers": {layer.name: {k: v.clone() for k, v in layer.module.state_dict().items()} for layer in layers},
+                "scores": scores,
+            },
+            f"{self.out_dir}/scores_rank{rank}_cycle{cycle}.pt",
+        )
+        return scores
+
+
+class MaskChecksums(L.Callback):
+    def __init__(self, pruning, out_dir):
+        self.pruning, self.out_dir = pruning, out_dir
+
+    def on_train_end(self, trainer, pl_module):
+        digest = hashlib.sha256()
+        for key in sorted(self.pruning.keep):
+            digest.update(self.pruning.keep[key].numpy().tobytes())
+        params = {n: p.detach() for n, p in pl_module.named_parameters()}
+        zeros = all(torch.all(params[n][~m] == 0) for n, m in self.pruning._masks.items())
+        payload = {"keep": digest.hexdigest(), "masked_zero": bool(zeros), "history": len(self.pruning.history)}
+        with open(f"{self.out_dir}/rank{trainer.global_rank}.json", "w") as handle:
+            json.dump(payload, handle)
+
+
+@pytest.mark.parametrize("granularity", ["neuron", "weight"])
+def test_ddp_ranks_agree_and_apoz_equals_one_process_over_the_same_data(tmp_path, granularity):
+    L.seed_everything(0)
+    criterion = RecordingAPoZ(tmp_path) if granularity == "neuron" else "l1"
+    pruning = Pruning(criterion=criterion, granularity=granularity, target=0.5, schedule="geometric", per_cycle=0.3,
+                      warmup_epochs=1, calibration_batches=3)
+    trainer = L.Trainer(
+        max_epochs=3, accelerator="cpu", devices=2, strategy="ddp_spawn", callbacks=[pruning, MaskChecksums(pruning, tmp_path)],
+        enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False,
+        limit_train_batches=4, limit_val_batches=1,
+    )
+    model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
+    trainer.fit(model, DigitsDataModule(batch_size=32))
+
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0] == ranks[1]  # identical masks (checksums) and history on both ranks
+    assert ranks[0]["masked_zero"] and ranks[0]["history"] == 2
+    # The main process receives rank 0's weights: still dense-shaped, with the pruned entries zero.
+    assert sum(int((p == 0).sum()) for p in model.parameters()) > 0
+    if granularity == "weight":
+        return
+    for cycle in range(2):
+        records = [torch.load(tmp_path / f"scores_rank{r}_cycle{cycle}.pt") for r in range(2)]
+        assert not torch.equal(records[0]["inputs"], records[1]["inputs"])  # each rank saw its own shard
+        inputs = torch.cat([record["inputs"] for record in records])  # the global calibration data
+        layers = records[0]["layers"]
+        first, second = layers["model.features.0"], layers["model.features.2"]
+        hidden1 = torch.relu(inputs @ first["weight"].T + first["bias"])
+        hidden2 = torch.relu(hidden1 @ second["weight"].T + second["bias"])
+        for record in records:
+            assert torch.allclose(record["scores"]["model.features.0"], (hidden1 != 0).double().mean(0))
+            assert torch.allclose(record["scores"]["model.features.2"], (hidden2 != 0).double().mean(0))
