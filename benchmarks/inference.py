@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import importlib.metadata
 import json
 import os
 import platform
@@ -221,7 +222,8 @@ class CsrMLP(nn.Module):
     """An MLP whose ``Linear`` weights are sparse CSR, run as ``sparse.addmm`` on transposed activations.
 
     Activations are kept as ``(features, batch)`` throughout, so each layer is one
-    ``torch.sparse.addmm(bias[:, None], W_csr, h)`` with no transposes in between.
+    ``torch.sparse.addmm(bias[:, None], W_csr, h)`` with no transposes in between; a batch of one
+    runs ``torch.mv(W_csr, h) + bias`` (measured 3x faster than ``addmm`` with one column here).
     """
 
     def __init__(self, mlp: LeNet300100) -> None:
@@ -251,6 +253,10 @@ class CsrMLP(nn.Module):
         for kind, value in self.ops:
             if kind == "relu":
                 h = torch.relu(h)
+            elif h.shape[1] == 1:  # one example: sparse matrix-vector product (addmm is no faster than dense here)
+                weight, bias = value
+                h = torch.mv(weight, h[:, 0]).unsqueeze(1)
+                h = h if bias is None else h + bias
             else:
                 weight, bias = value
                 h = torch.sparse.mm(weight, h) if bias is None else torch.sparse.addmm(bias, weight, h)
@@ -328,12 +334,15 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def bench_model(name: str, spec: ModelSpec, device: torch.device, repeats: int, block_s: float, warmup: int,
                 progress: Callable[[str], None]) -> dict[str, Any]:
+    # Every model is made on the CPU and then moved to ``device``: lightning_prune's index tracking
+    # (surgery.surviving_entries) builds its probe tensors with ``torch.arange`` on the CPU, so
+    # ``parameter_masks`` / ``remove_units`` on a CUDA model fail (a device mismatch inside the
+    # Torch-Pruning trace). Whether the on-device path works is recorded in ``library_on_device``.
     torch.manual_seed(0)
     dense = spec.build()
     randomise_norms(dense)
-    dense = dense.to(device).eval()
-    example = torch.randn(2, *spec.input_shape, device=device)
-    one = example[:1]
+    dense.eval()
+    example = torch.randn(2, *spec.input_shape)
     timings: dict[str, float] = {}
 
     # --- lightning_prune: structure, keep-masks, masked equivalent, removal
@@ -359,7 +368,6 @@ def bench_model(name: str, spec: ModelSpec, device: torch.device, repeats: int, 
     start = time.perf_counter()
     structure.remove_units(compact_ours, keep)
     timings["remove_units_s"] = time.perf_counter() - start
-    compact_ours.eval()
 
     # --- Torch-Pruning's compact model at the same ratio
     compact_tp = copy.deepcopy(dense)
@@ -368,14 +376,30 @@ def bench_model(name: str, spec: ModelSpec, device: torch.device, repeats: int, 
                                   pruning_ratio=ratio, ignored_layers=[compact_tp.classifier])
     pruner.step()
     timings["torch_pruning_metapruner_s"] = time.perf_counter() - start
-    compact_tp.eval()
     del pruner
 
-    # --- weight pruning: masked (dense tensors) and CSR
+    # --- weight pruning: masked (dense tensors)
     masked = copy.deepcopy(dense)
     weight_masks = global_magnitude_masks(masked, layer_names)
     apply_masks(masked, weight_masks)
+
+    # --- to the device; CSR is built there from the masked model
+    cpu_dense = dense
+    dense, units_masked, compact_ours, compact_tp, masked = (
+        m.to(device).eval() for m in (dense, units_masked, compact_ours, compact_tp, masked)
+    )
+    example = example.to(device)
+    one = example[:1]
     csr = CsrMLP(masked) if spec.kind == "mlp" else None
+    on_device = {"device": str(device), "ok": True}
+    if device.type != "cpu":
+        probe = copy.deepcopy(dense)
+        try:  # the library's own path on the device (see the comment at the top)
+            NeuronStructure(probe, example, find_prunable_layers(probe, example)).remove_units(probe, keep)
+        except Exception as error:  # noqa: BLE001 - recorded in the report
+            on_device = {"device": str(device), "ok": False, "error": f"{type(error).__name__}: {str(error)[:300]}"}
+            progress(f"  lightning_prune on {device} failed ({on_device['error'][:120]}); models made on the CPU")
+        del probe
 
     models: dict[str, nn.Module | None] = {
         "dense": dense, "masked": masked, "csr": csr, "compact_ours": compact_ours, "compact_torch_pruning": compact_tp,
@@ -383,12 +407,15 @@ def bench_model(name: str, spec: ModelSpec, device: torch.device, repeats: int, 
 
     # --- correctness
     check_x = torch.randn(8, *spec.input_shape, device=device)
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # exact fp32 for the check
     with torch.inference_mode():
         ref_units = units_masked(check_x)
         diffs = {"compact_ours_vs_units_masked": _max_diff(compact_ours(check_x), ref_units)}
         if csr is not None:
             diffs["csr_vs_masked"] = _max_diff(csr(check_x), masked(check_x))
         diffs["output_scale_max_abs"] = float(ref_units.abs().max())
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     for key, value in diffs.items():
         if key != "output_scale_max_abs" and not value <= ATOL:
             raise AssertionError(f"{name} on {device}: {key} max |diff| = {value:.3g} > atol {ATOL}")
@@ -438,7 +465,8 @@ def bench_model(name: str, spec: ModelSpec, device: torch.device, repeats: int, 
 
     # --- fine-tuning step
     progress(f"  {name} {device.type} training step, batch {spec.train_batch}")
-    training = bench_training(dense, structure, keep, compact_tp, spec, device, repeats, block_s, warmup)
+    training = bench_training(cpu_dense, structure, keep, compact_tp, spec, device, repeats, block_s, warmup,
+                              carry_optimizer=on_device["ok"])
     training["variants"]["compact_ours"]["mac_fraction"] = macs["compact_ours"]["effective"] / dense_macs[""]
     training["variants"]["compact_torch_pruning"]["mac_fraction"] = macs["compact_torch_pruning"]["effective"] / dense_macs[""]
     training["variants"]["dense"]["mac_fraction"] = 1.0
@@ -460,6 +488,7 @@ def bench_model(name: str, spec: ModelSpec, device: torch.device, repeats: int, 
         "params": params,
         "correctness": {**diffs, "atol": ATOL},
         "library_timings_s": timings,
+        "library_on_device": on_device,
         "repeats": repeats,
         "inference": inference,
         "training": training,
@@ -467,8 +496,14 @@ def bench_model(name: str, spec: ModelSpec, device: torch.device, repeats: int, 
 
 
 def bench_training(dense: nn.Module, structure: NeuronStructure, keep: Mapping[str, torch.Tensor], compact_tp: nn.Module,
-                   spec: ModelSpec, device: torch.device, repeats: int, block_s: float, warmup: int) -> dict[str, Any]:
-    """Per-step time of forward + cross-entropy + backward + Adam step, compact vs dense."""
+                   spec: ModelSpec, device: torch.device, repeats: int, block_s: float, warmup: int,
+                   carry_optimizer: bool = True) -> dict[str, Any]:
+    """Per-step time of forward + cross-entropy + backward + Adam step, compact vs dense.
+
+    ``dense`` is the CPU model. With ``carry_optimizer`` the compact model of lightning_prune is
+    made on ``device`` by ``remove_units`` with the dense model's Adam passed in; without it (the
+    library's removal fails on that device) it is made on the CPU, moved, and gets a fresh Adam.
+    """
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(spec.train_batch, *spec.input_shape, generator=gen).to(device)
     y = torch.randint(0, NUM_CLASSES, (spec.train_batch,), generator=gen).to(device)
@@ -483,16 +518,26 @@ def bench_training(dense: nn.Module, structure: NeuronStructure, keep: Mapping[s
         return step
 
     runs = {}
-    model = copy.deepcopy(dense).train()
+    model = copy.deepcopy(dense).to(device).train()
     runs["dense"] = trainer(model, torch.optim.Adam(model.parameters(), lr=LR))
     # lightning_prune while fine-tuning: Adam built on the dense model, one step, then removal with
     # the optimizer carried over (parameters and moments sliced to the survivors).
-    model = copy.deepcopy(dense).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
-    trainer(model, optimizer)()
-    start = time.perf_counter()
-    structure.remove_units(model, keep, optimizers=[optimizer])
-    removal_s = time.perf_counter() - start
+    removal_s = None
+    if carry_optimizer:
+        model = copy.deepcopy(dense).to(device).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+        trainer(model, optimizer)()
+        if device.type != "cpu":  # the structure's example input must be on the model's device
+            ex = structure.example_input.to(device)
+            structure = NeuronStructure(model, ex, find_prunable_layers(model, ex))
+        start = time.perf_counter()
+        structure.remove_units(model, keep, optimizers=[optimizer])
+        removal_s = time.perf_counter() - start
+    else:
+        model = copy.deepcopy(dense).train()
+        structure.remove_units(model, keep)
+        model = model.to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     runs["compact_ours"] = trainer(model, optimizer)
     model = copy.deepcopy(compact_tp).train()
     runs["compact_torch_pruning"] = trainer(model, torch.optim.Adam(model.parameters(), lr=LR))
@@ -506,10 +551,19 @@ def bench_training(dense: nn.Module, structure: NeuronStructure, keep: Mapping[s
         s["time_fraction_median"] = statistics.median(fractions)
         s["time_fraction_min"] = min(fractions)
         s["time_fraction_max"] = max(fractions)
-    return {"batch": spec.train_batch, "optimizer": "Adam", "variants": summary, "remove_units_with_adam_s": removal_s}
+    return {"batch": spec.train_batch, "optimizer": "Adam", "optimizer_carried_over_by_remove_units": carry_optimizer,
+            "variants": summary, "remove_units_with_adam_s": removal_s}
 
 
 # ------------------------------------------------------------------------------------------ report
+def _dist_version(name: str, fallback: str) -> str:
+    """The installed distribution's version (``torch_pruning.__version__`` of 1.6.1 still says 1.6.0)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return fallback
+
+
 def machine_info() -> dict[str, Any]:
     return {
         "platform": platform.platform(),
@@ -520,7 +574,7 @@ def machine_info() -> dict[str, Any]:
         "threads_setting": "default" if torch.get_num_threads() == _DEFAULT_THREADS else "set explicitly",
         "torch": torch.__version__,
         "lightning": lightning.__version__,
-        "torch_pruning": getattr(tp, "__version__", "unknown"),
+        "torch_pruning": _dist_version("torch-pruning", getattr(tp, "__version__", "unknown")),
         "cuda_available": torch.cuda.is_available(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
@@ -532,6 +586,10 @@ def _fmt_macs(value: float) -> str:
         if value >= scale:
             return f"{value / scale:.3g}{unit}"
     return f"{value:.3g}"
+
+
+def _fmt_s(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _speedup(s: Mapping[str, Any]) -> str:
@@ -578,7 +636,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         "noisy: read the ranges. MACs per example from `lightning_prune.counting.count_macs` (FlopCounterMode). "
         "*computed* = multiply-adds the kernel does; *effective* = MACs of kept weights; MAC reduction = dense ÷ effective. "
         f"`masked` zeroes {SPARSITY:.0%} of the prunable weights by one global magnitude ranking. "
-        "`csr` runs the masked MLP's Linear layers as `torch.sparse.addmm(b, W_csr, h)`; it is skipped for CNNs "
+        "`csr` runs the masked MLP's Linear layers as `torch.sparse.addmm(b, W_csr, h)` (`torch.mv` at batch 1); it is skipped for CNNs "
         "(no fast sparse convolution in PyTorch). Compact variants remove the same fraction of units in every group "
         "(ours: L2 norm of each unit's weights; Torch-Pruning: MetaPruner + GroupMagnitudeImportance(p=2)).",
         "",
@@ -666,8 +724,14 @@ def to_markdown(report: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {name} | {device} | {t['find_prunable_layers_s']:.3f} | {t['neuron_structure_s']:.3f} | "
                 f"{t['ratio_search_s']:.3f} | {t['parameter_masks_s']:.3f} | {t['remove_units_s']:.3f} | "
-                f"{t['remove_units_with_adam_s']:.3f} | {t['torch_pruning_metapruner_s']:.3f} |"
+                f"{_fmt_s(t['remove_units_with_adam_s'])} | {t['torch_pruning_metapruner_s']:.3f} |"
             )
+    for name, per_device in report["results"].items():
+        for device, r in per_device.items():
+            od = r["library_on_device"]
+            if device != "cpu":
+                status = "works" if od["ok"] else f"FAILS (`{od['error']}`); the models were made on the CPU and moved"
+                lines.append(f"\nlightning_prune's `parameter_masks`/`remove_units` on {device} ({name}): {status}.")
     if c.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in c["notes"]]
     return "\n".join(lines) + "\n"
@@ -679,7 +743,8 @@ def _progress(message: str) -> None:
 
 def run(quick: bool = False, out: Path = DEFAULT_OUT, repeats: int | None = None, devices: Sequence[str] | None = None,
         models: Sequence[str] | None = None, command: str | None = None, block_s: float | None = None,
-        threads: int | None = None, progress: Callable[[str], None] = _progress) -> dict[str, Any]:
+        threads: int | None = None, cnn_batch: int | None = None, notes: Sequence[str] = (),
+        progress: Callable[[str], None] = _progress) -> dict[str, Any]:
     """Run the benchmark and write ``inference.json`` and ``inference.md`` into ``out``.
 
     Args:
@@ -693,6 +758,8 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT, repeats: int | None = None
         threads: ``torch.set_num_threads`` for the run (restored after). Default: 1 in quick mode (on a
             loaded 2-core machine OpenMP threads waiting for time slices make tiny ops 100x slower),
             else torch's default.
+        cnn_batch: The large batch of the CNNs (default 64 full; the MLPs always use 256).
+        notes: Extra lines for the report's notes.
 
     Returns:
         The report written to ``inference.json``.
@@ -703,14 +770,19 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT, repeats: int | None = None
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _run(quick, Path(out), repeats, devices, models, command, block_s, progress)
+        return _run(quick, Path(out), repeats, devices, models, command, block_s, cnn_batch, list(notes), progress)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _run(quick: bool, out: Path, repeats: int | None, devices: Sequence[str] | None, models: Sequence[str] | None,
-         command: str | None, block_s: float | None, progress: Callable[[str], None]) -> dict[str, Any]:
+         command: str | None, block_s: float | None, cnn_batch: int | None, extra_notes: list[str],
+         progress: Callable[[str], None]) -> dict[str, Any]:
     specs = _specs(quick)
+    if cnn_batch is not None:
+        for spec in specs.values():
+            if spec.kind == "cnn":
+                spec.batches = (1, cnn_batch)
     if models is not None:
         unknown = set(models) - set(specs)
         if unknown:
@@ -722,17 +794,18 @@ def _run(quick: bool, out: Path, repeats: int | None, devices: Sequence[str] | N
     block_s = block_s if block_s is not None else (0.005 if quick else 0.1)
     warmup = 1 if quick else 3
     notes = [
-        "Batches: MLPs 1 and 256; CNNs 1 and 64 in the full run (batch 256 of the dense 32x32 CNNs takes >1 s per call "
-        "on 2 CPU cores, too slow for enough interleaved repeats). The CNN goal is read at batch 64.",
+        "Batches: " + "; ".join(f"{n} {' and '.join(map(str, sp.batches))}" for n, sp in specs.items())
+        + ". Goals are read at each model's largest batch.",
         "csr is skipped for the CNNs (no fast sparse convolution in PyTorch).",
-        "Training-step batch: 64 for the 1024-4096-4096 MLP, 256 for LeNet-300-100, 32 for the CNNs.",
-    ]
+        "Training-step batch: " + "; ".join(f"{n} {sp.train_batch}" for n, sp in specs.items()) + ".",
+        "On CUDA the correctness check runs with TF32 off; timings use PyTorch's defaults.",
+    ] + extra_notes
     report: dict[str, Any] = {
         "machine": machine_info(),
         "config": {
             "quick": quick, "repeats": repeats, "block_s": block_s, "warmup_calls": warmup, "devices": list(devices),
             "sparsity_of_masked": SPARSITY, "atol": ATOL, "goals_speedup_over_mac_reduction": GOALS,
-            "command": command or " ".join([Path(sys.executable).name] + sys.argv), "notes": [] if quick else notes,
+            "command": command or " ".join([Path(sys.executable).name] + sys.argv), "notes": notes,
         },
         "results": {},
     }
@@ -760,9 +833,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model", action="append", default=None, help="run only this model (repeatable)")
     parser.add_argument("--block-s", type=float, default=None, help="target seconds per timed block")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 with --quick)")
+    parser.add_argument("--cnn-batch", type=int, default=None, help="large batch of the CNNs (default 64)")
+    parser.add_argument("--note", action="append", default=[], help="extra line for the report's notes (repeatable)")
     args = parser.parse_args(argv)
     report = run(quick=args.quick, out=args.out, repeats=args.repeats, devices=args.device, models=args.model,
-                 block_s=args.block_s, threads=args.threads)
+                 block_s=args.block_s, threads=args.threads, cnn_batch=args.cnn_batch, notes=args.note)
     print(to_markdown(report))
     print(f"wrote {args.out / 'inference.json'} and {args.out / 'inference.md'}", file=sys.stderr)
 

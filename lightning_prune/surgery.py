@@ -99,7 +99,7 @@ def remove_units(
     removal: Mapping[str, Sequence[int]],
     optimizers: Iterable[torch.optim.Optimizer] = (),
 ) -> dict[str, torch.Tensor]:
-    """Remove units in place and carry every optimizer over to the new parameters.
+    """Remove units in place and carry every optimizer over to the new parameters. All or nothing.
 
     Args:
         model: The model (its modules are changed in place).
@@ -109,20 +109,41 @@ def remove_units(
 
     Returns:
         Parameter name to the kept flat indices, for every changed parameter.
+
+    Raises:
+        Exception: Whatever the removal raised, after the model was put back as it was.
     """
+    optimizers = list(optimizers)
     kept = surviving_entries(model, example_input, removal)
+    saved = {module: {key: copy.copy(value) for key, value in vars(module).items()} for module in model.modules()}
     before = dict(model.named_parameters())
-    remove_groups(model, example_input, removal)
-    after = dict(model.named_parameters())
-    replaced = {id(before[name]): (before[name], after[name], kept.get(name)) for name in before if after[name] is not before[name]}
-    for optimizer in optimizers:
-        for group in optimizer.param_groups:
-            group["params"] = [replaced[id(p)][1] if id(p) in replaced else p for p in group["params"]]
-        for old, new, indices in replaced.values():
-            state = optimizer.state.pop(old, None)
-            if state is not None:
-                optimizer.state[new] = {key: _slice_like(value, old, new, indices) for key, value in state.items()}
+    try:
+        remove_groups(model, example_input, removal)
+        after = dict(model.named_parameters())
+        replaced = {id(before[n]): (before[n], after[n], kept.get(n)) for n in before if after[n] is not before[n]}
+        moved = [_moved_state(optimizer, replaced) for optimizer in optimizers]
+    except BaseException:
+        for module, attributes in saved.items():  # Torch-Pruning swaps attributes; swap them back
+            vars(module).clear()
+            vars(module).update(attributes)
+        raise
+    for optimizer, (groups, state) in zip(optimizers, moved):
+        for group, params in zip(optimizer.param_groups, groups):
+            group["params"] = params
+        for old, new, _ in replaced.values():
+            if optimizer.state.pop(old, None) is not None:
+                optimizer.state[new] = state[new]
     return kept
+
+
+def _moved_state(optimizer: torch.optim.Optimizer, replaced: Mapping[int, tuple]) -> tuple[list, dict]:
+    """New param lists and state entries of ``optimizer`` for the replaced parameters (no mutation)."""
+    groups = [[replaced[id(p)][1] if id(p) in replaced else p for p in group["params"]] for group in optimizer.param_groups]
+    state = {}
+    for old, new, indices in replaced.values():
+        if old in optimizer.state:
+            state[new] = {key: _slice_like(value, old, new, indices) for key, value in optimizer.state[old].items()}
+    return groups, state
 
 
 def _slice_like(value: Any, old: torch.Tensor, new: torch.Tensor, indices: torch.Tensor | None) -> Any:

@@ -1,0 +1,129 @@
+"""Faults lose nothing: a failure while scoring, removing or saving leaves model and checkpoint intact."""
+
+import copy
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from conftest import make_trainer
+from lightning_prune import Pruning
+from lightning_prune import surgery
+from lightning_prune.criteria import Magnitude
+from lightning_prune.data import DigitsDataModule
+from lightning_prune.layers import find_prunable_layers
+from lightning_prune.models import Classifier, build_model
+from lightning_prune.structure import NeuronStructure
+
+
+class FailingAt(Magnitude):
+    """L2 scores, except that cycle `cycle` raises."""
+
+    def __init__(self, cycle):
+        super().__init__(2)
+        self.cycle = cycle
+
+    def scores(self, layers, granularity, cycle):
+        if cycle == self.cycle:
+            raise RuntimeError("scoring failed")
+        return super().scores(layers, granularity, cycle)
+
+
+class EpochEndState(Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.state = copy.deepcopy(pl_module.state_dict())
+
+
+def _run(tmp_path, criterion, granularity="neuron", ckpt_path=None, max_epochs=4):
+    L.seed_everything(0)
+    pruning = Pruning(criterion=criterion, granularity=granularity, target=0.6, schedule="geometric", per_cycle=0.3,
+                      warmup_epochs=1)
+    recorder = EpochEndState()
+    model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
+    trainer = make_trainer(max_epochs, [pruning, recorder, ModelCheckpoint(tmp_path, filename="{epoch}", save_top_k=-1)],
+                           enable_checkpointing=True, limit_train_batches=3, limit_val_batches=1)
+    error = None
+    try:
+        trainer.fit(model, DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)
+    except RuntimeError as caught:
+        error = caught
+    return model, pruning, recorder, error
+
+
+@pytest.mark.parametrize("granularity", ["weight", "neuron"])
+def test_a_scoring_failure_leaves_the_model_and_checkpoint_intact(tmp_path, granularity):
+    model, pruning, recorder, error = _run(tmp_path, FailingAt(cycle=1), granularity)
+    assert str(error) == "scoring failed"
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in recorder.state.items())  # as at the end of epoch 1
+    assert len(pruning.history) == 1
+    # The last checkpoint loads and the run resumes from it.
+    resumed, resumed_pruning, _, error = _run(tmp_path, FailingAt(cycle=-1), granularity, ckpt_path=str(tmp_path / "epoch=1.ckpt"))
+    assert error is None and [row["cycle"] for row in resumed_pruning.history] == [0, 1, 2]
+
+
+def test_a_removal_failure_puts_the_model_and_optimizer_back(monkeypatch):
+    torch.manual_seed(0)
+    model = build_model("vgg_small")
+    x = torch.randn(2, 1, 8, 8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model(x).sum().backward()
+    optimizer.step()
+    structure = NeuronStructure(model, x, find_prunable_layers(model, x))
+    keep = {g.key: torch.arange(g.size) % 2 == 0 for g in structure.groups}
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    values = copy.deepcopy(model.state_dict())
+    params = list(model.parameters())
+
+    original = surgery.remove_groups
+
+    def half_then_fail(model, example_input, removal):  # prune one group for real, then fail
+        first = dict(list(removal.items())[:1])
+        original(model, example_input, first)
+        raise RuntimeError("surgery failed")
+
+    monkeypatch.setattr(surgery, "remove_groups", half_then_fail)
+    with pytest.raises(RuntimeError, match="surgery failed"):
+        surgery.remove_units(model, x, structure.removal(keep), [optimizer])
+    assert {n: p.shape for n, p in model.named_parameters()} == shapes
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in values.items())
+    assert [id(p) for p in model.parameters()] == [id(p) for p in params]
+    assert [id(p) for p in optimizer.param_groups[0]["params"]] == [id(p) for p in params]
+    model(x)  # still runs
+
+    monkeypatch.setattr(surgery, "remove_groups", original)
+    monkeypatch.setattr(surgery, "_slice_like", lambda *a: (_ for _ in ()).throw(RuntimeError("optimizer surgery failed")))
+    with pytest.raises(RuntimeError, match="optimizer surgery failed"):
+        surgery.remove_units(model, x, structure.removal(keep), [optimizer])
+    assert {n: p.shape for n, p in model.named_parameters()} == shapes
+    assert all(optimizer.state[p]["exp_avg"].shape == p.shape for p in model.parameters())
+
+
+def test_a_failing_checkpoint_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    class FailSecondSave(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 2:
+                monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full")))
+
+    L.seed_everything(0)
+    pruning = Pruning(criterion="l2", granularity="neuron", target=0.6, schedule="geometric", per_cycle=0.3, warmup_epochs=1)
+    model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
+    trainer = make_trainer(4, [pruning, FailSecondSave(), ModelCheckpoint(tmp_path, filename="{epoch}", save_top_k=-1)],
+                           enable_checkpointing=True, limit_train_batches=3, limit_val_batches=1)
+    with pytest.raises(RuntimeError, match="disk full"):
+        trainer.fit(model, DigitsDataModule(batch_size=32))
+    monkeypatch.undo()
+    restored = Classifier.load_from_checkpoint(tmp_path / "epoch=1.ckpt")
+    assert sum(p.numel() for p in restored.parameters()) < sum(p.numel() for p in Classifier("lenet_300_100").parameters())
+
+
+def test_one_callback_instance_serves_several_fits():
+    pruning = Pruning(criterion="l1", target=0.5, warmup_epochs=1)
+    for _ in range(2):
+        L.seed_everything(0)
+        model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
+        make_trainer(2, [pruning], limit_train_batches=2, limit_val_batches=1).fit(model, DigitsDataModule(batch_size=32))
+        assert len(pruning.history) == 1 and pruning.history[0]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+        zero = sum(int((p == 0).sum()) for n, p in model.named_parameters() if n.endswith("weight"))
+        assert zero >= 0.5 * sum(m.numel() for m in pruning.keep.values()) - 3
