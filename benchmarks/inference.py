@@ -384,7 +384,7 @@ def bench_model(name: str, spec: ModelSpec, device: torch.device, repeats: int, 
     apply_masks(masked, weight_masks)
 
     # --- to the device; CSR is built there from the masked model
-    cpu_dense = dense
+    cpu_dense = copy.deepcopy(dense)  # Module.to() moves in place
     dense, units_masked, compact_ours, compact_tp, masked = (
         m.to(device).eval() for m in (dense, units_masked, compact_ours, compact_tp, masked)
     )
@@ -397,7 +397,11 @@ def bench_model(name: str, spec: ModelSpec, device: torch.device, repeats: int, 
         try:  # the library's own path on the device (see the comment at the top)
             NeuronStructure(probe, example, find_prunable_layers(probe, example)).remove_units(probe, keep)
         except Exception as error:  # noqa: BLE001 - recorded in the report
-            on_device = {"device": str(device), "ok": False, "error": f"{type(error).__name__}: {str(error)[:300]}"}
+            cause = error.__context__ or error.__cause__  # Torch-Pruning re-raises the trace's error as another
+            message = f"{type(error).__name__}: {str(error)[:200]}"
+            if cause is not None:
+                message = f"{type(cause).__name__}: {str(cause)[:300]} (then {message})"
+            on_device = {"device": str(device), "ok": False, "error": message}
             progress(f"  lightning_prune on {device} failed ({on_device['error'][:120]}); models made on the CPU")
         del probe
 
@@ -816,6 +820,11 @@ def _run(quick: bool, out: Path, repeats: int | None, devices: Sequence[str] | N
             for dev in devices:
                 progress(f"{name} on {dev}")
                 report["results"][name][dev] = bench_model(name, spec, torch.device(dev), repeats, block_s, warmup, progress)
+                _write(report, out)  # partial results survive an interrupted run
+    return _write(report, out)
+
+
+def _write(report: dict[str, Any], out: Path) -> dict[str, Any]:
     report["goals"] = goals(report)
     report["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     out.mkdir(parents=True, exist_ok=True)

@@ -59,8 +59,11 @@ def apply_plan(model: nn.Module, plan: Plan) -> None:
     _check_plan(plan)
     device = next(model.parameters()).device
     example = example_from_spec(plan["inputs"], device)
-    for step in plan["steps"]:
-        remove_groups(model, example, step)
+    for index, step in enumerate(plan["steps"]):
+        try:
+            remove_groups(model, example, step)
+        except ValueError as error:
+            raise ValueError(f"The pruning plan does not fit this model (step {index}): {error}") from error
 
 
 def restore_pruned(module: nn.Module, checkpoint: Mapping[str, Any]) -> bool:
@@ -86,7 +89,7 @@ def restore_pruned(module: nn.Module, checkpoint: Mapping[str, Any]) -> bool:
     apply_plan(module, plan)
     mismatch = _mismatch(module, state)
     if mismatch is not None:
-        raise ValueError(f"The checkpoint's pruning plan does not fit this model: {mismatch}.")
+        raise ValueError(f"The pruning plan does not fit this model: after replaying it, {mismatch}.")
     return True
 
 

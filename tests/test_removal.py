@@ -140,3 +140,20 @@ def test_round_to_keeps_multiples_of_eight(tmp_path):
     modules = dict(model.named_modules())
     widths = [modules[key].weight.shape[0] for key in pruning.keep]
     assert sorted(widths) == [56, 152]  # 150 -> 152 and 50 -> 56: kept counts rounded up to multiples of 8
+
+
+def test_corrupted_or_foreign_plans_are_named(tmp_path):
+    model, pruning, _ = _prune(tmp_path)
+    checkpoint = torch.load(sorted(tmp_path.glob("*.ckpt"))[-1], weights_only=True)
+    corrupted = dict(checkpoint, **{PLAN_KEY: {"steps": "oops"}})
+    torch.save(corrupted, tmp_path / "corrupted.ckpt")
+    with pytest.raises(ValueError, match="Corrupted pruning plan"):
+        Classifier.load_from_checkpoint(tmp_path / "corrupted.ckpt")
+    foreign = dict(checkpoint, **{PLAN_KEY: dict(checkpoint[PLAN_KEY], steps=[{"model.nope": [0]}])})
+    torch.save(foreign, tmp_path / "foreign.ckpt")
+    with pytest.raises(ValueError, match="does not fit this model .*names layer 'model.nope', which this model does not have"):
+        Classifier.load_from_checkpoint(tmp_path / "foreign.ckpt")
+    other_arch = dict(checkpoint, hyper_parameters=dict(checkpoint["hyper_parameters"], arch_kwargs={"hidden": [200, 100]}))
+    torch.save(other_arch, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="pruning plan does not fit this model.*Cannot remove units"):
+        Classifier.load_from_checkpoint(tmp_path / "other.ckpt")
