@@ -719,6 +719,10 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         "",
         "## Library timings (seconds, one call each; noisy machine)",
         "",
+        "All of these run on the CPU, also in the rows of another device: the models are built and pruned on the "
+        "CPU and then moved (see below for why). `remove_units + Adam` is the removal that carries a stepped Adam "
+        "over; it runs on the device itself and is n/a where the library's removal fails there.",
+        "",
         "| model | device | find_prunable_layers | NeuronStructure | ratio search (meta) | parameter_masks | remove_units | remove_units + Adam | TP MetaPruner |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]

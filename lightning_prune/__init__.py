@@ -2,16 +2,25 @@
 
 Attach :class:`Pruning` to a ``lightning.Trainer`` and get the whole loop of the lecture: train,
 score importance, rank, mask or remove, fine-tune, repeat until the target is met or accuracy
-would suffer. Scoring, ranking, masks, structure and schedules are plain functions and classes
-(``criteria``, ``ranking``, ``masks``, ``structure``, ``schedules``, ``pruner``), usable without a
-Trainer.
+would suffer. Scoring, ranking, masks, structure, surgery and schedules are plain functions and
+classes (``criteria``, ``ranking``, ``masks``, ``structure``, ``surgery``, ``schedules``,
+``pruner``), usable without a Trainer.
 """
 
 from lightning_prune.callback import Pruning
+from lightning_prune.checkpoint import (
+    PrunedCheckpointMixin,
+    export_program,
+    load_compact,
+    restore_pruned,
+    save_compact,
+)
 from lightning_prune.criteria import CRITERIA, APoZ, Criterion, Magnitude, RandomImportance, Taylor
 from lightning_prune.masks import MaskEnforcer, apply_masks
 from lightning_prune.pruner import Pruner
 from lightning_prune.schedules import sparsity_schedule
+from lightning_prune.structure import NeuronStructure
+from lightning_prune.surgery import remove_units
 
 __all__ = [
     "CRITERIA",
@@ -19,11 +28,18 @@ __all__ = [
     "Criterion",
     "Magnitude",
     "MaskEnforcer",
+    "NeuronStructure",
+    "PrunedCheckpointMixin",
     "Pruner",
     "Pruning",
     "RandomImportance",
     "Taylor",
     "apply_masks",
+    "export_program",
+    "load_compact",
+    "remove_units",
+    "restore_pruned",
+    "save_compact",
     "sparsity_schedule",
 ]
 __version__ = "0.1.0"

@@ -53,12 +53,20 @@ def count_kept(masks: Mapping[str, torch.Tensor]) -> tuple[int, int]:
 class MaskEnforcer:
     """Keeps pruned entries at zero in the parameters *and* the optimizer state.
 
-    After every ``optimizer.step()`` the pruned entries of each masked parameter, and of every state
-    tensor of the same shape (SGD momentum, Adam's moments, AMSGrad's maxima, ...), are set to zero,
-    so that neither the update nor momentum can regrow a pruned weight. It runs as an optimizer
-    step post-hook, so it also covers manual optimization and gradient accumulation.
+    Two ways, with the same invariant (pruned weights, their gradients' effect and their optimizer
+    state stay exactly zero):
 
-    The multiply is one fused ``torch._foreach_mul_`` over all tensors with masks cached in the
+    * :meth:`enforce` zeroes the pruned entries of each masked parameter and of every optimizer
+      state tensor of its shape (SGD momentum, Adam's moments, AMSGrad's maxima, ...);
+      :meth:`attach` runs it after every ``optimizer.step()`` (a step post-hook). Three passes
+      over the masked tensors per step with Adam.
+    * :meth:`mask_gradients` zeroes the pruned entries of the gradients before the step. Once the
+      weights and state are zero (one :meth:`enforce` when the masks change), a zero gradient keeps
+      them zero under SGD (with momentum, Nesterov, weight decay), Adam, AdamW and AMSGrad: the
+      update of an entry whose gradient, moments and value are zero is zero. One pass per step;
+      the :class:`~lightning_prune.Pruning` callback uses this in ``on_before_optimizer_step``.
+
+    Multiplies are one fused ``torch._foreach_mul_`` over all tensors with masks cached in the
     parameters' dtype (measured faster than per-tensor ``mul_``/``masked_fill_`` with bool masks).
     """
 
@@ -83,6 +91,13 @@ class MaskEnforcer:
                         factors.append(mask.to(value.dtype))
         if tensors:
             torch._foreach_mul_(tensors, factors)
+
+    @torch.no_grad()
+    def mask_gradients(self) -> None:
+        """Zero the pruned entries of the masked parameters' gradients (call between backward and step)."""
+        pairs = [(param.grad, mask) for param, mask in self._pairs if param.grad is not None]
+        if pairs:
+            torch._foreach_mul_([grad for grad, _ in pairs], [mask.to(grad.dtype) for grad, mask in pairs])
 
     def attach(self, optimizers: Iterable[torch.optim.Optimizer]) -> None:
         """Enforce the masks after every step of each optimizer (until :meth:`detach`)."""
