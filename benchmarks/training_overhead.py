@@ -1,7 +1,7 @@
 """Per-step training overhead of keeping pruned weights at zero, side by side in one process.
 
-Variants, each with 90 % of the ``nn.Linear`` weights masked (one global L1-magnitude ranking on the
-initial weights; biases are not masked) and trained with Adam on batches of 64:
+Variants, each with 90 % of the ``nn.Linear`` weights masked (L1 magnitude of the initial weights,
+90 % of each layer by default; biases are not masked) and trained with Adam on batches of 64:
 
 ``dense``
     Plain step: forward, cross-entropy, backward, ``Adam.step()``, ``zero_grad()``. Nothing masked.
@@ -11,18 +11,28 @@ initial weights; biases are not masked) and trained with Adam on batches of 64:
     ``attach([optimizer])``. After each step it zeroes the pruned entries of the weights *and* of
     Adam's ``exp_avg`` / ``exp_avg_sq``.
 ``modelpruning``
-    What Lightning's ``ModelPruning`` callback leaves on the model while it trains:
+    What Lightning's ``ModelPruning`` callback (read in ``lightning/pytorch/callbacks/pruning.py``)
+    leaves on the model while it trains:
     ``torch.nn.utils.prune`` reparameterisation (``weight_orig`` parameter + ``weight_mask`` buffer,
     a forward pre-hook that recomputes ``weight = weight_orig * weight_mask`` on every forward, and
     the extra autograd node). ``ModelPruning`` (default ``use_global_unstructured=True``) calls
     ``prune.global_unstructured``, which itself calls ``prune.custom_from_mask`` per parameter; we
-    call ``custom_from_mask`` with the same masks as the other variants, so the hooks are identical.
+    call ``custom_from_mask`` with the same masks as the other variants, so the hooks are identical
+    (its layer-wise path calls e.g. ``prune.l1_unstructured`` per parameter: the same hook again).
+    Gradients of ``weight_orig`` are masked by the multiply, so Adam's pruned moments stay exactly 0.
 ``floor``
     The dense step plus one ``torch._foreach_mul_`` of the weights by their (float) masks, and
     nothing on the optimizer state: the cost of one pass over the masked weights, the floor that any
     in-place enforcement can approach.
 ``proto_*``
     Prototypes of cheaper enforcement, clearly *not* the library's code (see the classes below).
+
+Why layer-wise masks by default: one *global* L1 ranking of freshly initialised weights removes
+100 % of LeNet-300-100's second layer (its init scale, 1/sqrt(300), is the smallest). The network is
+then disconnected, whole Adam moment tensors sit at exactly zero or decay into denormals, and on this
+CPU ``sqrt`` of zeros is several times slower than of normal floats (denormals far slower still; the
+report measures both). The step timings then measure that collapse, not mask enforcement.
+``--mask-scope global`` runs the global ranking anyway.
 
 Method: every variant runs on its own copy of the same initial model and the same synthetic random
 batches (random inputs are fine for timing; nothing here measures accuracy). After a warm-up the
@@ -88,14 +98,24 @@ VARIANTS = ("dense", "lightning_prune", "modelpruning", "floor", "proto_cached",
 
 
 # ------------------------------------------------------------------------------------------- setup
-def global_l1_masks(model: nn.Module, sparsity: float = SPARSITY) -> dict[str, torch.Tensor]:
-    """Bool keep-masks for every ``nn.Linear`` weight: one global L1-magnitude ranking."""
+MASK_SCOPES = ("layer", "global")
+
+
+def l1_masks(model: nn.Module, sparsity: float = SPARSITY, scope: str = "layer") -> dict[str, torch.Tensor]:
+    """Bool keep-masks for every ``nn.Linear`` weight by L1 magnitude, per layer or one global ranking."""
+    if scope not in MASK_SCOPES:
+        raise ValueError(f"scope={scope!r}; expected one of {MASK_SCOPES}")
     names = [f"{m}.weight" for m, module in model.named_modules() if isinstance(module, nn.Linear)]
-    params = dict(model.named_parameters())
-    scores = torch.cat([params[n].detach().abs().flatten() for n in names])
-    k = int(round(sparsity * scores.numel()))
-    threshold = torch.kthvalue(scores, k).values if k > 0 else scores.min() - 1
-    return {n: params[n].detach().abs() > threshold for n in names}
+    params = {n: p.detach().abs() for n, p in model.named_parameters() if n in names}
+
+    def threshold(scores: torch.Tensor) -> torch.Tensor:
+        k = int(round(sparsity * scores.numel()))
+        return torch.kthvalue(scores, k).values if k > 0 else scores.min() - 1
+
+    if scope == "global":
+        t = threshold(torch.cat([params[n].flatten() for n in names]))
+        return {n: params[n] > t for n in names}
+    return {n: params[n] > threshold(params[n].flatten()) for n in names}
 
 
 def _modules_and_names(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[tuple[nn.Module, str, torch.Tensor]]:
@@ -289,9 +309,10 @@ def _interleave(blocks: dict[str, Callable[[], float]], repeats: int, collect: b
     return times
 
 
-def bench_steps(model_kwargs: dict[str, Any], variants: Iterable[str], repeats: int, steps: int, warmup: int) -> dict[str, Any]:
+def bench_steps(model_kwargs: dict[str, Any], variants: Iterable[str], repeats: int, steps: int, warmup: int,
+                mask_scope: str = "layer") -> dict[str, Any]:
     torch.manual_seed(0)
-    masks = global_l1_masks(LeNet300100(num_classes=NUM_CLASSES, **model_kwargs))
+    masks = l1_masks(LeNet300100(num_classes=NUM_CLASSES, **model_kwargs), scope=mask_scope)
     kept = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
     runs = {v: Variant(v, model_kwargs, None if v == "dense" else masks) for v in variants}
@@ -319,6 +340,7 @@ def bench_steps(model_kwargs: dict[str, Any], variants: Iterable[str], repeats: 
         "params_masked": total,
         "params_total": sum(p.numel() for p in runs["dense"].model.parameters()),
         "sparsity_of_masked": 1 - kept / total,
+        "sparsity_per_layer": {n: 1 - int(m.sum()) / m.numel() for n, m in masks.items()},
         "repeats": repeats,
         "steps_per_repeat": steps,
         "warmup_steps": warmup,
@@ -326,7 +348,7 @@ def bench_steps(model_kwargs: dict[str, Any], variants: Iterable[str], repeats: 
     }
 
 
-def bench_enforcer_parts(model_kwargs: dict[str, Any], repeats: int, calls: int) -> dict[str, float]:
+def bench_enforcer_parts(model_kwargs: dict[str, Any], repeats: int, calls: int, mask_scope: str = "layer") -> dict[str, float]:
     """Microseconds per call of the enforcer and its pieces, once Adam state exists (no training).
 
     Cheaper to measure precisely than a whole step on a noisy machine; ``1 + part / dense step``
@@ -334,7 +356,7 @@ def bench_enforcer_parts(model_kwargs: dict[str, Any], repeats: int, calls: int)
     """
     torch.manual_seed(0)
     model = LeNet300100(num_classes=NUM_CLASSES, **model_kwargs)
-    masks = global_l1_masks(model)
+    masks = l1_masks(model, scope=mask_scope)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     F.cross_entropy(model(torch.randn(BATCH, model_kwargs["in_features"])), torch.zeros(BATCH, dtype=torch.long)).backward()
     optimizer.step()
@@ -378,11 +400,35 @@ def bench_enforcer_parts(model_kwargs: dict[str, Any], repeats: int, calls: int)
     return {k: statistics.median(v) * 1e6 for k, v in times.items()}
 
 
+def bench_value_dependence(numel: int, repeats: int) -> dict[str, float]:
+    """Microseconds of ``sqrt`` (the op in Adam's denominator) over tensors of zeros, normal floats and
+    denormals: CPU elementwise speed depends on the values, which is why masks that leave Adam's
+    second moments at exactly zero (gradient masking, ``torch.nn.utils.prune``) or let them decay
+    into denormals (dead units) cost time beyond the multiply itself."""
+    tensors = {
+        "sqrt_of_normals": torch.rand(numel) + 0.5,
+        "sqrt_of_zeros": torch.zeros(numel),
+        "sqrt_of_denormals": torch.full((numel,), 1e-39),
+    }
+
+    def block(t: torch.Tensor) -> Callable[[], float]:
+        def go() -> float:
+            start = time.perf_counter()
+            for _ in range(10):
+                torch.sqrt(t)
+            return (time.perf_counter() - start) / 10
+
+        return go
+
+    times = _interleave({k: block(t) for k, t in tensors.items()}, repeats)
+    return {"numel": numel, **{k: statistics.median(v) * 1e6 for k, v in times.items()}}
+
+
 # ------------------------------------------------------------------------------- Trainer (optional)
-def bench_trainer(model_kwargs: dict[str, Any], repeats: int, batches: int, epochs: int) -> dict[str, Any]:
+def bench_trainer(model_kwargs: dict[str, Any], repeats: int, batches: int, epochs: int, mask_scope: str = "layer") -> dict[str, Any]:
     """``Trainer.fit`` of ``Classifier``: no callback vs our ``Pruning`` vs Lightning's ``ModelPruning``.
 
-    Both callbacks prune 90 % of the Linear weights (global L1) in epoch 0 (ours at its start,
+    Both callbacks prune 90 % of the Linear weights (L1, ``mask_scope``) in epoch 0 (ours at its start,
     ModelPruning at its end); only epochs 1.. are timed, when both are in their steady state.
     No validation loop, no logger, no progress bar; one process, configurations interleaved.
     """
@@ -409,12 +455,13 @@ def bench_trainer(model_kwargs: dict[str, Any], repeats: int, batches: int, epoc
 
     def callbacks(kind: str, module: Classifier) -> list[Callback]:
         if kind == "lightning_prune":
-            return [Pruning(criterion="l1", granularity="weight", scope="global", target=SPARSITY, schedule="oneshot",
+            return [Pruning(criterion="l1", granularity="weight", scope=mask_scope, target=SPARSITY, schedule="oneshot",
                             warmup_epochs=0, finetune_epochs=1, verbose=False)]
         if kind == "modelpruning":
             linears = [(m, "weight") for m in module.modules() if isinstance(m, nn.Linear)]
             return [ModelPruning("l1_unstructured", parameters_to_prune=linears, amount=lambda e: SPARSITY if e == 0 else 0.0,
-                                 use_global_unstructured=True, use_lottery_ticket_hypothesis=False, verbose=0)]
+                                 use_global_unstructured=mask_scope == "global", use_lottery_ticket_hypothesis=False,
+                                 verbose=0)]
         return []
 
     def fit(kind: str) -> float:
@@ -468,16 +515,23 @@ def modelpruning_mechanism() -> dict[str, Any]:
         "file": lp.__file__,
         "uses_torch_nn_utils_prune": "torch.nn.utils.prune as pytorch_prune" in inspect.getsource(lp),
         "global_path_calls_global_unstructured": "pytorch_prune.global_unstructured(" in src,
+        "local_path_calls_pruning_fn_per_parameter": "self.pruning_fn(module, name=name, amount=amount)" in src,
         "global_unstructured_calls_custom_from_mask": "custom_from_mask(module, name, mask=" in glob_src,
         "hooks_removed_only_at_on_train_end": "def on_train_end" in src and "make_pruning_permanent(pl_module)" in src,
         "summary": (
             "ModelPruning prunes with torch.nn.utils.prune (default use_global_unstructured=True -> "
-            "prune.global_unstructured -> prune.custom_from_mask per parameter): each weight becomes "
+            "prune.global_unstructured -> prune.custom_from_mask per parameter; with use_global_unstructured=False "
+            "it calls e.g. prune.l1_unstructured per parameter, which installs the same kind of hook): each weight becomes "
             "`weight_orig` (the same Parameter) + a `weight_mask` buffer, and a forward pre-hook recomputes "
             "weight = weight_orig * weight_mask on every forward; hooks stay during training and are removed "
             "by make_pruning_permanent only in on_train_end (and on the checkpointed state_dict copy)."
         ),
     }
+
+
+def _widths(res: Mapping[str, Any]) -> list[int]:
+    kwargs = res["model_kwargs"]
+    return [kwargs["in_features"], *kwargs["hidden"], NUM_CLASSES]
 
 
 def _load(values: list[float] | None) -> str:
@@ -509,8 +563,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         f"{m['threads_setting']}), lightning {m['lightning']}, device {m['device']}; load average (1/5/15 min) "
         f"{_load(m.get('load_average_1_5_15min'))} at start, {_load(m.get('load_average_at_end'))} at end.",
         "",
-        f"Batch {c['batch']}, {c['optimizer']}, {c['sparsity']:.0%} of the Linear weights masked (global L1 on the "
-        f"initial weights, biases not masked), {c['data']}. Variants interleaved round-robin; per model "
+        f"Batch {c['batch']}, {c['optimizer']}, {c['masked']}, {c['data']}. Variants interleaved round-robin; per model "
         "R repeats of N steps. Ratio = median of the per-repeat ratios to dense (min-max over repeats); "
         f"'best' = ratio of the fastest repeats. Quick mode: {c['quick']}. The machine is shared and noisy: "
         "read the ranges, not only the medians.",
@@ -522,7 +575,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         for variant, v in res["variants"].items():
             lines.append(f"| {model} | {variant} | {v['median_ms']:.3f} | {_ratio(v)} | {v['ratio_of_min_times']:.3f}x "
                          f"| {_reference(model, variant, res)} |")
-    lines += [""] + [f"- {model}: R={res['repeats']} repeats of N={res['steps_per_repeat']} steps, "
+    lines += [""] + [f"- {model} ({'-'.join(str(w) for w in _widths(res))}): R={res['repeats']} repeats of N={res['steps_per_repeat']} steps, "
                      f"{res['params_masked']:,} masked of {res['params_total']:,} parameters, sparsity of the masked "
                      f"{res['sparsity_of_masked']:.4f}." for model, res in report["results"].items()]
     if report.get("enforcer_parts"):
@@ -533,9 +586,16 @@ def to_markdown(report: Mapping[str, Any]) -> str:
             dense_us = report["results"][model]["variants"]["dense"]["median_ms"] * 1e3
             for piece, us in parts.items():
                 lines.append(f"| {model} | {piece} | {us:.1f} | {1 + us / dense_us:.3f}x |")
+    vd = report.get("value_dependence")
+    if vd:
+        lines += ["", f"Value dependence on this CPU: `torch.sqrt` over {vd['numel']:,} floats takes "
+                  f"{vd['sqrt_of_normals']:.0f} us for normal values, {vd['sqrt_of_zeros']:.0f} us for zeros and "
+                  f"{vd['sqrt_of_denormals']:.0f} us for denormals. Adam takes the sqrt of its second moments every "
+                  "step: schemes that keep pruned second moments at exactly zero (ModelPruning's masked gradients, the "
+                  "gradient-hook prototype) pay for it."]
     if report.get("trainer"):
         lines += ["", "Whole `Trainer.fit` of `Classifier` (no validation, logger, progress bar or checkpointing): "
-                  "both callbacks prune 90% of the Linear weights in epoch 0, the epochs after it are timed; ratio vs "
+                  f"both callbacks prune {c['masked']} in epoch 0, the epochs after it are timed; ratio vs "
                   "no callback:", "",
                   "| model | callback | median ms/step | ratio vs none (median, min-max) | best |", "|---|---|---:|---|---:|"]
         for model, res in report["trainer"].items():
@@ -555,7 +615,7 @@ def _progress(message: str) -> None:
 
 
 def run(quick: bool = False, repeats: int | None = None, steps: int | None = None, out: Path = DEFAULT_OUT,
-        trainer: bool | None = None, variants: Iterable[str] = VARIANTS) -> dict[str, Any]:
+        trainer: bool | None = None, variants: Iterable[str] = VARIANTS, mask_scope: str = "layer") -> dict[str, Any]:
     """Run the benchmark, write ``training_overhead.{json,md}`` into ``out`` and return the report.
 
     Args:
@@ -565,18 +625,24 @@ def run(quick: bool = False, repeats: int | None = None, steps: int | None = Non
         out: Output folder.
         trainer: Also time ``Trainer.fit`` with each callback (default: on for full runs, off for quick).
         variants: Which step-level variants to run (``dense`` is always included).
+        mask_scope: ``"layer"`` (90 % of each layer) or ``"global"`` (one L1 ranking; collapses a layer).
     """
     trainer = (not quick) if trainer is None else trainer
     variants = ["dense", *[v for v in variants if v != "dense"]]
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}; expected some of {VARIANTS}")
+    if mask_scope not in MASK_SCOPES:
+        raise ValueError(f"mask_scope={mask_scope!r}; expected one of {MASK_SCOPES}")
     started = time.perf_counter()
     report: dict[str, Any] = {
         "machine": machine_info(),
         "config": {"quick": quick, "repeats": repeats, "steps": steps, "batch": BATCH, "sparsity": SPARSITY,
                    "optimizer": f"Adam(lr={LR})", "data": "synthetic random inputs and labels (timing only)",
-                   "masked": "weights of every nn.Linear (biases not masked), global L1 on the initial weights"},
+                   "mask_scope": mask_scope,
+                   "masked": f"{SPARSITY:.0%} of the weights of every nn.Linear masked by L1 magnitude of the initial "
+                             f"weights, {'per layer' if mask_scope == 'layer' else 'one global ranking'} "
+                             "(biases not masked)"},
         "goals": {"lightning_prune_max_ratio": GOALS, "modelpruning_measured_elsewhere": MODELPRUNING_ELSEWHERE},
         "modelpruning": modelpruning_mechanism(),
         "results": {},
@@ -586,12 +652,13 @@ def run(quick: bool = False, repeats: int | None = None, steps: int | None = Non
         kwargs = spec["quick"] if quick else spec["kwargs"]
         _progress(f"{model}: timing training steps ({time.perf_counter() - started:.0f} s)")
         res = bench_steps(kwargs, variants, repeats or (3 if quick else spec["repeats"]),
-                          steps or (5 if quick else spec["steps"]), 3 if quick else spec["warmup"])
+                          steps or (5 if quick else spec["steps"]), 3 if quick else spec["warmup"], mask_scope)
         res["model_kwargs"] = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
         report["results"][model] = res
         _progress(f"{model}: steps done ({time.perf_counter() - started:.0f} s); timing the enforcer's pieces")
         report["enforcer_parts"][model] = bench_enforcer_parts(
-            kwargs, repeats=3 if quick else 15, calls=5 if quick else spec["part_calls"])
+            kwargs, repeats=3 if quick else 15, calls=5 if quick else spec["part_calls"], mask_scope=mask_scope)
+    report["value_dependence"] = bench_value_dependence(10_000 if quick else 1_000_000, repeats=3 if quick else 9)
     if trainer:
         logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
         logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
@@ -602,7 +669,7 @@ def run(quick: bool = False, repeats: int | None = None, steps: int | None = Non
                 _progress(f"{model}: timing Trainer.fit ({time.perf_counter() - started:.0f} s)")
                 report["trainer"][model] = bench_trainer(
                     spec["quick"] if quick else spec["kwargs"], repeats=2 if quick else 4,
-                    batches=4 if quick else spec["trainer_batches"], epochs=1 if quick else 2)
+                    batches=4 if quick else spec["trainer_batches"], epochs=1 if quick else 2, mask_scope=mask_scope)
     report["seconds"] = time.perf_counter() - started
     report["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     out = Path(out)
@@ -623,6 +690,8 @@ def main(argv: list[str] | None = None) -> None:
     trainer.add_argument("--no-trainer", dest="trainer", action="store_false", help="skip the Trainer.fit comparison")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: leave torch's default; recorded either way)")
+    parser.add_argument("--mask-scope", choices=MASK_SCOPES, default="layer",
+                        help="L1 masks per layer (default) or one global ranking (collapses LeNet's fc2)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     args = parser.parse_args(argv)
     if args.threads is not None:
@@ -632,7 +701,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{m['platform']} | {m['processor']} | {m['cpu_count']} CPUs | torch {m['torch']} "
           f"(num_threads={m['torch_num_threads']}, {threads}) | lightning {m['lightning']} | device {m['device']}")
     print("Inputs are synthetic random tensors: this measures time only.", flush=True)
-    report = run(args.quick, args.repeats, args.steps, args.out, args.trainer, args.variants)
+    report = run(args.quick, args.repeats, args.steps, args.out, args.trainer, args.variants, args.mask_scope)
     print(to_markdown(report))
     print(f"Wrote {args.out / 'training_overhead.json'} and {args.out / 'training_overhead.md'} "
           f"in {report['seconds']:.0f} s.")

@@ -35,6 +35,14 @@ def to_dtype(value: Any, dtype: torch.dtype) -> Any:
     return value
 
 
+def _to_cpu(value: Any) -> Any:
+    if torch.is_tensor(value):
+        return value.cpu()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_cpu(item) for item in value)
+    return value
+
+
 def detached_copy(model: nn.Module) -> nn.Module:
     """``copy.deepcopy`` of a module that shares (does not copy) an attached Lightning trainer."""
     trainer = getattr(model, "_trainer", None)
@@ -79,13 +87,13 @@ def surviving_entries(model: nn.Module, example_input: Any, removal: Mapping[str
     Returns:
         Parameter name to a sorted ``long`` tensor of kept flat indices (changed parameters only).
     """
-    probe = detached_copy(model).double()
+    probe = detached_copy(model).to("cpu", torch.float64)  # on the CPU whatever the model's device
     shapes = {}
     with torch.no_grad():
         for name, param in probe.named_parameters():
             shapes[name] = param.shape
             param.data = torch.arange(param.numel(), dtype=torch.float64).reshape(param.shape)
-    remove_groups(probe, to_dtype(example_input, torch.float64), removal)
+    remove_groups(probe, to_dtype(_to_cpu(example_input), torch.float64), removal)
     return {
         name: param.detach().flatten().long()
         for name, param in probe.named_parameters()
