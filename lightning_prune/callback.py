@@ -39,6 +39,7 @@ from lightning_prune.schedules import SCHEDULES, Timeline, sparsity_schedule
 
 MODES = ("max", "min")
 BUDGETS = ("units", "params", "macs")
+UNSUPPORTED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -262,6 +263,12 @@ class Pruning(Callback):
         if stage != "fit":
             return
         self._state, self._restored = self._fresh_state(), None
+        strategy = type(trainer.strategy).__name__
+        if strategy in UNSUPPORTED_STRATEGIES:
+            raise ValueError(
+                f"Pruning does not support the {strategy} strategy (sharded parameters cannot be masked or "
+                f"removed in place); use a single device, 'ddp' or 'ddp_spawn'."
+            )
         if self.remove and not getattr(pl_module, "restores_pruned_architecture", False):
             self._install_restore(pl_module)
         max_epochs = trainer.max_epochs

@@ -119,19 +119,31 @@ def test_rollback_restores_the_last_accepted_weights_and_stops():
     assert all(torch.all(params[name][~mask] == 0) for name, mask in pruning._masks.items())
 
 
-@pytest.mark.parametrize("granularity,criterion,remove", [
-    ("weight", "l1", False), ("neuron", "apoz", False), ("neuron", "taylor", True),
+@pytest.mark.parametrize("granularity,criterion,remove,on_train_epoch_end,resume_epoch", [
+    ("weight", "l1", False, False, 2),
+    ("weight", "random", False, True, 0),  # mid warm-up
+    ("neuron", "apoz", False, False, 2),
+    ("neuron", "taylor", True, True, 1),  # right after the first prune
+    ("neuron", "l2", True, False, 3),
 ])
-def test_resume_mid_schedule_reaches_the_same_masks_and_weights(tmp_path, granularity, criterion, remove):
+def test_resume_mid_schedule_reaches_the_same_masks_and_weights(
+    tmp_path, granularity, criterion, remove, on_train_epoch_end, resume_epoch
+):
+    from lightning.pytorch.callbacks import EarlyStopping
+
     def pruning():
         return Pruning(criterion=criterion, granularity=granularity, target=0.8, schedule="geometric",
                        per_cycle=0.4, warmup_epochs=1, monitor="val_acc", max_drop=0.5, remove=remove)
 
-    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    def callbacks():
+        return [EarlyStopping("val_acc", mode="max", patience=100, check_on_train_epoch_end=False)]
+
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, filename="{epoch}",
+                                  save_on_train_epoch_end=on_train_epoch_end)
     full = pruning()
-    model_full, _, _ = _fit_with(full, 5, [checkpoints])
+    model_full, _, _ = _fit_with(full, 5, [checkpoints, *callbacks()])
     resumed = pruning()
-    model_resumed, _, _ = _fit_with(resumed, 5, [], ckpt_path=str(tmp_path / "epoch=2.ckpt"))
+    model_resumed, _, _ = _fit_with(resumed, 5, callbacks(), ckpt_path=str(tmp_path / f"epoch={resume_epoch}.ckpt"))
     assert len(full.history) == len(resumed.history) == 4
     for key in full.keep:
         assert torch.equal(full.keep[key], resumed.keep[key])
@@ -146,7 +158,7 @@ def _fit_with(pruning, max_epochs, extra, ckpt_path=None):
     L.seed_everything(0)
     model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
     trainer = make_trainer(max_epochs, [pruning, *extra], limit_train_batches=6, limit_val_batches=2,
-                           enable_checkpointing=bool(extra))
+                           enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in extra))
     trainer.fit(model, DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)
     return model, trainer, None
 

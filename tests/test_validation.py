@@ -91,3 +91,14 @@ def test_resuming_with_other_arguments_is_refused():
     other = Pruning(target=0.5, scope="layer")
     with pytest.raises(ValueError, match="resume with the same arguments"):
         other.load_state_dict(state)
+
+
+def test_sharded_strategies_are_refused_at_setup():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    # FSDP needs a GPU to be set up, so the trainer is a stand-in holding a real FSDPStrategy object.
+    trainer = SimpleNamespace(strategy=FSDPStrategy.__new__(FSDPStrategy), max_epochs=1, check_val_every_n_epoch=1)
+    with pytest.raises(ValueError, match="does not support the FSDPStrategy strategy"):
+        Pruning(target=0.5).setup(trainer, Classifier(), "fit")
