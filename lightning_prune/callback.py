@@ -32,6 +32,7 @@ from torch import nn
 from lightning_prune.checkpoint import PLAN_KEY, input_spec, restore_pruned
 from lightning_prune.counting import count_parameters
 from lightning_prune.criteria import GRANULARITIES, Criterion, batch_input, cross_entropy_loss, make_criterion
+from lightning_prune.lottery import clone_tensors, reinitialized_state, rewind, shuffle_within_groups, training_snapshot
 from lightning_prune.masks import MaskEnforcer, apply_masks
 from lightning_prune.pruner import Keep, Pruner
 from lightning_prune.ranking import SCOPES
@@ -39,6 +40,7 @@ from lightning_prune.schedules import SCHEDULES, Timeline, sparsity_schedule
 
 MODES = ("max", "min")
 BUDGETS = ("units", "params", "macs")
+CONTROLS = ("reinit", "random_mask")
 UNSUPPORTED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
 
@@ -52,17 +54,6 @@ def _check_fraction(name: str, value: Any, low_open: bool = True) -> None:
     ok = ok and (0.0 < value < 1.0 if low_open else 0.0 <= value < 1.0)
     if not ok:
         raise ValueError(f"`{name}` must be a number in {'(0, 1)' if low_open else '[0, 1)'}, got {value!r}.")
-
-
-def _clone_tensors(state: Any) -> Any:
-    """Deep copy of nested dicts/lists of tensors with fresh storage (no aliasing of the source)."""
-    if torch.is_tensor(state):
-        return state.detach().clone()
-    if isinstance(state, dict):
-        return {key: _clone_tensors(value) for key, value in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(_clone_tensors(value) for value in state)
-    return state
 
 
 def _spawned(trainer: L.Trainer) -> bool:
@@ -85,6 +76,13 @@ class Pruning(Callback):
             the dense model's parameters or MACs (see ``budget``).
         budget: What ``target`` and the schedule count: ``"units"``, ``"params"`` or ``"macs"``.
         round_to: Neurons only: round each layer's kept units up to a multiple of this (e.g. 8).
+        rewind: ``None`` (fine-tune), ``"init"`` (after each prune, rewind every parameter, buffer,
+            the optimizer state and the LR schedulers to their values at the start of training:
+            lottery tickets) or an epoch ``k <= warmup_epochs`` (late rewinding, to the start of
+            epoch ``k``). Needs ``remove=False`` for neurons.
+        control: The lottery-ticket controls: ``"reinit"`` (rewind to a fresh random
+            initialisation instead of the original one) or ``"random_mask"`` (prune as many units
+            per layer as the criterion chose, but random ones).
         schedule: ``"oneshot"``, ``"geometric"`` or ``"cubic"``.
         per_cycle: Fraction of the remaining units pruned per cycle (``"geometric"``; default 0.2).
         cycles: Number of cycles (``"cubic"``; default 10).
@@ -132,6 +130,8 @@ class Pruning(Callback):
         remove: bool | None = None,
         budget: str = "units",
         round_to: int | None = None,
+        rewind: str | int | None = None,
+        control: str | None = None,
     ) -> None:
         if granularity not in GRANULARITIES:
             raise ValueError(f"`granularity` must be one of {GRANULARITIES}, got {granularity!r}.")
@@ -151,6 +151,15 @@ class Pruning(Callback):
             _check_int("round_to", round_to, 1)
             if granularity != "neuron":
                 raise ValueError(f"`round_to`={round_to!r} rounds neuron counts; it needs granularity='neuron'.")
+        if rewind is not None and rewind != "init" and (isinstance(rewind, bool) or not isinstance(rewind, int)
+                                                        or not 0 <= rewind <= warmup_epochs):
+            raise ValueError(
+                f"`rewind` must be None, 'init' or an epoch in [0, warmup_epochs={warmup_epochs}], got {rewind!r}."
+            )
+        if control is not None and control not in CONTROLS:
+            raise ValueError(f"`control` must be one of {CONTROLS} or None, got {control!r}.")
+        if control == "reinit" and rewind is None:
+            raise ValueError("`control`='reinit' re-initialises instead of rewinding; it needs `rewind`='init' or an epoch.")
         if scope not in SCOPES:
             raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}.")
         _check_fraction("target", target)
@@ -195,6 +204,9 @@ class Pruning(Callback):
         self.min_keep, self.calibration_batches, self.verbose = min_keep, calibration_batches, verbose
         self.remove = granularity == "neuron" if remove is None else remove
         self.budget, self.round_to = budget, round_to
+        self.rewind, self.control, self.seed = rewind, control, seed
+        if self.rewind is not None and self.remove:
+            raise ValueError("`rewind` restores the dense weights, so neurons must stay masked: pass remove=False.")
         self._commit_during_fit = False
         self.calibration_loss = calibration_loss or cross_entropy_loss
         self.fractions = sparsity_schedule(schedule, target, per_cycle, cycles)
@@ -220,6 +232,7 @@ class Pruning(Callback):
             "stopped": False,  # rolled back: no more pruning
             "history": [],  # one row per cycle
             "snapshot": None,  # last accepted {"model", "optimizers", "keep"} (with max_drop)
+            "rewind_point": None,  # {"model", "optimizers", "schedulers"} to rewind to after each prune
         }
 
     def _config(self) -> dict[str, Any]:
@@ -230,6 +243,8 @@ class Pruning(Callback):
             "remove": self.remove,
             "budget": self.budget,
             "round_to": self.round_to,
+            "rewind": self.rewind,
+            "control": self.control,
         }
 
     @property
@@ -237,7 +252,7 @@ class Pruning(Callback):
         return self._generate_state_key(granularity=self.granularity, target=self.target, schedule=self.schedule)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**_clone_tensors(self._state), "config": self._config()}
+        return {**clone_tensors(self._state), "config": self._config()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         config = state_dict.get("config")
@@ -328,6 +343,10 @@ class Pruning(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
         self._judge_pending(trainer, pl_module, before_epoch=epoch)
+        if self.rewind is not None and self._state["rewind_point"] is None and epoch == (
+            0 if self.rewind == "init" else self.rewind
+        ):
+            self._state["rewind_point"] = self._rewind_point(trainer, pl_module)
         cycle = self.timeline.cycle_at(epoch)
         if self._state["stopped"] or cycle is None or cycle != self._state["cycle"]:
             return
@@ -370,7 +389,7 @@ class Pruning(Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         plan = self._state["plan"]
         if plan is not None and plan["steps"]:
-            checkpoint[PLAN_KEY] = _clone_tensors(plan)
+            checkpoint[PLAN_KEY] = clone_tensors(plan)
 
     # ----------------------------------------------------------------------------- steps
     def _example_input(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Any:
@@ -406,7 +425,12 @@ class Pruning(Callback):
             self._state["keep"], fraction, cycle, self._calibration_batches(trainer), self.calibration_loss,
             self._state["present"], self.budget, self._state["dense"], self.round_to,
         )
+        if self.control == "random_mask":
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + cycle)
+            keep = shuffle_within_groups(self._state["keep"], keep, generator)
         keep = trainer.strategy.broadcast(keep, src=0)
+        if self._state["rewind_point"] is not None:
+            rewind(pl_module, trainer.optimizers, self._schedulers(trainer), self._state["rewind_point"], {})
         self._apply(trainer, pl_module, keep)
         self._state["keep"] = keep
         self._state["cycle"] = cycle + 1
@@ -461,15 +485,25 @@ class Pruning(Callback):
         removal = self.pruner.commit(self._state["keep"], self._state["present"], trainer.optimizers)
         if removal:
             self._state["plan"]["steps"].append(removal)
-            self._state["present"] = _clone_tensors(self._state["keep"])
+            self._state["present"] = clone_tensors(self._state["keep"])
             self._apply(trainer, pl_module, self._state["keep"])
+
+    @staticmethod
+    def _schedulers(trainer: L.Trainer) -> list[Any]:
+        return [config.scheduler for config in trainer.lr_scheduler_configs]
+
+    def _rewind_point(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        point = training_snapshot(pl_module, trainer.optimizers, self._schedulers(trainer))
+        if self.control == "reinit":
+            point["model"] = reinitialized_state(pl_module, seed=self.seed + 1)
+        return point
 
     def _snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         return {
-            "model": _clone_tensors(pl_module.state_dict()),
-            "optimizers": [_clone_tensors(optimizer.state_dict()["state"]) for optimizer in trainer.optimizers],
-            "keep": _clone_tensors(self._state["keep"]),
-            "present": _clone_tensors(self._state["present"]),
+            "model": clone_tensors(pl_module.state_dict()),
+            "optimizers": [clone_tensors(optimizer.state_dict()["state"]) for optimizer in trainer.optimizers],
+            "keep": clone_tensors(self._state["keep"]),
+            "present": clone_tensors(self._state["present"]),
         }
 
     def _rollback(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -479,9 +513,9 @@ class Pruning(Callback):
             params = [p for group in optimizer.param_groups for p in group["params"]]
             optimizer.state.clear()
             for index, values in saved.items():
-                optimizer.state[params[index]] = _clone_tensors(values)
-        self._state["keep"] = _clone_tensors(snapshot["keep"])
-        self._state["present"] = _clone_tensors(snapshot["present"])
+                optimizer.state[params[index]] = clone_tensors(values)
+        self._state["keep"] = clone_tensors(snapshot["keep"])
+        self._state["present"] = clone_tensors(snapshot["present"])
         self._apply(trainer, pl_module, self._state["keep"])
 
     def _log(self, trainer: L.Trainer, metrics: dict[str, float]) -> None:

@@ -1,0 +1,113 @@
+"""Lottery tickets and "Rethinking the Value of Network Pruning", as plain functions.
+
+* Rewinding (Frankle & Carbin 2019; Frankle et al. 2020): after each prune, every parameter and
+  buffer, the optimizer state and the learning-rate schedulers go back to a snapshot taken at
+  initialisation (``"init"``) or at an early epoch, and the surviving weights retrain from there.
+  Snapshots are copied tensors (never views or deep-copied modules), so every rewind restores the
+  same values, however many rounds came before.
+* Controls: the same masks with a fresh random initialisation (:func:`reinitialized_state`), and
+  random masks with the same per-layer counts (:func:`shuffle_within_groups`).
+* Scratch training (Liu et al. 2019): Scratch-E trains the pruned architecture from scratch for
+  the same epochs, Scratch-B for the same compute (:func:`scratch_epochs`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_prune.masks import apply_masks
+from lightning_prune.surgery import detached_copy
+
+
+def clone_tensors(state: Any) -> Any:
+    """Copy of nested dicts/lists of tensors with fresh storage (no aliasing of the source)."""
+    if torch.is_tensor(state):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {key: clone_tensors(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(clone_tensors(value) for value in state)
+    return state
+
+
+def training_snapshot(model: nn.Module, optimizers: Sequence[torch.optim.Optimizer], schedulers: Sequence[Any]) -> dict:
+    """Copied state of the model (parameters and buffers), optimizers and LR schedulers."""
+    return {
+        "model": clone_tensors(model.state_dict()),
+        "optimizers": [clone_tensors(optimizer.state_dict()) for optimizer in optimizers],
+        "schedulers": [clone_tensors(scheduler.state_dict()) for scheduler in schedulers],
+    }
+
+
+def rewind(
+    model: nn.Module,
+    optimizers: Sequence[torch.optim.Optimizer],
+    schedulers: Sequence[Any],
+    snapshot: Mapping[str, Any],
+    masks: Mapping[str, torch.Tensor],
+) -> None:
+    """Put model, optimizers and schedulers back to ``snapshot``, then zero the pruned entries.
+
+    Everything is loaded from fresh copies, so the snapshot itself is never trained in place.
+    """
+    model.load_state_dict(clone_tensors(snapshot["model"]))
+    for optimizer, state in zip(optimizers, snapshot["optimizers"]):
+        optimizer.load_state_dict(clone_tensors(state))
+    for scheduler, state in zip(schedulers, snapshot["schedulers"]):
+        scheduler.load_state_dict(clone_tensors(state))
+    apply_masks(model, masks)
+
+
+def reinitialized_state(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """The state dict of a copy of ``model`` whose layers were re-initialised from ``seed``.
+
+    Every module with ``reset_parameters`` draws new values (PyTorch's default initialisers), under
+    a forked RNG so the caller's random state is untouched.
+    """
+    fresh = detached_copy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in fresh.modules():
+            if callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
+    return clone_tensors(fresh.state_dict())
+
+
+def shuffle_within_groups(
+    before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor], generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Random masks with the same per-group counts as ``after``, pruning only units kept in ``before``.
+
+    The random-mask control: as many units pruned in each layer as the criterion chose, but which
+    ones is random (masks still only shrink).
+    """
+    result = {}
+    for name, mask in after.items():
+        alive = before[name].flatten().nonzero().flatten()
+        keep_count = int(mask.sum())
+        chosen = alive[torch.randperm(alive.numel(), generator=generator)[:keep_count]]
+        shuffled = torch.zeros(mask.numel(), dtype=torch.bool)
+        shuffled[chosen] = True
+        result[name] = shuffled.reshape(mask.shape).to(mask.device)
+    return result
+
+
+def scratch_epochs(epochs: int, dense_macs: float, pruned_macs: float) -> dict[str, int]:
+    """Epoch budgets for training a pruned architecture from scratch (Liu et al. 2019).
+
+    Scratch-E: the same epochs. Scratch-B: the same compute, ``epochs * dense / pruned`` MACs,
+    rounded up.
+
+    Raises:
+        ValueError: If an argument is not positive.
+    """
+    if epochs < 1 or dense_macs <= 0 or pruned_macs <= 0:
+        raise ValueError(
+            f"`epochs` must be >= 1 and MACs > 0, got epochs={epochs}, dense_macs={dense_macs}, pruned_macs={pruned_macs}."
+        )
+    return {"scratch_e": epochs, "scratch_b": math.ceil(epochs * dense_macs / pruned_macs - 1e-9)}

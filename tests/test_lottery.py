@@ -1,0 +1,137 @@
+"""Lottery tickets: rewinding restores everything every round; controls; Scratch-E/B budgets."""
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from conftest import make_trainer
+from lightning_prune import Pruning
+from lightning_prune.data import DigitsDataModule
+from lightning_prune.lottery import clone_tensors, reinitialized_state, scratch_epochs, shuffle_within_groups
+from lightning_prune.models import Classifier
+
+
+class WithScheduler(Classifier):
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+class Probe(Callback):
+    """Training state at the start of epochs (recorded after the Pruning callback's decisions)."""
+
+    def __init__(self):
+        self.states, self.trained = {}, {}
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.trained[trainer.current_epoch] = clone_tensors(pl_module.state_dict())
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.states[trainer.current_epoch] = {
+            "model": clone_tensors(pl_module.state_dict()),
+            "optimizer": clone_tensors(trainer.optimizers[0].state_dict()),
+            "scheduler": [dict(c.scheduler.state_dict()) for c in trainer.lr_scheduler_configs],
+        }
+
+
+def _lottery_run(rewind, control=None, model_cls=WithScheduler, max_epochs=6, **kwargs):
+    L.seed_everything(0)
+    pruning = Pruning(criterion="l1", target=0.6, schedule="geometric", per_cycle=0.3, warmup_epochs=2,
+                      finetune_epochs=1, rewind=rewind, control=control, **kwargs)
+    probe = Probe()
+    model = model_cls("lenet_300_100", input_shape=(1, 8, 8))
+    trainer = make_trainer(max_epochs, [pruning, probe], limit_train_batches=3, limit_val_batches=1)
+    trainer.fit(model, DigitsDataModule(batch_size=32))
+    return pruning, probe
+
+
+def _assert_rewound(state, point, masks):
+    for name, value in point["model"].items():
+        expected = value * masks[name] if name in masks else value
+        assert torch.equal(state["model"][name], expected), name
+
+
+@pytest.mark.parametrize("rewind_to", ["init", 1])
+def test_every_round_rewinds_weights_buffers_optimizer_and_scheduler(rewind_to):
+    pruning, probe = _lottery_run(rewind_to)
+    assert [row["epoch"] for row in pruning.history] == [2, 3, 4]  # three rounds
+    point_epoch = 0 if rewind_to == "init" else 1
+    point = probe.states[point_epoch]
+    for round_epoch in (2, 3, 4):
+        state = probe.states[round_epoch]
+        # This round's masks, read off the rewound weights (pruned entries are exactly zero).
+        masks = {name: (state["model"][name] != 0).to(point["model"][name].dtype)
+                 for name in pruning.pruner.parameter_masks(pruning.keep)}
+        _assert_rewound(state, point, masks)
+        assert state["scheduler"] == point["scheduler"]
+        assert state["optimizer"]["param_groups"][0]["lr"] == point["optimizer"]["param_groups"][0]["lr"]
+        if rewind_to == 1:  # momentum buffers: the snapshot's, with pruned entries zero
+            for index, values in point["optimizer"]["state"].items():
+                buffer = state["optimizer"]["state"][index]["momentum_buffer"]
+                reference = values["momentum_buffer"]
+                assert torch.equal(buffer[buffer != 0], reference[buffer != 0])
+        else:
+            assert state["optimizer"]["state"] == {}
+
+
+def test_rewinding_every_round_is_not_a_no_op_after_the_first():
+    pruning, probe = _lottery_run("init")
+    init = probe.states[0]["model"]
+    survivors = [n for n in init if n.endswith("features.0.weight")][0]
+    for epoch in (2, 3, 4):
+        kept = probe.states[epoch]["model"][survivors] != 0
+        assert torch.equal(probe.states[epoch]["model"][survivors][kept], init[survivors][kept])
+        before = probe.trained[epoch - 1][survivors]
+        assert not torch.equal(before[kept], init[survivors][kept])  # training had moved them
+
+
+def test_reinit_control_rewinds_to_a_fresh_initialisation():
+    pruning, probe = _lottery_run("init", control="reinit")
+    init = probe.states[0]["model"]
+    state = probe.states[2]["model"]
+    name = "model.features.0.weight"
+    kept = state[name] != 0
+    fresh = reinitialized_state(Classifier("lenet_300_100"), seed=1)
+    assert torch.equal(state[name][kept], fresh[name][kept])
+    assert not torch.equal(state[name][kept], init[name][kept])
+
+
+def test_random_mask_control_keeps_the_per_layer_counts():
+    generator = torch.Generator().manual_seed(0)
+    before = {"a": torch.rand(40) > 0.2, "b": torch.rand(7, 5) > 0.5}
+    after = {name: mask & (torch.rand(mask.shape) > 0.4) for name, mask in before.items()}
+    shuffled = shuffle_within_groups(before, after, generator)
+    for name in before:
+        assert int(shuffled[name].sum()) == int(after[name].sum())
+        assert not (shuffled[name] & ~before[name]).any()
+    pruning, _ = _lottery_run("init", control="random_mask", scope="layer", model_cls=Classifier)
+    for mask in pruning.keep.values():
+        assert abs(float((~mask).float().mean()) - 0.6) <= 1 / mask.numel()
+
+
+def test_scratch_budgets():
+    assert scratch_epochs(20, dense_macs=50_200, pruned_macs=5_240) == {"scratch_e": 20, "scratch_b": 192}
+    assert scratch_epochs(10, 100, 50) == {"scratch_e": 10, "scratch_b": 20}
+    with pytest.raises(ValueError, match="MACs > 0"):
+        scratch_epochs(10, 100, 0)
+
+
+def test_resume_mid_lottery_run_equals_the_uninterrupted_run(tmp_path):
+    def run(ckpt_path=None, extra=()):
+        L.seed_everything(0)
+        pruning = Pruning(criterion="l1", target=0.6, schedule="geometric", per_cycle=0.3, warmup_epochs=2, rewind=1)
+        model = WithScheduler("lenet_300_100", input_shape=(1, 8, 8))
+        trainer = make_trainer(6, [pruning, *extra], limit_train_batches=3, limit_val_batches=1,
+                               enable_checkpointing=bool(extra))
+        trainer.fit(model, DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)
+        return model, pruning
+
+    full_model, full = run(extra=[ModelCheckpoint(tmp_path, filename="{epoch}", save_top_k=-1)])
+    resumed_model, resumed = run(ckpt_path=str(tmp_path / "epoch=2.ckpt"))
+    for key in full.keep:
+        assert torch.equal(full.keep[key], resumed.keep[key])
+    resumed_state = resumed_model.state_dict()
+    for name, value in full_model.state_dict().items():
+        assert torch.allclose(value, resumed_state[name], atol=1e-6), name
