@@ -266,14 +266,6 @@ def test_ddp_spawn_ranks_get_disjoint_shards_in_a_reproducible_order(
     assert epoch_orders[0] != epoch_orders[1]
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("hatchling") is None, reason="hatchling is not installed"
-)
-@pytest.mark.skipif(
-    not (REPO_ROOT / "README.md").is_file(),
-    reason="pyproject.toml declares readme = README.md, which does not exist yet; "
-    "hatchling refuses to build without it",
-)
 def test_wheel_ships_the_data_and_the_installed_package_finds_it(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
