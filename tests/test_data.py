@@ -1,7 +1,6 @@
 """Tests for lightning_prune.data: frozen files, checksums, splits, shuffling and Lightning use."""
 
 import hashlib
-import importlib.util
 import math
 import os
 import shutil
