@@ -111,3 +111,23 @@ def scratch_epochs(epochs: int, dense_macs: float, pruned_macs: float) -> dict[s
             f"`epochs` must be >= 1 and MACs > 0, got epochs={epochs}, dense_macs={dense_macs}, pruned_macs={pruned_macs}."
         )
     return {"scratch_e": epochs, "scratch_b": math.ceil(epochs * dense_macs / pruned_macs - 1e-9)}
+
+
+def scratch_model(model: nn.Module, plan: Mapping[str, Any], seed: int) -> nn.Module:
+    """The pruned architecture of ``plan``, freshly initialised: Liu et al.'s scratch baseline.
+
+    Args:
+        model: A newly built dense model (it is shrunk in place and returned).
+        plan: A removal plan (``Pruning.state_dict()["plan"]`` or a checkpoint's
+            ``"lightning_prune_plan"``).
+        seed: Seed of the fresh initialisation (PyTorch's default initialisers, compact shapes).
+    """
+    from lightning_prune.checkpoint import apply_plan
+
+    apply_plan(model, plan)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in model.modules():
+            if callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
+    return model

@@ -135,3 +135,19 @@ def test_resume_mid_lottery_run_equals_the_uninterrupted_run(tmp_path):
     resumed_state = resumed_model.state_dict()
     for name, value in full_model.state_dict().items():
         assert torch.allclose(value, resumed_state[name], atol=1e-6), name
+
+
+def test_scratch_model_has_the_pruned_architecture_and_a_fresh_init(tmp_path):
+    from lightning_prune.lottery import scratch_model
+
+    L.seed_everything(0)
+    pruning = Pruning(criterion="l2", granularity="neuron", target=0.5, warmup_epochs=1)
+    model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
+    make_trainer(2, [pruning], limit_train_batches=2, limit_val_batches=1).fit(model, DigitsDataModule(batch_size=32))
+    plan = pruning.state_dict()["plan"]
+    scratch = scratch_model(Classifier("lenet_300_100", input_shape=(1, 8, 8)), plan, seed=5)
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    assert {n: p.shape for n, p in scratch.named_parameters()} == shapes
+    again = scratch_model(Classifier("lenet_300_100", input_shape=(1, 8, 8)), plan, seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(scratch.parameters(), again.parameters()))  # seeded
+    assert not torch.equal(scratch.model.classifier.weight, model.model.classifier.weight)
