@@ -356,16 +356,8 @@ class Pruning(Callback):
             self._state["snapshot"] = self._snapshot(trainer, pl_module)
         self._prune(trainer, pl_module, cycle, epoch)
 
-    def on_before_optimizer_step(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        # Zero gradients of pruned entries: with weights and optimizer state already zero there, the
-        # step leaves them zero (one pass per step instead of three; see MaskEnforcer).
-        if self._enforcer is not None:
-            self._enforcer.mask_gradients()
-
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._enforcer is not None:  # a safety net for anything that touched the weights outside a step
+        if self._enforcer is not None:  # the optimizer state's pruned entries, zeroed once an epoch
             self._enforcer.enforce(trainer.optimizers)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -383,6 +375,9 @@ class Pruning(Callback):
         self._judge_pending(trainer, pl_module, before_epoch=trainer.current_epoch + 1)
         if self.remove and not self._commit_during_fit and not _spawned(trainer):
             self._commit(trainer, pl_module)  # every rank removes the same units: identical compact models
+        if self._enforcer is not None:
+            self._enforcer.enforce(trainer.optimizers)
+            self._enforcer.detach()
         if self.verbose:
             rank_zero_info(self.summary_table())
 
@@ -415,8 +410,11 @@ class Pruning(Callback):
     def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule, keep: Keep) -> None:
         masks = self.pruner.parameter_masks(keep, self._state["present"])
         apply_masks(pl_module, masks)
+        if self._enforcer is not None:
+            self._enforcer.detach()
         self._enforcer = MaskEnforcer(pl_module, masks)
         self._enforcer.enforce(trainer.optimizers)
+        self._enforcer.attach(trainer.optimizers)  # weights zeroed after every optimizer step
         self._masks = masks
 
     def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule, cycle: int, epoch: int) -> None:

@@ -51,20 +51,20 @@ def count_kept(masks: Mapping[str, torch.Tensor]) -> tuple[int, int]:
 
 
 class MaskEnforcer:
-    """Keeps pruned entries at zero in the parameters *and* the optimizer state.
-
-    Two ways, with the same invariant (pruned weights, their gradients' effect and their optimizer
-    state stay exactly zero):
+    """Keeps pruned entries at zero in the parameters and the optimizer state.
 
     * :meth:`enforce` zeroes the pruned entries of each masked parameter and of every optimizer
-      state tensor of its shape (SGD momentum, Adam's moments, AMSGrad's maxima, ...);
-      :meth:`attach` runs it after every ``optimizer.step()`` (a step post-hook). Three passes
-      over the masked tensors per step with Adam.
-    * :meth:`mask_gradients` zeroes the pruned entries of the gradients before the step. Once the
-      weights and state are zero (one :meth:`enforce` when the masks change), a zero gradient keeps
-      them zero under SGD (with momentum, Nesterov, weight decay), Adam, AdamW and AMSGrad: the
-      update of an entry whose gradient, moments and value are zero is zero. One pass per step;
-      the :class:`~lightning_prune.Pruning` callback uses this in ``on_before_optimizer_step``.
+      state tensor of its shape (SGD momentum, Adam's moments, AMSGrad's maxima, ...).
+    * :meth:`attach` zeroes pruned entries after every ``optimizer.step()`` (a step post-hook, so
+      manual optimization and gradient accumulation are covered): of the weights only by default,
+      which is all it takes to keep a pruned weight from regrowing, or of the weights and the
+      state with ``state=True``.
+
+    With ``state=False`` the pruned entries of the optimizer state move between two
+    :meth:`enforce` calls, but they never reach a kept weight and are discarded by removal or
+    rewinding. It is the cheaper choice: one pass per step instead of three with Adam, and Adam's
+    square root is slow on this CPU when its second moments are exactly zero (see
+    ``benchmarks/results/training_overhead.md``).
 
     Multiplies are one fused ``torch._foreach_mul_`` over all tensors with masks cached in the
     parameters' dtype (measured faster than per-tensor ``mul_``/``masked_fill_`` with bool masks).
@@ -92,17 +92,11 @@ class MaskEnforcer:
         if tensors:
             torch._foreach_mul_(tensors, factors)
 
-    @torch.no_grad()
-    def mask_gradients(self) -> None:
-        """Zero the pruned entries of the masked parameters' gradients (call between backward and step)."""
-        pairs = [(param.grad, mask) for param, mask in self._pairs if param.grad is not None]
-        if pairs:
-            torch._foreach_mul_([grad for grad, _ in pairs], [mask.to(grad.dtype) for grad, mask in pairs])
-
-    def attach(self, optimizers: Iterable[torch.optim.Optimizer]) -> None:
-        """Enforce the masks after every step of each optimizer (until :meth:`detach`)."""
+    def attach(self, optimizers: Iterable[torch.optim.Optimizer], state: bool = False) -> None:
+        """Zero pruned weights (and, with ``state=True``, their optimizer state) after every step."""
         for optimizer in optimizers:
-            self._handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: self.enforce([opt])))
+            hook = (lambda opt, args, kwargs: self.enforce([opt])) if state else (lambda opt, args, kwargs: self.enforce())
+            self._handles.append(optimizer.register_step_post_hook(hook))
 
     def detach(self) -> None:
         """Remove the optimizer hooks."""

@@ -12,23 +12,23 @@ from lightning_prune.ranking import min_units
 
 
 class Recorder(Callback):
-    """After every optimizer step: whether every pruned weight and its optimizer state are exactly
-    zero; after each epoch: the keep-masks."""
+    """After every optimizer step: whether every pruned weight is exactly zero; after each epoch
+    (after the Pruning callback's epoch end): the keep-masks, and whether the optimizer state's
+    pruned entries are zero too."""
 
     def __init__(self, pruning):
         self.pruning, self.keeps, self.zero = pruning, [], []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         params = dict(pl_module.named_parameters())
-        state = trainer.optimizers[0].state
-        zero = True
-        for name, mask in self.pruning._masks.items():
-            tensors = [params[name]] + [v for v in state[params[name]].values() if torch.is_tensor(v) and v.shape == mask.shape]
-            zero = zero and all(torch.all(t[~mask] == 0) for t in tensors)
-        self.zero.append(zero)
+        self.zero.append(all(torch.all(params[n][~m] == 0) for n, m in self.pruning._masks.items()))
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.keeps.append({k: v.clone() for k, v in self.pruning.keep.items()})
+        params, state = dict(pl_module.named_parameters()), trainer.optimizers[0].state
+        for name, mask in self.pruning._masks.items():
+            values = [v for v in state[params[name]].values() if torch.is_tensor(v) and v.shape == mask.shape]
+            self.zero.append(all(torch.all(v[~mask] == 0) for v in values))
 
 
 def _fit(pruning, max_epochs, optimizer="adam", batches=6, seed=0, **trainer_kwargs):
