@@ -19,6 +19,7 @@ checkpoint takes the same decisions as the uninterrupted run.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -54,6 +55,22 @@ def _check_fraction(name: str, value: Any, low_open: bool = True) -> None:
     ok = ok and (0.0 < value < 1.0 if low_open else 0.0 <= value < 1.0)
     if not ok:
         raise ValueError(f"`{name}` must be a number in {'(0, 1)' if low_open else '[0, 1)'}, got {value!r}.")
+
+
+def _check_ranks_agree(trainer: L.Trainer, keep: Keep) -> None:
+    """Fail loudly if the ranks hold different masks (a digest of every mask, gathered from all ranks).
+
+    Raises:
+        RuntimeError: Naming the ranks whose masks differ from rank 0's.
+    """
+    if trainer.world_size == 1:
+        return
+    digest = hashlib.sha256(b"".join(keep[key].cpu().numpy().tobytes() for key in sorted(keep))).digest()
+    local = torch.tensor(list(digest[:8]), dtype=torch.int64, device=trainer.strategy.root_device)
+    gathered = trainer.strategy.all_gather(local).reshape(trainer.world_size, -1)
+    differing = [rank for rank in range(trainer.world_size) if not torch.equal(gathered[rank], gathered[0])]
+    if differing:
+        raise RuntimeError(f"Pruning masks differ between rank 0 and ranks {differing}; refusing to continue.")
 
 
 def _spawned(trainer: L.Trainer) -> bool:
@@ -427,6 +444,7 @@ class Pruning(Callback):
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + cycle)
             keep = shuffle_within_groups(self._state["keep"], keep, generator)
         keep = trainer.strategy.broadcast(keep, src=0)
+        _check_ranks_agree(trainer, keep)
         if self._state["rewind_point"] is not None:
             rewind(pl_module, trainer.optimizers, self._schedulers(trainer), self._state["rewind_point"], {})
         self._apply(trainer, pl_module, keep)

@@ -32,6 +32,8 @@ def test_quick_benchmark_writes_every_model_and_variant(tmp_path, one_thread):
             assert len(v["ms_per_repeat"]) == 2
         assert variants["dense"]["ratio_median"] == 1.0
         assert 0.89 < data["results"][model]["sparsity_of_masked"] < 0.91
+        # lightning_prune's weights were checked zero, then its optimizer state after the epoch-end enforce
+        assert 0.0 <= data["results"][model]["pruned_state_nonzero_fraction_before_enforce"]["lightning_prune"] <= 1.0
     assert data["modelpruning"]["global_path_calls_global_unstructured"]
     assert data["machine"]["torch"] == torch.__version__
     assert "trainer" not in data  # the Trainer comparison is off in quick mode unless asked

@@ -91,3 +91,19 @@ def test_ddp_ranks_agree_and_apoz_equals_one_process_over_the_same_data(tmp_path
         for record in records:
             assert torch.allclose(record["scores"]["model.features.0"], (hidden1 != 0).double().mean(0))
             assert torch.allclose(record["scores"]["model.features.2"], (hidden2 != 0).double().mean(0))
+
+
+def test_ranks_with_different_masks_fail_loudly():
+    from types import SimpleNamespace
+
+    from lightning_prune.callback import _check_ranks_agree
+
+    class DisagreeingStrategy:  # what all_gather would return if rank 1 held other masks
+        root_device = torch.device("cpu")
+
+        def all_gather(self, tensor):
+            return torch.stack([tensor, tensor + 1])
+
+    trainer = SimpleNamespace(world_size=2, strategy=DisagreeingStrategy())
+    with pytest.raises(RuntimeError, match=r"masks differ between rank 0 and ranks \[1\]"):
+        _check_ranks_agree(trainer, {"fc": torch.ones(3, dtype=torch.bool)})
