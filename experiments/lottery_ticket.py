@@ -1,0 +1,269 @@
+"""Lottery tickets (Frankle & Carbin, ICLR 2019) on digits with LeNet-300-100: winning ticket vs controls.
+
+Iterative magnitude pruning, 20 % of the remaining weights of *every* layer per round
+(``granularity="weight"``, ``criterion="l1"``, ``scope="layer"``, ``schedule="geometric"``,
+``per_cycle=0.2``). The paper prunes the output layer at half the rate (10 %); the ``Pruning``
+callback has one rate for all layers, so here the output layer is pruned at 20 % like the others.
+Each round trains for ``F`` epochs (``warmup_epochs=F`` for the dense round 0,
+``finetune_epochs=F`` afterwards), and after each prune the surviving weights go back to:
+
+* ``ticket``: their original initialisation (``rewind="init"``), the winning ticket;
+* ``reinit``: a fresh random initialisation with the same masks (``rewind="init", control="reinit"``;
+  the fresh init is drawn once per run from the callback's seed and reused every round);
+* ``random_mask``: the original initialisation, but each round prunes as many weights per layer as
+  magnitude pruning would, chosen at random (``rewind="init", control="random_mask"``).
+
+Optimizer state (Adam moments) is rewound too. A small callback (:class:`RoundRecorder`) records the
+validation accuracy after every epoch (``trainer.callback_metrics["val_acc"]``) and the test
+accuracy of the model after every epoch (a plain forward pass over the 357 test examples), so each
+round reports the last-epoch validation / test accuracy, the early-stopping epoch (the epoch of the
+round with the best validation accuracy, 1-based within the round) and the test accuracy there.
+Run:
+
+    python experiments/lottery_ticket.py --seeds 0 1 2
+
+writes ``experiments/results/lottery_ticket.{md,json,png}``. One torch thread (``--threads``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lightning_prune import Pruning
+from lightning_prune.data import DigitsDataModule, MNIST1DDataModule
+from lightning_prune.models import Classifier
+
+BATCH_SIZE = 64
+VARIANTS: dict[str, dict[str, Any]] = {
+    "ticket": {"rewind": "init"},
+    "reinit": {"rewind": "init", "control": "reinit"},
+    "random_mask": {"rewind": "init", "control": "random_mask"},
+}
+DATASETS: dict[str, dict[str, Any]] = {
+    "digits": {"data": DigitsDataModule, "arch_kwargs": None, "input_shape": DigitsDataModule.input_shape},
+    "mnist1d": {"data": MNIST1DDataModule, "arch_kwargs": {"in_features": 40}, "input_shape": None},
+}
+
+
+class RoundRecorder(Callback):
+    """Per epoch: validation accuracy (from ``callback_metrics``) and test accuracy of the current model."""
+
+    def __init__(self, test_x: torch.Tensor, test_y: torch.Tensor) -> None:
+        self.test_x, self.test_y = test_x, test_y
+        self.val: dict[int, float] = {}
+        self.test: dict[int, float] = {}
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch
+        self.val[epoch] = float(trainer.callback_metrics["val_acc"])
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            predictions = pl_module(self.test_x).argmax(dim=1)
+        pl_module.train(was_training)
+        self.test[epoch] = float((predictions == self.test_y).float().mean())
+
+
+def run(variant: str, seed: int, dataset: str = "digits", rounds: int = 13, epochs_per_round: int = 15,
+        lr: float = 1.2e-3) -> dict[str, Any]:
+    """Train one variant for ``rounds`` prune rounds (plus the dense round 0) with one seed.
+
+    Returns:
+        One row per round (0 = dense): fraction of prunable weights remaining, parameters, val/test
+        accuracy of the round's last epoch, early-stopping epoch and the test accuracy there.
+    """
+    config = DATASETS[dataset]
+    target = 1.0 - 0.8 ** rounds
+    L.seed_everything(seed, verbose=False)
+    model = Classifier("lenet_300_100", arch_kwargs=config["arch_kwargs"], lr=lr, input_shape=config["input_shape"])
+    pruning = Pruning(criterion="l1", granularity="weight", scope="layer", target=target, schedule="geometric",
+                      per_cycle=0.2, warmup_epochs=epochs_per_round, finetune_epochs=epochs_per_round,
+                      seed=1000 + seed, verbose=False, **VARIANTS[variant])
+    assert len(pruning.fractions) == rounds, (len(pruning.fractions), rounds)
+    data = config["data"](batch_size=BATCH_SIZE, seed=seed)
+    data.setup("fit")
+    test_x, test_y = data.splits["test"].tensors
+    recorder = RoundRecorder(test_x, test_y)
+    max_epochs = (rounds + 1) * epochs_per_round
+    trainer = L.Trainer(max_epochs=max_epochs, callbacks=[pruning, recorder], accelerator="cpu", devices=1,
+                        enable_progress_bar=False, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, deterministic=True, num_sanity_val_steps=0)
+    start = time.perf_counter()
+    trainer.fit(model, data)
+    fit_seconds = time.perf_counter() - start
+    total = sum(p.numel() for n, p in model.named_parameters() if n.endswith("weight"))
+    rows = []
+    for r in range(rounds + 1):
+        epochs = range(r * epochs_per_round, (r + 1) * epochs_per_round)
+        last = epochs[-1]
+        best = max(epochs, key=lambda e: (recorder.val[e], -e))  # earliest epoch of the best val accuracy
+        if r == 0:
+            remaining, params = 1.0, pruning._state["dense"]["params"]
+        else:
+            history = pruning.history[r - 1]
+            remaining, params = 1.0 - history["sparsity"], history["params"]
+        rows.append({"round": r, "remaining": remaining, "params": int(params),
+                     "val_acc": recorder.val[last], "test_acc": recorder.test[last],
+                     "early_stop_epoch": best - epochs[0] + 1, "early_stop_val_acc": recorder.val[best],
+                     "early_stop_test_acc": recorder.test[best]})
+    # The model's own count of non-zero weights agrees with the callback's sparsity at the end.
+    nonzero = sum(int((p != 0).sum()) for n, p in model.named_parameters() if n.endswith("weight"))
+    assert abs(nonzero / total - rows[-1]["remaining"]) < 1e-3, (nonzero / total, rows[-1]["remaining"])
+    return {"variant": variant, "seed": seed, "dataset": dataset, "rounds": rows, "fit_seconds": fit_seconds,
+            "epochs_per_round": epochs_per_round, "lr": lr, "weights": total}
+
+
+# Written after the run of ``--seeds 0 1 2`` (defaults); rerunning regenerates the tables, not this text.
+ANALYSIS = """## Comparison with Frankle & Carbin (2019), as measured (3 seeds, defaults)
+
+Test split: 357 examples, 1 example = 0.28 points; std over 3 seeds is 0.2-0.8 points, so differences
+under about 1 point are not resolved.
+
+* **Tickets stay at dense accuracy to about 13-21 % remaining: agrees.** Dense (round 0): test
+  96.17 ± 0.70. Ticket: 96.17 ± 0.43 at 21.0 %, 95.89 ± 0.43 at 16.8 %, 95.99 ± 0.43 at 13.4 %
+  (within noise of dense), 94.96 at 10.7 %, 93.84 ± 0.28 at 5.5 % (−2.3 points). Rounds 1-7
+  (80-21 %) are slightly *above* dense on test (96.2-96.9) but not on validation (95.2-96.2 vs
+  96.30), so "more accurate than dense" is not established here. The paper's "matches dense down to
+  3.6 %" is not reproduced: at 5.5 % the ticket is 2.3 points below (digits has 64 inputs, so the
+  first layer is 19,200 weights, not 235,200, and runs out of capacity sooner; the output layer is
+  also pruned at 20 % instead of 10 %).
+* **Random re-initialisation falls off earlier: does NOT reproduce.** Reinit tracks the ticket
+  within noise all the way to 5.5 % (test 96.08 vs 96.17 at 21.0 %, 95.24 vs 95.99 at 13.4 %,
+  94.30 vs 93.84 at 6.9 %, 92.62 vs 93.84 at 5.5 %; on validation reinit is ahead at 6.9 % and
+  5.5 %). The ticket is ahead by 0.1-1.2 test points in most rounds, but never by more than ~2 std.
+  On this tiny data set, with per-layer masks found by the ticket, the initialisation barely matters
+  (consistent with Liu et al.'s "with a well-tuned learning rate the ticket's init gives no advantage").
+* **Random masks (same per-layer counts, original init) fall off much earlier: agrees** with the
+  paper's random-pruning control: 94.1 at 41 %, 91.4 at 13.4 %, 61.0 ± 6.2 at 5.5 %.
+* **Tickets learn faster: not measured meaningfully.** Each round is 15 epochs of 17 iterations and
+  accuracy is recorded once per epoch; the best validation epoch is at 11-15 for every variant and
+  round (validation still improving at the end of the round), so the early-stopping epoch does not
+  separate the variants (right panel of the plot). Measuring it needs longer rounds and per-iteration
+  evaluation.
+* **Not run:** MNIST-1D (time budget); the paper's 10 % output-layer rate (the callback has one rate
+  for all layers with `scope="layer"`).
+"""
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def table(results: list[dict[str, Any]], dataset: str) -> str:
+    runs = [r for r in results if r["dataset"] == dataset]
+    seeds = sorted({r["seed"] for r in runs})
+    n_rounds = len(runs[0]["rounds"])
+    head = "| round | weights remaining | " + " | ".join(
+        f"{v} val (last) | {v} test (last) | {v} test @ES | {v} ES epoch" for v in VARIANTS) + " |"
+    out = [head, "|" + "---|" * (2 + 4 * len(VARIANTS))]
+    for i in range(n_rounds):
+        cells = []
+        remaining = runs[0]["rounds"][i]["remaining"]
+        for variant in VARIANTS:
+            rows = [r["rounds"][i] for r in runs if r["variant"] == variant]
+            for key, scale in (("val_acc", 100), ("test_acc", 100), ("early_stop_test_acc", 100), ("early_stop_epoch", 1)):
+                m, s = _mean_std([scale * row[key] for row in rows])
+                cells.append(f"{m:.2f} ± {s:.2f}" if scale == 100 else f"{m:.1f} ± {s:.1f}")
+        out.append(f"| {i} | {100 * remaining:.1f} % | " + " | ".join(cells) + " |")
+    return f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); accuracies in %, mean ± std.\n\n" + "\n".join(out)
+
+
+def plot(results: list[dict[str, Any]], dataset: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    runs = [r for r in results if r["dataset"] == dataset]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for variant, color in zip(VARIANTS, ("C0", "C3", "C2")):
+        rows = [r["rounds"] for r in runs if r["variant"] == variant]
+        x = np.array([100 * row["remaining"] for row in rows[0]])
+        for ax, key in zip(axes, ("test_acc", "early_stop_epoch")):
+            scale = 100 if key.endswith("acc") else 1
+            y = np.array([[scale * row[key] for row in seed_rows] for seed_rows in rows])
+            mean, std = y.mean(0), y.std(0, ddof=1) if len(rows) > 1 else np.zeros(len(x))
+            ax.plot(x, mean, "o-", color=color, label=variant, markersize=3)
+            ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
+    for ax, label in zip(axes, ("test accuracy of the round's last epoch (%)", "early-stopping epoch (best val) within round")):
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        ax.set_xlabel("weights remaining (%)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"Lottery tickets, LeNet-300-100 on {dataset} (mean ± std over {len({r['seed'] for r in runs})} seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--datasets", nargs="+", default=["digits"], choices=list(DATASETS))
+    parser.add_argument("--rounds", type=int, default=13)
+    parser.add_argument("--epochs-per-round", type=int, default=15)
+    parser.add_argument("--lr", type=float, default=1.2e-3)
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--name", default="lottery_ticket")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    results = []
+    for dataset in args.datasets:
+        for seed in args.seeds:
+            for variant in VARIANTS:
+                results.append(run(variant, seed, dataset, args.rounds, args.epochs_per_round, args.lr))
+                print(f"{dataset} {variant} seed {seed}: {results[-1]['fit_seconds']:.1f} s, final test "
+                      f"{100 * results[-1]['rounds'][-1]['test_acc']:.2f}", flush=True)
+    runtime = time.perf_counter() - start
+    args.out.mkdir(parents=True, exist_ok=True)
+    tables = {dataset: table(results, dataset) for dataset in args.datasets}
+    for dataset in args.datasets:
+        print(f"## {dataset}\n{tables[dataset]}")
+        plot(results, dataset, args.out / (f"{args.name}.png" if dataset == "digits" else f"{args.name}_{dataset}.png"))
+    print(f"total runtime {runtime:.0f} s")
+    environment = (f"torch {torch.__version__}, lightning {L.__version__}, Python {platform.python_version()}, "
+                   f"{torch.get_num_threads()} torch thread(s), {platform.machine()}")
+    command = ("python experiments/lottery_ticket.py --seeds " + " ".join(map(str, args.seeds))
+               + (" --datasets " + " ".join(args.datasets) if args.datasets != ["digits"] else "")
+               + f" --rounds {args.rounds} --epochs-per-round {args.epochs_per_round} --lr {args.lr}")
+    (args.out / f"{args.name}.json").write_text(json.dumps(
+        {"command": command, "variants": VARIANTS, "batch_size": BATCH_SIZE, "optimizer": "adam", "lr": args.lr,
+         "rounds": args.rounds, "epochs_per_round": args.epochs_per_round, "runtime_s": runtime,
+         "environment": environment, "results": results}, indent=2))
+    lines = ["# Lottery tickets (Frankle & Carbin 2019) on digits", "", f"`{command}`", "",
+             f"Total runtime {runtime:.0f} s ({environment}; 2 shared CPU cores).", ""]
+    lines += [__doc__.split("\n\n", 1)[1].split("Run:")[0].strip(), ""]
+    for dataset in args.datasets:
+        png = f"{args.name}.png" if dataset == "digits" else f"{args.name}_{dataset}.png"
+        lines += [f"## {dataset}", "", f"![accuracy vs weights remaining]({png})", "", tables[dataset], ""]
+    lines += ["Columns: `val (last)` / `test (last)`: accuracy of the model after the round's last epoch; "
+              "`test @ES`: test accuracy at the round's early-stopping epoch (best validation accuracy, earliest "
+              "on ties); `ES epoch`: that epoch, 1-based within the round "
+              "(1 epoch = 17 iterations of batch 64 on digits). Weights remaining: fraction of the prunable weights "
+              "(all three Linear layers, biases not pruned and not counted).", ""]
+    if args.datasets == ["digits"] and args.seeds == [0, 1, 2] and args.rounds == 13 and args.epochs_per_round == 15:
+        lines += [ANALYSIS]
+    (args.out / f"{args.name}.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
