@@ -1,0 +1,47 @@
+"""The course notebooks teach with the library: goals, summary and exercises; no copies of library code."""
+
+import ast
+import inspect
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import lightning_prune
+from lightning_prune import callback, checkpoint, counting, criteria, layers, lottery, masks, pruner, ranking
+from lightning_prune import schedules, statistics, structure, surgery
+
+COURSE = Path(__file__).parents[1] / "course"
+NOTEBOOKS = sorted(COURSE.glob("*.ipynb"))
+MODULES = [lightning_prune, callback, checkpoint, counting, criteria, layers, lottery, masks, pruner, ranking,
+           schedules, statistics, structure, surgery]
+LIBRARY_NAMES = {
+    name for module in MODULES for name, value in vars(module).items()
+    if (inspect.isfunction(value) or inspect.isclass(value)) and getattr(value, "__module__", "").startswith("lightning_prune")
+}
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_has_goals_summary_exercises_and_outputs(path):
+    notebook = nbformat.read(path, as_version=4)
+    text = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "markdown")
+    for heading in ("Learning goals", "Summary", "Exercises"):
+        assert heading in text, f"{path.name} has no '{heading}'"
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert any(cell.get("outputs") for cell in code), f"{path.name} was committed without outputs"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_defines_nothing_the_library_provides(path):
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        source = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith(("%", "!")))
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                assert node.name not in LIBRARY_NAMES, f"{path.name} redefines library name {node.name!r}"
