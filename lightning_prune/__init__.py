@@ -19,7 +19,7 @@ from lightning_prune.criteria import CRITERIA, APoZ, Criterion, Magnitude, Rando
 from lightning_prune.masks import MaskEnforcer, apply_masks
 from lightning_prune.pruner import Pruner
 from lightning_prune.schedules import sparsity_schedule
-from lightning_prune.structure import NeuronStructure
+from lightning_prune.structure import NeuronStructure, remove_zeroed_units
 from lightning_prune.surgery import remove_units
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "export_program",
     "load_compact",
     "remove_units",
+    "remove_zeroed_units",
     "restore_pruned",
     "save_compact",
     "sparsity_schedule",

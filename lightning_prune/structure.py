@@ -140,3 +140,46 @@ class NeuronStructure:
             mask[indices] = True
             masks[name] = mask.reshape(params[name].shape)
         return masks
+
+
+def remove_zeroed_units(
+    model: nn.Module, example_input: Any, optimizers: Sequence[torch.optim.Optimizer] = ()
+) -> dict[str, list[int]]:
+    """Physically remove the neurons whose every owned entry is already zero.
+
+    For a model whose pruned neurons are masked rather than removed (e.g. the dense-shaped weights
+    a ``ddp_spawn`` fit returns to the main process). A neuron is removed only if its rows in every
+    member layer are zero *and* every other entry its removal would drop (bias, BatchNorm entries,
+    consumers' input columns) is zero too, so the model computes exactly the same function.
+    Each group keeps at least one unit.
+
+    Args:
+        model: The model (changed in place).
+        example_input: A batch the model accepts.
+        optimizers: Optimizers to carry over to the compact parameters.
+
+    Returns:
+        The removal done (group key to unit indices), a step of a plan.
+    """
+    from lightning_prune.layers import find_prunable_layers
+
+    structure = NeuronStructure(model, example_input, find_prunable_layers(model, example_input))
+    params = dict(model.named_parameters())
+    removal: dict[str, list[int]] = {}
+    for group in structure.groups:
+        zero = torch.ones(group.size, dtype=torch.bool)
+        for name, order in group.members:
+            rows = params[f"{name}.weight"].detach().flatten(1).abs().sum(dim=1).cpu() == 0
+            zero &= rows[list(order)]
+        if zero.all():
+            zero[0] = False  # never empty a group
+        if not zero.any():
+            continue
+        keep = {key: torch.ones(size, dtype=torch.bool) for key, size in structure.sizes.items()}
+        keep[group.key] = ~zero
+        dropped = structure.parameter_masks(model, keep)
+        if all(not params[name].detach()[~mask.to(params[name].device)].any() for name, mask in dropped.items()):
+            removal[group.key] = zero.nonzero().flatten().tolist()
+    if removal:
+        remove_units(model, example_input, removal, optimizers)
+    return removal

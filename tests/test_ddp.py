@@ -11,6 +11,7 @@ from lightning_prune import Pruning
 from lightning_prune.criteria import APoZ
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import Classifier
+from lightning_prune.structure import remove_zeroed_units
 
 
 class RecordingAPoZ(APoZ):
@@ -80,6 +81,13 @@ def test_ddp_ranks_agree_and_apoz_equals_one_process_over_the_same_data(tmp_path
     assert sum(int((p == 0).sum()) for p in model.parameters()) > 0
     if granularity == "weight":
         return
+    # ... and removing the zeroed neurons there gives the compact model, computing the same function.
+    x = torch.randn(5, 1, 8, 8)
+    model.eval()
+    before, dense_params = model(x), sum(p.numel() for p in model.parameters())
+    removal = remove_zeroed_units(model, x[:2])
+    assert removal and sum(p.numel() for p in model.parameters()) < 0.6 * dense_params
+    assert torch.allclose(model(x), before, atol=1e-5)
     for cycle in range(2):
         records = [torch.load(tmp_path / f"scores_rank{r}_cycle{cycle}.pt") for r in range(2)]
         assert not torch.equal(records[0]["inputs"], records[1]["inputs"])  # each rank saw its own shard

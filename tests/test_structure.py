@@ -79,3 +79,23 @@ def test_the_output_layer_keeps_its_units_and_batchnorm_is_the_apoz_site():
     assert len(output) == 1 and output[0] not in structure.sizes
     conv = next(layer for layer in layers if isinstance(layer.module, nn.Conv2d))
     assert isinstance(structure.sites[conv.name], nn.BatchNorm2d)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_removing_zeroed_units_keeps_the_outputs(arch):
+    from lightning_prune.structure import remove_zeroed_units
+
+    torch.manual_seed(0)
+    kwargs, shape = ARCHITECTURES[arch]
+    model = build_model(arch, **kwargs).eval()
+    _randomize_norms(model)
+    x = torch.randn(4, *shape)
+    structure = NeuronStructure(model, x, find_prunable_layers(model, x))
+    keep = {g.key: torch.arange(g.size) % 3 != 1 for g in structure.groups}
+    apply_masks(model, structure.parameter_masks(model, keep))
+    before = model(x)
+    removal = remove_zeroed_units(model, x)
+    assert {key: len(idx) for key, idx in removal.items()} == {k: int((~m).sum()) for k, m in keep.items()}
+    assert torch.allclose(model(x), before, atol=1e-5)
+    modules = dict(model.named_modules())
+    assert all(modules[key].weight.shape[0] == int(mask.sum()) for key, mask in keep.items())
