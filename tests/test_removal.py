@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from conftest import make_trainer
 from lightning_prune import Pruning
 from lightning_prune.checkpoint import PLAN_KEY, export_program, load_compact, save_compact
-from lightning_prune.data import DigitsDataModule
+from lightning_prune.data import DigitsDataModule, MNIST1DDataModule
 from lightning_prune.models import Classifier
 
 
@@ -21,10 +21,11 @@ def _prune(tmp_path, arch="lenet_300_100", max_drop=None, **kwargs):
     pruning = Pruning(criterion="l2", granularity="neuron", target=0.5, schedule="geometric", per_cycle=0.3,
                       warmup_epochs=1, monitor="val_acc" if max_drop is not None else None, max_drop=max_drop, **kwargs)
     checkpoints = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, filename="{epoch}")
-    model = Classifier(arch, input_shape=(1, 8, 8), lr=3e-3)
+    data = MNIST1DDataModule(batch_size=32) if arch == "cnn1d" else DigitsDataModule(batch_size=32)
+    model = Classifier(arch, input_shape=data.input_shape, lr=3e-3)
     trainer = make_trainer(pruning.timeline.epochs_needed, [pruning, checkpoints], enable_checkpointing=True,
                            limit_train_batches=4, limit_val_batches=1)
-    trainer.fit(model, DigitsDataModule(batch_size=32))
+    trainer.fit(model, data)
     return model, pruning, trainer
 
 
@@ -50,11 +51,12 @@ def test_max_drop_removes_only_accepted_cycles(tmp_path):
     assert all(modules[key].weight.shape[0] == int(mask.sum()) for key, mask in pruning.keep.items())
 
 
-def test_checkpoint_of_a_pruned_model_loads_in_a_fresh_process(tmp_path):
-    model, pruning, _ = _prune(tmp_path)
+@pytest.mark.parametrize("arch", ["lenet_300_100", "vgg_small", "resnet_small", "cnn1d"])
+def test_checkpoint_of_a_pruned_model_loads_in_a_fresh_process(tmp_path, arch):
+    model, pruning, _ = _prune(tmp_path, arch)
     checkpoint = sorted(tmp_path.glob("*.ckpt"))[-1]
     assert torch.load(checkpoint, weights_only=True)[PLAN_KEY]["steps"]
-    x = torch.randn(4, 1, 8, 8)
+    x = torch.randn(4, *model.hparams.input_shape)
     torch.save(x, tmp_path / "x.pt")
     model.eval()
     torch.save(model(x).detach(), tmp_path / "y.pt")
