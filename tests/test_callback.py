@@ -202,3 +202,43 @@ def test_the_readme_snippet_prunes_90_percent_within_half_a_point(tmp_path):
     assert pruned["test_acc"] >= dense["test_acc"] - 0.005
     neurons = run("neuron_apoz_50", seed=0)
     assert neurons["sparsity"] >= 0.5 and neurons["test_acc"] >= dense["test_acc"] - 0.01
+
+
+@pytest.mark.parametrize("resume_epoch", [2, 4])  # before and after the rollback (start of epoch 3)
+def test_resume_around_a_rollback_equals_the_uninterrupted_run(tmp_path, resume_epoch):
+    from conftest import make_trainer
+
+    def run(ckpt_path=None, extra=()):
+        L.seed_everything(0)
+        pruning = Pruning(criterion="l1", target=0.9, schedule="geometric", per_cycle=0.3, warmup_epochs=1,
+                          monitor="val_density", max_drop=0.5)
+        model = DensityModule("lenet_300_100", input_shape=(1, 8, 8))
+        trainer = make_trainer(8, [pruning, *extra], limit_train_batches=4, limit_val_batches=1,
+                               enable_checkpointing=bool(extra))
+        trainer.fit(model, DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)
+        return model, pruning
+
+    full_model, full = run(extra=[ModelCheckpoint(tmp_path, filename="{epoch}", save_top_k=-1)])
+    model, resumed = run(ckpt_path=str(tmp_path / f"epoch={resume_epoch}.ckpt"))
+    assert [r["accepted"] for r in resumed.history] == [r["accepted"] for r in full.history] == [True, False]
+    assert all(torch.equal(full.keep[k], resumed.keep[k]) for k in full.keep)
+    state = model.state_dict()
+    assert all(torch.allclose(v, state[k], atol=1e-6) for k, v in full_model.state_dict().items())
+
+
+def test_resume_from_a_best_k_checkpoint_equals_the_uninterrupted_run(tmp_path):
+    def pruning():
+        return Pruning(criterion="l2", granularity="neuron", target=0.6, schedule="geometric", per_cycle=0.3,
+                       warmup_epochs=1)
+
+    best = ModelCheckpoint(dirpath=tmp_path, monitor="val_acc", mode="max", save_top_k=2, filename="{epoch}")
+    full = pruning()
+    model_full, _, _ = _fit_with(full, 6, [best])
+    earliest = min(tmp_path.glob("epoch=*.ckpt"), key=lambda p: int(p.stem.split("=")[1]))
+    assert int(earliest.stem.split("=")[1]) < 5
+    resumed = pruning()
+    model_resumed, _, _ = _fit_with(resumed, 6, [], ckpt_path=str(earliest))
+    assert all(torch.equal(full.keep[k], resumed.keep[k]) for k in full.keep)
+    state = model_resumed.state_dict()
+    for name, value in model_full.state_dict().items():
+        assert value.shape == state[name].shape and torch.allclose(value, state[name], atol=1e-6), name
