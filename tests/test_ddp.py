@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightning_prune import Pruning
-from lightning_prune.criteria import APoZ
+from lightning_prune.criteria import APoZ, Taylor
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import Classifier
 from lightning_prune.structure import remove_zeroed_units
@@ -132,3 +132,69 @@ def test_popen_ddp_removes_the_same_neurons_on_every_rank_when_the_fit_ends(tmp_
     assert ranks[0]["shapes"] != dense
     assert sum(torch.Size(s).numel() for s in ranks[0]["shapes"].values()) < 0.6 * sum(
         torch.Size(s).numel() for s in dense.values())
+
+
+class RecordingTaylor(Taylor):
+    """Taylor that also writes, per rank, each calibration batch, the model weights and its scores."""
+
+    def __init__(self, out_dir, model_ref):
+        super().__init__()
+        self.out_dir, self.model_ref, self.batches = out_dir, model_ref, []
+
+    def begin(self, layers, sites):
+        super().begin(layers, sites)
+        self.batches = []
+        self.handle = self.model_ref[0].register_forward_pre_hook(lambda m, args: self.batches.append(args[0].clone()))
+
+    def end(self):
+        super().end()
+        self.handle.remove()
+
+    def scores(self, layers, granularity, cycle):
+        scores = super().scores(layers, granularity, cycle)
+        rank = torch.distributed.get_rank()
+        torch.save({"batches": self.batches, "state": {k: v.clone() for k, v in self.model_ref[0].state_dict().items()},
+                    "scores": scores}, f"{self.out_dir}/taylor_rank{rank}.pt")
+        return scores
+
+
+class AttachModel(L.Callback):
+    def __init__(self, holder):
+        self.holder = holder
+
+    def setup(self, trainer, pl_module, stage):
+        self.holder.append(pl_module)
+
+
+def test_ddp_taylor_scores_equal_one_process_over_the_same_batches(tmp_path):
+    L.seed_everything(0)
+    holder = []
+    pruning = Pruning(criterion=RecordingTaylor(tmp_path, holder), granularity="neuron", target=0.3, warmup_epochs=1,
+                      calibration_batches=2, remove=False)
+    trainer = L.Trainer(
+        max_epochs=2, accelerator="cpu", devices=2, strategy="ddp_spawn", callbacks=[AttachModel(holder), pruning],
+        enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False,
+        limit_train_batches=3, limit_val_batches=1,
+    )
+    trainer.fit(Classifier("lenet_300_100", input_shape=(1, 8, 8)), DigitsDataModule(batch_size=32))
+    records = [torch.load(tmp_path / f"taylor_rank{r}.pt") for r in range(2)]
+    model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
+    model.load_state_dict(records[0]["state"])
+    model.eval()
+    # The calibration batches are (x, y) tuples; the pre-hook saw x only, so recompute y from the data.
+    data = DigitsDataModule(batch_size=32)
+    data.setup()
+    train_x, train_y = data.splits["train"].tensors
+    lookup = {tuple(x.flatten().tolist()): int(y) for x, y in zip(train_x, train_y)}
+    weights = {name: dict(model.named_parameters())[f"{name}.weight"] for name in ("model.features.0", "model.features.2")}
+    total = {name: torch.zeros_like(w, dtype=torch.float64) for name, w in weights.items()}
+    for record in records:
+        for x in record["batches"]:
+            y = torch.tensor([lookup[tuple(row.flatten().tolist())] for row in x])
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            grads = torch.autograd.grad(loss, list(weights.values()))
+            for (name, w), g in zip(weights.items(), grads):
+                total[name] += (w * g).double()
+    for record in records:
+        for name in weights:
+            assert torch.allclose(record["scores"][name], total[name].sum(1).abs(), atol=1e-6)
