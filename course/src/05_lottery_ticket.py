@@ -1,0 +1,297 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,src//py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 5 · The Lottery Ticket Hypothesis
+#
+# **Lecture concept:** the lottery ticket hypothesis (大乐透假设, 彩票假设; Frankle & Carbin, ICLR 2019).
+# If a pruned network is as good as the big one, why not train the small network directly? In
+# practice the small network, randomly initialised, is harder to train. The hypothesis explains why
+# big networks train more easily: a big network contains very many sub-networks, each with its own
+# random initialisation, and training a big network is like buying many lottery tickets: some
+# sub-network is likely to be *lucky*, to have an initialisation that trains well. Pruning finds that
+# sub-network, the **winning ticket** (中奖彩票). The test: take the mask found by pruning, put the
+# surviving weights back to their *original* initial values (**rewinding**, 回溯), and train again.
+#
+# **Learning goals**
+#
+# - Run iterative magnitude pruning with rewinding to the initialisation, `Pruning(rewind="init")`,
+#   inside a real `lightning.Trainer`, and see that rewinding really restores the survivors' initial
+#   weights.
+# - Compare the winning ticket with the paper's two controls: the same masks with a fresh random
+#   initialisation (`control="reinit"`), and random masks with the same per-layer sparsity
+#   (`control="random_mask"`).
+# - Read one-seed results honestly against the paper and against the repository's 3-seed,
+#   full-length experiment (`experiments/results/lottery_ticket.md`).
+#
+# Runs in about 25 s on 2 CPU cores.
+
+# %%
+import copy
+import logging
+import warnings
+
+import lightning as L
+import matplotlib.pyplot as plt
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lightning_prune import Pruning
+from lightning_prune.data import DigitsDataModule
+from lightning_prune.models import Classifier
+
+# %matplotlib inline
+torch.set_num_threads(1)
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no device banners and tips
+warnings.filterwarnings("ignore", ".*(does not have many workers|LeafSpec).*")
+L.seed_everything(0, verbose=False)
+torch.manual_seed(0)
+
+datamodule = DigitsDataModule(batch_size=64, seed=0)
+datamodule.setup("fit")
+datamodule.setup("test")
+x_test = torch.cat([xb for xb, _ in datamodule.test_dataloader()])
+y_test = torch.cat([yb for _, yb in datamodule.test_dataloader()])
+
+F = 10            # epochs per round: round 0 trains the dense model, each later round retrains a pruned one
+PER_CYCLE = 0.4   # each round prunes 40 % of the remaining weights of every layer
+ROUNDS = 5        # 0.6 ** 5 = 7.8 % of the weights remain at the end
+TARGET = 1 - (1 - PER_CYCLE) ** ROUNDS
+
+
+def make_trainer(max_epochs, callbacks=()):
+    """A quiet, deterministic CPU trainer."""
+    return L.Trainer(
+        max_epochs=max_epochs, accelerator="cpu", devices=1, deterministic=True, callbacks=list(callbacks),
+        enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+
+
+# %% [markdown]
+# ## The experiment
+#
+# LeNet-300-100 (64 → 300 → 100 → 10) on the 8×8 digits, trained with Adam (lr 1.2e-3, as in the
+# paper's LeNet experiments). One `Pruning` callback does the whole iterative loop of the paper:
+#
+# 1. train for `F` epochs (`warmup_epochs=F`, round 0, dense);
+# 2. prune 40 % of the remaining weights of every layer by magnitude (`criterion="l1"`,
+#    `granularity="weight"`, `scope="layer"`, `schedule="geometric"`, `per_cycle=0.4`);
+# 3. put the surviving weights back (`rewind="init"`: every parameter, and Adam's state, to its value
+#    at the start of training), train for `F` epochs (`finetune_epochs=F`), and repeat from 2.
+#
+# The paper prunes 20 % per round for many more rounds; 40 % per round reaches 7.8 % remaining in 5
+# rounds, which keeps this notebook short. The three variants differ only in step 3:
+#
+# | variant | mask | surviving weights start from |
+# |---|---|---|
+# | `ticket` (`rewind="init"`) | magnitude | their original initial values |
+# | `reinit` (`rewind="init", control="reinit"`) | magnitude | a fresh random initialisation (drawn once, reused every round) |
+# | `random_mask` (`rewind="init", control="random_mask"`) | random, same count per layer | their original initial values |
+#
+# A small callback records the validation accuracy (`val_acc`, logged by `Classifier`) and the test
+# accuracy after every epoch; for the ticket it also keeps a copy of the weights at the start of
+# round 1, right after the first rewind.
+
+
+# %%
+class RoundRecorder(Callback):
+    """Per epoch: validation and test accuracy; optionally the weights at the start of one epoch."""
+
+    def __init__(self, snapshot_epoch=None):
+        self.val, self.test = {}, {}
+        self.snapshot_epoch, self.snapshot = snapshot_epoch, None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        # Runs after Pruning's hook (callbacks run in list order): the prune and the rewind are done.
+        if trainer.current_epoch == self.snapshot_epoch:
+            self.snapshot = copy.deepcopy(pl_module.state_dict())
+
+    def on_validation_end(self, trainer, pl_module):
+        epoch = trainer.current_epoch
+        self.val[epoch] = float(trainer.callback_metrics["val_acc"])
+        pl_module.eval()
+        with torch.no_grad():
+            self.test[epoch] = (pl_module(x_test).argmax(dim=1) == y_test).float().mean().item()
+        pl_module.train()
+
+
+VARIANTS = {
+    "ticket": {"rewind": "init"},
+    "reinit": {"rewind": "init", "control": "reinit"},
+    "random_mask": {"rewind": "init", "control": "random_mask"},
+}
+
+
+def run(variant):
+    """Train one variant for ROUNDS + 1 rounds of F epochs; seed 0 for everything."""
+    L.seed_everything(0, verbose=False)
+    model = Classifier("lenet_300_100", lr=1.2e-3, input_shape=(1, 8, 8))
+    initial = copy.deepcopy(model.state_dict())
+    pruning = Pruning(criterion="l1", granularity="weight", scope="layer", target=TARGET, schedule="geometric",
+                      per_cycle=PER_CYCLE, warmup_epochs=F, finetune_epochs=F, verbose=False, **VARIANTS[variant])
+    recorder = RoundRecorder(snapshot_epoch=F)
+    make_trainer((ROUNDS + 1) * F, [pruning, recorder]).fit(model, datamodule)
+    return {"model": model, "initial": initial, "pruning": pruning, "recorder": recorder}
+
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+runs = {variant: run(variant) for variant in VARIANTS}
+print("schedule (fraction of weights remaining after each prune):",
+      [round(1 - row["sparsity"], 3) for row in runs["ticket"]["pruning"].history])
+
+# %% [markdown]
+# ## Rewinding restores the initial weights of the survivors
+#
+# Compare the ticket's weights at the start of round 1 (after `F` epochs of dense training, one
+# prune and one rewind) with the copy of its `state_dict` saved before training: every surviving
+# weight must equal its initial value exactly, every pruned weight must be zero. The biases are not
+# pruned, so they are simply back at their initial values. For `reinit` the survivors start from new
+# values instead.
+
+# %%
+ticket = runs["ticket"]
+keep1 = {name + ".weight": mask for name, mask in ticket["pruning"].keep.items()}  # final masks ⊆ round-1 masks
+for key, initial in ticket["initial"].items():
+    rewound = ticket["recorder"].snapshot[key]
+    reinit = runs["reinit"]["recorder"].snapshot[key]
+    if key in keep1:
+        alive = rewound != 0
+        print(f"{key:26s} survivors {int(alive.sum()):6d}/{alive.numel():6d}; "
+              f"equal to init: {torch.equal(rewound[alive], initial[alive])}; "
+              f"pruned entries all zero: {bool((rewound[~alive] == 0).all())}; "
+              f"reinit survivors equal to init: {torch.equal(reinit[reinit != 0], initial[reinit != 0])}")
+        assert torch.equal(rewound[alive], initial[alive]) and (rewound[~alive] == 0).all()
+        assert keep1[key].sum() <= alive.sum()
+    else:
+        print(f"{key:26s} (not pruned) equal to init: {torch.equal(rewound, initial)}")
+        assert torch.equal(rewound, initial)
+
+# %% [markdown]
+# ## Same sparsity in every variant
+#
+# The comparison is only fair if the three variants keep the same number of weights in every layer.
+# `pruning.keep` holds the final keep-masks (one boolean per weight):
+
+# %%
+for variant, result in runs.items():
+    counts = {name: f"{int(mask.sum())}/{mask.numel()}" for name, mask in result["pruning"].keep.items()}
+    print(f"{variant:12s}", counts)
+reference = {name: int(mask.sum()) for name, mask in runs["ticket"]["pruning"].keep.items()}
+for result in runs.values():
+    assert {name: int(mask.sum()) for name, mask in result["pruning"].keep.items()} == reference
+    assert [row["sparsity"] for row in result["pruning"].history] == [row["sparsity"] for row in ticket["pruning"].history]
+
+# %% [markdown]
+# ## Accuracy against weights remaining
+#
+# For each round, the accuracy after its last epoch (round 0 is the dense model, the same for all
+# three variants).
+
+# %%
+remaining = [1.0] + [1 - row["sparsity"] for row in ticket["pruning"].history]
+table = {}
+for variant, result in runs.items():
+    last = [(r + 1) * F - 1 for r in range(ROUNDS + 1)]
+    table[variant] = {"val": [result["recorder"].val[e] for e in last], "test": [result["recorder"].test[e] for e in last]}
+print(f"{'remaining':>9s} " + " ".join(f"{v + ' val/test':>22s}" for v in VARIANTS))
+for r, fraction in enumerate(remaining):
+    print(f"{fraction:9.1%} " + " ".join(f"{table[v]['val'][r]:>14.3f} / {table[v]['test'][r]:.3f}" for v in VARIANTS))
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+for ax, split in zip(axes, ("val", "test")):
+    for variant in VARIANTS:
+        ax.plot([100 * f for f in remaining], table[variant][split], marker="o", label=variant)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("% of weights remaining (log scale)")
+    ax.set_title(f"{split} accuracy after each round (seed 0)")
+    ax.grid(alpha=0.3)
+axes[0].set_ylabel("accuracy")
+axes[0].legend()
+fig.tight_layout()
+plt.show()
+
+# %%
+final = {variant: table[variant]["test"][-1] for variant in VARIANTS}
+dense = table["ticket"]["test"][0]
+print(f"dense: {dense:.3f}; at {remaining[-1]:.1%} remaining: " + ", ".join(f"{v} {a:.3f}" for v, a in final.items()))
+print(f"ticket − random_mask at the last round: {final['ticket'] - final['random_mask']:+.3f} (test), "
+      f"{table['ticket']['val'][-1] - table['random_mask']['val'][-1]:+.3f} (val)")
+assert dense > 0.93, dense
+assert final["ticket"] > 0.85 and final["reinit"] > 0.85, final
+assert final["ticket"] - final["random_mask"] > 0.15, final
+assert table["ticket"]["val"][-1] - table["random_mask"]["val"][-1] > 0.15
+
+# %% [markdown]
+# ## What the numbers say, and what they do not
+#
+# One seed, 10 epochs per round, 40 % pruned per round: a quick version of the experiment. The test
+# split has 357 examples (one example = 0.28 points), and on this data set the seed-to-seed spread
+# is about 0.2-0.8 points (see `experiments/results/lottery_ticket.md`), so differences of a point
+# or two between variants in the table above are not resolved.
+#
+# - **Random masks collapse.** With the same number of weights in every layer, random masks fall
+#   far behind the magnitude masks at the last round (the printed difference above, tens of points).
+#   *Which* weights are kept matters, not only how many: this agrees with the paper's random-pruning
+#   control, and with the 3-seed experiment (random masks at 61 ± 6 % test at 5.5 % remaining).
+# - **The ticket holds up much longer, but does not quite match dense here.** In this run it loses
+#   about 2.5-3 test points by 22-13 % remaining and about 5 at 7.8 % (on validation only 1.6 points:
+#   the dense model's 0.975 on test is a lucky high). The 3-seed experiment, with 15 epochs per round
+#   and 20 % per round, finds the ticket within noise of dense down to 13-21 % remaining and 2.3
+#   points below at 5.5 %; our 10-epoch rounds and 40 % steps are harsher. The paper's "matches dense
+#   down to 3.6 %" (MNIST, 784 inputs) is not reproduced on digits, whose first layer has only
+#   19,200 weights.
+# - **Random re-initialisation did NOT fall behind.** The paper's central control: the same
+#   architecture, re-initialised, learns more slowly and ends lower. Here `reinit` ends close to the
+#   ticket (see the table; with one seed, either may be ahead), and in the 3-seed experiment it
+#   tracks the ticket within noise all the way to 5.5 %. On this small problem the original
+#   initialisation gives no measurable advantage; this agrees with Liu et al. (2019, notebook 6):
+#   with a well-tuned learning rate the ticket's initialisation is not what makes it good. One
+#   difference from the paper: the library's `reinit` finds its later masks on its own
+#   re-initialised training run (round 1's mask is the ticket's), while the paper re-initialises the
+#   ticket's final mask once.
+#
+# So the robust lesson of this notebook is the mask: magnitude pruning with rewinding finds sparse
+# sub-networks that train to good accuracy from the start, and random ones of the same size do not.
+# Whether the *initial values* are lucky is the part of the hypothesis that depends on the setting.
+
+# %% [markdown]
+# ## Summary
+#
+# - The lottery ticket hypothesis: a big randomly initialised network contains sub-networks (winning
+#   tickets, 中奖彩票) that, trained in isolation from their original initialisation, reach the big
+#   network's accuracy; big networks train easily because they hold many such tickets.
+# - Finding them: iterative magnitude pruning with rewinding, `Pruning(rewind="init")`: after each
+#   prune the survivors (and the optimizer state) go back to their initial values; we checked that
+#   they equal the saved initial `state_dict` exactly.
+# - The controls, `control="reinit"` and `control="random_mask"`, keep the same per-layer sparsity
+#   (`pruning.keep`). Random masks collapse at high sparsity; on digits, re-initialised tickets do
+#   about as well as the winning ticket, in this one-seed run and in the 3-seed experiment.
+#
+# ## Exercises
+#
+# 1. Run the notebook with seeds 1 and 2 (in `run` and in `DigitsDataModule`). Which differences
+#    between `ticket` and `reinit` keep their sign? Which between `ticket` and `random_mask`?
+# 2. Use `per_cycle=0.2` and 11 rounds (the paper's rate; about 8.6 % remaining). Does pruning
+#    more gently change the last round's accuracy of each variant?
+# 3. Late rewinding (Frankle et al. 2020): `rewind=1` rewinds to the start of epoch 1 instead of the
+#    initialisation (it needs `rewind <= warmup_epochs`). Does it help the ticket at 7.8 %?
+# 4. One-shot lottery ticket: `schedule="oneshot", target=TARGET` with `warmup_epochs=F,
+#    finetune_epochs=F`. How does one prune to 7.8 % compare with five?
+# 5. Raise the learning rate to 1e-2 for all three variants. The paper reports that tickets are
+#    harder to find at large learning rates for deeper networks; what happens here?
