@@ -29,9 +29,9 @@ class PruningCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule, verbose=True)
 
 
-def main(args: list[str] | None = None) -> PruningCLI:
+def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lightning-prune`` command."""
-    return PruningCLI(
+    PruningCLI(
         Classifier,
         L.LightningDataModule,
         subclass_mode_data=True,
