@@ -5,7 +5,6 @@ import json
 import sys
 
 import lightning as L
-import torch
 
 from lightning_prune import Pruning
 from lightning_prune.data import DigitsDataModule
