@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -31,13 +33,11 @@
 
 # %%
 import copy
-import logging
-import warnings
 
-import lightning as L
 import matplotlib.pyplot as plt
 import torch
 
+from lightning_prune.teaching import quiet_setup, quiet_trainer
 from lightning_prune import APoZ, Magnitude, apply_masks
 from lightning_prune.counting import count_parameters
 from lightning_prune.criteria import score_layers
@@ -47,11 +47,7 @@ from lightning_prune.models import Classifier
 from lightning_prune.ranking import select_units
 
 # %matplotlib inline
-torch.set_num_threads(1)
-logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no device banners and tips
-warnings.filterwarnings("ignore", ".*(does not have many workers|LeafSpec).*")
-L.seed_everything(0, verbose=False)
-torch.manual_seed(0)
+quiet_setup(0)
 
 # %% [markdown]
 # ## The data and the model
@@ -80,10 +76,7 @@ print(f"parameters: {n_params:,}  ({n_params / 1080:.0f} per training image)")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-trainer = L.Trainer(
-    max_epochs=10, accelerator="cpu", devices=1, deterministic=True,
-    enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False,
-)
+trainer = quiet_trainer(10)
 trainer.fit(model, datamodule)
 test_acc = trainer.test(model, datamodule, verbose=False)[0]["test_acc"]
 print(f"test accuracy of the dense model: {test_acc:.4f}")

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -33,13 +35,12 @@
 
 # %%
 import copy
-import logging
-import warnings
 
 import lightning as L
 import matplotlib.pyplot as plt
 import torch
 
+from lightning_prune.teaching import quiet_setup, quiet_trainer
 from lightning_prune import Magnitude, MaskEnforcer, Pruning, apply_masks
 from lightning_prune.counting import count_parameters
 from lightning_prune.criteria import score_layers
@@ -49,28 +50,16 @@ from lightning_prune.models import Classifier
 from lightning_prune.ranking import select_units
 
 # %matplotlib inline
-torch.set_num_threads(1)
-logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no device banners and tips
-warnings.filterwarnings("ignore", ".*(does not have many workers|LeafSpec).*")
-L.seed_everything(0, verbose=False)
-torch.manual_seed(0)
+quiet_setup(0)
 
 datamodule = DigitsDataModule(batch_size=64, seed=0)
 datamodule.setup("fit")
 datamodule.setup("test")
 
 
-def make_trainer(max_epochs, callbacks=()):
-    """A quiet, deterministic CPU trainer."""
-    return L.Trainer(
-        max_epochs=max_epochs, accelerator="cpu", devices=1, deterministic=True, callbacks=list(callbacks),
-        enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False,
-    )
-
-
 def test_accuracy(module):
     """Test accuracy through Lightning's test loop."""
-    return make_trainer(1).test(module, datamodule, verbose=False)[0]["test_acc"]
+    return quiet_trainer(1).test(module, datamodule, verbose=False)[0]["test_acc"]
 
 
 # %% [markdown]
@@ -82,7 +71,7 @@ def test_accuracy(module):
 # NBVAL_IGNORE_OUTPUT
 L.seed_everything(0, verbose=False)
 dense = Classifier("lenet_300_100", lr=3e-3, input_shape=(1, 8, 8))
-make_trainer(10).fit(dense, datamodule)
+quiet_trainer(10).fit(dense, datamodule)
 dense_acc = test_accuracy(dense)
 print(f"dense test accuracy: {dense_acc:.4f}")
 
@@ -196,12 +185,12 @@ class EnforceMasks(L.Callback):
 L.seed_everything(0, verbose=False)
 pruned, masks = pruned_copy(dense, 0.9, "global")
 before_ft = test_accuracy(pruned)
-make_trainer(5, [EnforceMasks(masks)]).fit(pruned, datamodule)
+quiet_trainer(5, [EnforceMasks(masks)]).fit(pruned, datamodule)
 after_ft = test_accuracy(pruned)
 
 L.seed_everything(0, verbose=False)
 unmasked, _ = pruned_copy(dense, 0.9, "global")
-make_trainer(5).fit(unmasked, datamodule)  # fine-tuning WITHOUT enforcing the masks
+quiet_trainer(5).fit(unmasked, datamodule)  # fine-tuning WITHOUT enforcing the masks
 
 # %%
 def nonzero_weights(model):
@@ -254,7 +243,7 @@ for target in targets:
         else:
             callback = Pruning("l1", scope="global", target=target, schedule="geometric", per_cycle=0.5,
                                warmup_epochs=WARMUP, finetune_epochs=2, verbose=False)
-        trainer = make_trainer(WARMUP + BUDGET, [callback])
+        trainer = quiet_trainer(WARMUP + BUDGET, [callback])
         trainer.fit(model, datamodule)
         results[schedule].append((callback.history[-1]["sparsity"], len(callback.history), test_accuracy(model)))
 

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -33,14 +35,13 @@
 
 # %%
 import copy
-import logging
-import warnings
 
 import lightning as L
 import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
+from lightning_prune.teaching import quiet_setup, quiet_trainer
 from lightning_prune import APoZ, Magnitude, Pruning, remove_units
 from lightning_prune.counting import count_macs, count_parameters
 from lightning_prune.criteria import score_layers
@@ -50,11 +51,7 @@ from lightning_prune.models import Classifier
 from lightning_prune.ranking import select_units
 
 # %matplotlib inline
-torch.set_num_threads(1)
-logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no device banners and tips
-warnings.filterwarnings("ignore", ".*(does not have many workers|LeafSpec).*")
-L.seed_everything(0, verbose=False)
-torch.manual_seed(0)
+quiet_setup(0)
 
 datamodule = DigitsDataModule(batch_size=64, seed=0)
 datamodule.setup("fit")
@@ -62,14 +59,6 @@ datamodule.setup("test")
 x_val = torch.cat([xb for xb, _ in datamodule.val_dataloader()])
 y_test = torch.cat([yb for _, yb in datamodule.test_dataloader()])
 x_test = torch.cat([xb for xb, _ in datamodule.test_dataloader()])
-
-
-def make_trainer(max_epochs, callbacks=()):
-    """A quiet, deterministic CPU trainer."""
-    return L.Trainer(
-        max_epochs=max_epochs, accelerator="cpu", devices=1, deterministic=True, callbacks=list(callbacks),
-        enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False,
-    )
 
 
 @torch.no_grad()
@@ -91,7 +80,7 @@ def accuracy(module, x, y):
 # NBVAL_IGNORE_OUTPUT
 L.seed_everything(0, verbose=False)
 lenet = Classifier("lenet_300_100", lr=3e-3, input_shape=(1, 8, 8))
-make_trainer(10).fit(lenet, datamodule)
+quiet_trainer(10).fit(lenet, datamodule)
 lenet_acc = accuracy(lenet, x_test, y_test)
 print(f"LeNet-300-100 test accuracy: {lenet_acc:.4f}")
 
@@ -161,7 +150,7 @@ plt.show()
 # NBVAL_IGNORE_OUTPUT
 L.seed_everything(0, verbose=False)
 mlp = Classifier("lenet_300_100", arch_kwargs={"hidden": (100,)}, lr=3e-3, input_shape=(1, 8, 8))
-make_trainer(10).fit(mlp, datamodule)
+quiet_trainer(10).fit(mlp, datamodule)
 mlp_acc = accuracy(mlp, x_test, y_test)
 print(f"two-layer MLP test accuracy: {mlp_acc:.4f}")
 
@@ -254,7 +243,7 @@ for criterion in ("apoz", "l1"):
     before = (count_parameters(model)[1], count_macs(model, example)[""])
     callback = Pruning(criterion, granularity="neuron", scope="global", target=0.8, schedule="geometric",
                        per_cycle=0.3, warmup_epochs=10, finetune_epochs=2, verbose=False)
-    make_trainer(10 + 2 * len(callback.fractions) + 2, [callback]).fit(model, datamodule)
+    quiet_trainer(10 + 2 * len(callback.fractions) + 2, [callback]).fit(model, datamodule)
     runs[criterion] = {
         "before": before,
         "after": (count_parameters(model)[1], count_macs(model, example)[""]),

@@ -40,24 +40,19 @@
 
 # %%
 import copy
-import logging
-import warnings
 
 import lightning as L
 import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lightning_prune.teaching import quiet_setup, quiet_trainer
 from lightning_prune import Pruning
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import Classifier
 
 # %matplotlib inline
-torch.set_num_threads(1)
-logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no device banners and tips
-warnings.filterwarnings("ignore", ".*(does not have many workers|LeafSpec).*")
-L.seed_everything(0, verbose=False)
-torch.manual_seed(0)
+quiet_setup(0)
 
 datamodule = DigitsDataModule(batch_size=64, seed=0)
 datamodule.setup("fit")
@@ -69,15 +64,6 @@ F = 10            # epochs per round: round 0 trains the dense model, each later
 PER_CYCLE = 0.4   # each round prunes 40 % of the remaining weights of every layer
 ROUNDS = 5        # 0.6 ** 5 = 7.8 % of the weights remain at the end
 TARGET = 1 - (1 - PER_CYCLE) ** ROUNDS
-
-
-def make_trainer(max_epochs, callbacks=()):
-    """A quiet, deterministic CPU trainer."""
-    return L.Trainer(
-        max_epochs=max_epochs, accelerator="cpu", devices=1, deterministic=True, callbacks=list(callbacks),
-        enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
 
 
 # %% [markdown]
@@ -143,7 +129,7 @@ def run(variant):
     pruning = Pruning(criterion="l1", granularity="weight", scope="layer", target=TARGET, schedule="geometric",
                       per_cycle=PER_CYCLE, warmup_epochs=F, finetune_epochs=F, verbose=False, **VARIANTS[variant])
     recorder = RoundRecorder(snapshot_epoch=F)
-    make_trainer((ROUNDS + 1) * F, [pruning, recorder]).fit(model, datamodule)
+    quiet_trainer((ROUNDS + 1) * F, [pruning, recorder]).fit(model, datamodule)
     return {"model": model, "initial": initial, "pruning": pruning, "recorder": recorder}
 
 

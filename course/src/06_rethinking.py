@@ -41,23 +41,19 @@
 # Runs in about 20 s on 2 CPU cores.
 
 # %%
-import logging
-import warnings
 
 import lightning as L
 import torch
 from torch import nn
 
+from lightning_prune.teaching import quiet_setup, quiet_trainer
 from lightning_prune import Pruning
 from lightning_prune.counting import count_macs, count_parameters
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.lottery import scratch_epochs, scratch_model
 from lightning_prune.models import Classifier
 
-torch.set_num_threads(1)
-logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no device banners and tips
-warnings.filterwarnings("ignore", ".*(does not have many workers|LeafSpec).*")
-L.seed_everything(0, verbose=False)
+quiet_setup(0)
 
 SEED = 0
 datamodule = DigitsDataModule(batch_size=64, seed=SEED)
@@ -73,15 +69,6 @@ E = WARMUP + FINETUNE        # total epochs of the pruned model: Scratch-E's bud
 def new_model():
     """A freshly initialised dense LeNet-300-100 (64 → 300 → 100 → 10)."""
     return Classifier("lenet_300_100", lr=3e-3, input_shape=(1, 8, 8))
-
-
-def make_trainer(max_epochs, callbacks=()):
-    """A quiet, deterministic CPU trainer."""
-    return L.Trainer(
-        max_epochs=max_epochs, accelerator="cpu", devices=1, deterministic=True, callbacks=list(callbacks),
-        enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
 
 
 def test_accuracy(model):
@@ -108,13 +95,13 @@ def widths(model):
 # NBVAL_IGNORE_OUTPUT
 L.seed_everything(SEED, verbose=False)
 dense = new_model()
-make_trainer(E).fit(dense, datamodule)
+quiet_trainer(E).fit(dense, datamodule)
 
 L.seed_everything(SEED, verbose=False)
 pruned = new_model()
 pruning = Pruning(criterion="l2", granularity="neuron", scope="layer", target=0.5, schedule="oneshot",
                   warmup_epochs=WARMUP, finetune_epochs=FINETUNE, remove=True, verbose=False)
-make_trainer(E, [pruning]).fit(pruned, datamodule)
+quiet_trainer(E, [pruning]).fit(pruned, datamodule)
 plan = pruning.state_dict()["plan"]  # the removals done, replayable on a fresh dense model
 acc = {"dense": test_accuracy(dense), "fine-tuned": test_accuracy(pruned)}
 
@@ -164,7 +151,7 @@ assert budgets["scratch_e"] == E and budgets["scratch_b"] > 2 * E
 for variant, epochs in capped.items():
     L.seed_everything(SEED, verbose=False)
     model = scratch_model(new_model(), plan, SEED)
-    make_trainer(epochs).fit(model, datamodule)
+    quiet_trainer(epochs).fit(model, datamodule)
     acc[variant] = test_accuracy(model)
 
 # %% [markdown]
