@@ -13,6 +13,11 @@ For each seed:
 4. ``scratch-B``: the same, for ``scratch_epochs(E, dense_macs, pruned_macs)["scratch_b"]`` epochs,
    the same compute as the dense model's ``E`` epochs (Liu et al. cap Scratch-B at 2x epochs when
    the pruned model saves more than 2x FLOPs; this script does not cap, it uses the library value).
+5. ``ticket-E``: the structured "winning ticket" of Liu et al.'s Sec. 6: the same compact
+   architecture, but starting from the dense model's *original* initialisation of the surviving
+   units (``ticket_model(Classifier(...), plan)`` on the model rebuilt with the run's seed, i.e. the
+   exact initial weights of step 2), trained for ``E`` epochs like ``scratch-E``. The paper finds
+   no advantage for the ticket's init over the random one in the structured case.
 
 All runs: Adam, batch 64, the experiment's lr, the same seed for initialisation and data order;
 the test accuracy of the final model is reported (no early stopping, no model selection on test).
@@ -41,17 +46,19 @@ import torch
 
 from lightning_prune import Pruning
 from lightning_prune.data import DigitsDataModule, MNIST1DDataModule
-from lightning_prune.lottery import scratch_epochs, scratch_model
+from lightning_prune.lottery import scratch_epochs, scratch_model, ticket_model
 from lightning_prune.models import Classifier
 
 BATCH_SIZE = 64
 EXPERIMENTS: dict[str, dict[str, Any]] = {
     "digits_lenet": {"data": DigitsDataModule, "arch": "lenet_300_100", "arch_kwargs": None,
                      "input_shape": DigitsDataModule.input_shape, "lr": 3e-3, "warmup": 20, "finetune": 10},
+    "mnist1d_lenet": {"data": MNIST1DDataModule, "arch": "lenet_300_100", "arch_kwargs": {"in_features": 40},
+                      "input_shape": (1, 40), "lr": 3e-3, "warmup": 20, "finetune": 10},
     "mnist1d_cnn1d": {"data": MNIST1DDataModule, "arch": "cnn1d", "arch_kwargs": None,
                       "input_shape": (1, 40), "lr": 3e-3, "warmup": 10, "finetune": 5},
 }
-VARIANTS = ("dense", "fine-tuned", "scratch-E", "scratch-B")
+VARIANTS = ("dense", "fine-tuned", "scratch-E", "scratch-B", "ticket-E")
 
 
 def _model(config: dict[str, Any]) -> Classifier:
@@ -82,6 +89,7 @@ def run(experiment: str, seed: int) -> list[dict[str, Any]]:
 
     L.seed_everything(seed, verbose=False)
     model = _model(config)
+    initial = {name: value.clone() for name, value in model.state_dict().items()}
     pruning = Pruning(criterion="l2", granularity="neuron", scope="layer", target=0.5, schedule="oneshot",
                       warmup_epochs=config["warmup"], finetune_epochs=config["finetune"], remove=True, verbose=False)
     row = _fit(model, config, seed, total, [pruning])
@@ -103,6 +111,14 @@ def run(experiment: str, seed: int) -> list[dict[str, Any]]:
         row = _fit(scratch, config, seed, budgets[key])
         assert row["params"] == rows[1]["params"], (row["params"], rows[1]["params"])
         rows.append({"variant": variant, **row})
+
+    L.seed_everything(seed, verbose=False)
+    dense_at_init = _model(config)
+    assert all(torch.equal(value, initial[name]) for name, value in dense_at_init.state_dict().items())
+    ticket = ticket_model(dense_at_init, plan)
+    row = _fit(ticket, config, seed, budgets["scratch_e"])
+    assert row["params"] == rows[1]["params"], (row["params"], rows[1]["params"])
+    rows.append({"variant": "ticket-E", **row})
     for r in rows:
         r.update({"experiment": experiment, "seed": seed})
     return rows
@@ -172,7 +188,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             m, s = _mean_std(vals)
             epochs = next(r["epochs"] for r in rows if r["experiment"] == name and r["variant"] == variant)
             means.append(m), stds.append(s), labels.append(f"{variant}\n({epochs} ep)")
-        ax.bar(labels, means, yerr=stds, capsize=4, color=["0.6", "C0", "C1", "C2"])
+        ax.bar(labels, means, yerr=stds, capsize=4, color=["0.6", "C0", "C1", "C2", "C3"])
         low = min(m - s for m, s in zip(means, stds))
         ax.set_ylim(max(0, low - 3), min(100, max(m + s for m, s in zip(means, stds)) + 1.5))
         for i, m in enumerate(means):
@@ -198,7 +214,7 @@ def main() -> None:
         for seed in args.seeds:
             rows += run(name, seed)
             print(f"{name} seed {seed}: " + ", ".join(f"{r['variant']} {100 * r['test_acc']:.2f} ({r['fit_seconds']:.0f} s)"
-                                                      for r in rows[-4:]), flush=True)
+                                                      for r in rows[-len(VARIANTS):]), flush=True)
     runtime = time.perf_counter() - start
     table = tables(rows)
     print(table)

@@ -19,9 +19,11 @@ checkpoint takes the same decisions as the uninterrupted run.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import itertools
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -100,6 +102,13 @@ class Pruning(Callback):
         control: The lottery-ticket controls: ``"reinit"`` (rewind to a fresh random
             initialisation instead of the original one) or ``"random_mask"`` (prune as many units
             per layer as the criterion chose, but random ones).
+        layer_targets: Per-layer final targets, ``{pattern: fraction}`` (``scope="layer"``,
+            ``budget="units"``): layers (neuron groups) whose name matches a glob pattern end at
+            their own fraction, following the same schedule: after every cycle their kept fraction
+            is the others' kept fraction to the power ``log(1 - t_layer) / log(1 - target)``. With
+            ``schedule="geometric"``, ``per_cycle=0.2``, ``target=1 - 0.8**n`` and
+            ``{"*classifier": 1 - 0.9**n}`` the matched layer loses 10 % of its remaining weights per
+            cycle while the others lose 20 % (Frankle & Carbin 2019's output layer).
         schedule: ``"oneshot"``, ``"geometric"`` or ``"cubic"``.
         per_cycle: Fraction of the remaining units pruned per cycle (``"geometric"``; default 0.2).
         cycles: Number of cycles (``"cubic"``; default 10).
@@ -149,6 +158,7 @@ class Pruning(Callback):
         round_to: int | None = None,
         rewind: str | int | None = None,
         control: str | None = None,
+        layer_targets: Mapping[str, float] | None = None,
     ) -> None:
         if granularity not in GRANULARITIES:
             raise ValueError(f"`granularity` must be one of {GRANULARITIES}, got {granularity!r}.")
@@ -180,6 +190,16 @@ class Pruning(Callback):
         if scope not in SCOPES:
             raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}.")
         _check_fraction("target", target)
+        if layer_targets is not None:
+            if not isinstance(layer_targets, Mapping) or not all(isinstance(k, str) for k in layer_targets):
+                raise ValueError(f"`layer_targets` must map module-name patterns to fractions, got {layer_targets!r}.")
+            for pattern, value in layer_targets.items():
+                _check_fraction(f"layer_targets[{pattern!r}]", value)
+            if scope != "layer" or budget != "units":
+                raise ValueError(
+                    f"`layer_targets` sets each layer's own fraction of units; it needs scope='layer' and "
+                    f"budget='units', got scope={scope!r}, budget={budget!r}."
+                )
         if schedule not in SCHEDULES:
             raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {schedule!r}.")
         if per_cycle is not None and schedule != "geometric":
@@ -222,6 +242,8 @@ class Pruning(Callback):
         self.remove = granularity == "neuron" if remove is None else remove
         self.budget, self.round_to = budget, round_to
         self.rewind, self.control, self.seed = rewind, control, seed
+        self.layer_targets = dict(layer_targets) if layer_targets is not None else None
+        self._exponents: dict[str, float] = {}  # group -> log(1 - its target) / log(1 - target)
         if self.rewind is not None and self.remove:
             raise ValueError("`rewind` restores the dense weights, so neurons must stay masked: pass remove=False.")
         self._commit_during_fit = False
@@ -262,6 +284,7 @@ class Pruning(Callback):
             "round_to": self.round_to,
             "rewind": self.rewind,
             "control": self.control,
+            "layer_targets": self.layer_targets,
         }
 
     @property
@@ -344,6 +367,7 @@ class Pruning(Callback):
                 + (" (and after it: spawned workers return dense-shaped weights)." if _spawned(trainer) else
                    " and are removed on every rank when it ends.")
             )
+        self._exponents = self._layer_exponents(self.pruner.dense_keep())
         for name in self.pruner.skipped_layers:
             rank_zero_warn(f"Pruning: the neurons of layer {name!r} are coupled to a layer that is kept; left unpruned.")
         if self._restored is not None:
@@ -434,8 +458,33 @@ class Pruning(Callback):
         self._enforcer.attach(trainer.optimizers)  # weights zeroed after every optimizer step
         self._masks = masks
 
-    def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule, cycle: int, epoch: int) -> None:
+    def _layer_exponents(self, keep: Keep) -> dict[str, float]:
+        """Each group matched by ``layer_targets`` (first matching pattern) and its schedule exponent.
+
+        Raises:
+            ValueError: If a pattern matches no prunable layer (listing the prunable ones).
+        """
+        if not self.layer_targets:
+            return {}
+        exponents: dict[str, float] = {}
+        for pattern, value in self.layer_targets.items():
+            matched = [key for key in keep if fnmatch.fnmatchcase(key, pattern) and key not in exponents]
+            if not matched:
+                raise ValueError(
+                    f"`layer_targets` pattern {pattern!r} matches no prunable layer; prunable: {sorted(keep)}."
+                )
+            exponents.update(dict.fromkeys(matched, math.log1p(-value) / math.log1p(-self.target)))
+        return exponents
+
+    def _cycle_fraction(self, cycle: int) -> float | dict[str, float]:
+        """The cumulative fraction to remove after ``cycle``: one number, or one per group."""
         fraction = self.fractions[cycle]
+        if not self._exponents:
+            return fraction
+        return {key: 1.0 - (1.0 - fraction) ** self._exponents.get(key, 1.0) for key in self._state["keep"]}
+
+    def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule, cycle: int, epoch: int) -> None:
+        fraction = self._cycle_fraction(cycle)
         keep = self.pruner.plan(
             self._state["keep"], fraction, cycle, self._calibration_batches(trainer), self.calibration_loss,
             self._state["present"], self.budget, self._state["dense"], self.round_to,

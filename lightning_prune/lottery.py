@@ -113,6 +113,26 @@ def scratch_epochs(epochs: int, dense_macs: float, pruned_macs: float) -> dict[s
     return {"scratch_e": epochs, "scratch_b": math.ceil(epochs * dense_macs / pruned_macs - 1e-9)}
 
 
+def ticket_model(model: nn.Module, plan: Mapping[str, Any]) -> nn.Module:
+    """The pruned architecture of ``plan`` keeping ``model``'s values for the surviving units.
+
+    Given the dense model *at its initialisation*, this is the structured winning ticket that Liu
+    et al. (2019, Sec. 6) compare with :func:`scratch_model`'s random initialisation.
+
+    Args:
+        model: The dense model holding the weights to keep (it is shrunk in place and returned).
+        plan: A removal plan (``Pruning.state_dict()["plan"]`` or a checkpoint's
+            ``"lightning_prune_plan"``).
+
+    Raises:
+        ValueError: If the plan does not fit the model.
+    """
+    from lightning_prune.checkpoint import apply_plan
+
+    apply_plan(model, plan)
+    return model
+
+
 def scratch_model(model: nn.Module, plan: Mapping[str, Any], seed: int) -> nn.Module:
     """The pruned architecture of ``plan``, freshly initialised: Liu et al.'s scratch baseline.
 

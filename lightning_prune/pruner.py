@@ -115,7 +115,7 @@ class Pruner:
     def plan(
         self,
         keep: Mapping[str, torch.Tensor],
-        fraction: float,
+        fraction: float | Mapping[str, float],
         cycle: int,
         batches: Iterable[Any] = (),
         loss_fn: Callable[[nn.Module, Any], torch.Tensor] = cross_entropy_loss,
@@ -130,6 +130,8 @@ class Pruner:
             keep: Current keep-masks (dense coordinates).
             fraction: Cumulative fraction to remove: of all (dense) units for ``budget="units"``,
                 of ``reference["params"]`` or ``reference["macs"]`` for ``"params"``/``"macs"``.
+                With ``scope="layer"`` and ``budget="units"``, a mapping gives each layer (group)
+                its own fraction.
             cycle: Index of the cycle (seeds random scores).
             batches: Calibration batches for data-driven criteria.
             loss_fn: Loss for gradient-based criteria.
@@ -150,12 +152,14 @@ class Pruner:
             if present is not None:
                 scores = {key: _scatter(value, present[key]) for key, value in scores.items()}
 
-        def choose(unit_fraction: float) -> Keep:
+        def choose(unit_fraction: float | Mapping[str, float]) -> Keep:
             chosen = select_units(scores, keep, unit_fraction, self.scope, self.min_keep)
             return round_kept(scores, keep, chosen, round_to) if round_to else chosen
 
         if budget == "units":
             return choose(fraction)
+        if isinstance(fraction, Mapping):
+            raise ValueError(f"Per-layer fractions count units; they cannot be combined with budget={budget!r}.")
         return self._search(choose, keep, present, fraction, budget, reference)
 
     def _search(self, choose, keep, present, fraction: float, budget: str, reference) -> Keep:

@@ -30,7 +30,7 @@ def prunable_capacity(sizes: Mapping[str, int], min_keep: float) -> int:
 def select_units(
     scores: Mapping[str, torch.Tensor],
     keep: Mapping[str, torch.Tensor],
-    fraction: float,
+    fraction: float | Mapping[str, float],
     scope: str = "global",
     min_keep: float = 0.01,
 ) -> dict[str, torch.Tensor]:
@@ -40,7 +40,8 @@ def select_units(
         scores: Group name to scores, one per unit (any shape); higher means more important.
         keep: Group name to the current ``bool`` keep-mask (same shape as the scores).
         fraction: Cumulative fraction of units to prune: of all units together for ``"global"``,
-            of each group for ``"layer"``.
+            of each group for ``"layer"``. With ``"layer"`` it may also be a mapping from group
+            name to that group's own fraction (every group named).
         scope: ``"global"`` or ``"layer"``.
         min_keep: Minimum fraction of each group's units that is kept.
 
@@ -49,10 +50,17 @@ def select_units(
 
     Raises:
         ValueError: If ``scope`` is unknown, a score is NaN (naming the group), shapes differ, or
-            ``fraction`` cannot be reached while each group keeps its minimum.
+            ``fraction`` cannot be reached while each group keeps its minimum, or is a mapping
+            with ``"global"`` scope or without an entry for every group.
     """
     if scope not in SCOPES:
         raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}.")
+    if isinstance(fraction, Mapping):
+        if scope != "layer":
+            raise ValueError("Per-group fractions need scope='layer'; a global ranking has one fraction.")
+        missing = sorted(set(scores) - set(fraction))
+        if missing:
+            raise ValueError(f"Per-group fractions are missing groups {missing}.")
     ranked: dict[str, torch.Tensor] = {}
     for name, score in scores.items():
         if score.shape != keep[name].shape:
@@ -66,7 +74,7 @@ def select_units(
     if scope == "layer":
         counts = {}
         for name, size in sizes.items():
-            wanted = round(fraction * size)
+            wanted = round((fraction[name] if isinstance(fraction, Mapping) else fraction) * size)
             already = size - int(keep[name].sum())
             counts[name] = min(max(wanted, already), size - min_units(size, min_keep))
             if counts[name] < already:

@@ -138,11 +138,12 @@ def test_resume_mid_lottery_run_equals_the_uninterrupted_run(tmp_path):
 
 
 def test_scratch_model_has_the_pruned_architecture_and_a_fresh_init(tmp_path):
-    from lightning_prune.lottery import scratch_model
+    from lightning_prune.lottery import scratch_model, ticket_model
 
     L.seed_everything(0)
     pruning = Pruning(criterion="l2", granularity="neuron", target=0.5, warmup_epochs=1)
     model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
+    initial = clone_tensors(model.state_dict())
     make_trainer(2, [pruning], limit_train_batches=2, limit_val_batches=1).fit(model, DigitsDataModule(batch_size=32))
     plan = pruning.state_dict()["plan"]
     scratch = scratch_model(Classifier("lenet_300_100", input_shape=(1, 8, 8)), plan, seed=5)
@@ -151,3 +152,35 @@ def test_scratch_model_has_the_pruned_architecture_and_a_fresh_init(tmp_path):
     again = scratch_model(Classifier("lenet_300_100", input_shape=(1, 8, 8)), plan, seed=5)
     assert all(torch.equal(a, b) for a, b in zip(scratch.parameters(), again.parameters()))  # seeded
     assert not torch.equal(scratch.model.classifier.weight, model.model.classifier.weight)
+
+    # The structured ticket: the same architecture, the initial values of the surviving units.
+    dense = Classifier("lenet_300_100", input_shape=(1, 8, 8))
+    dense.load_state_dict(initial)
+    ticket = ticket_model(dense, plan)
+    assert {n: p.shape for n, p in ticket.named_parameters()} == shapes
+    kept = pruning.keep
+    rows = {key: mask.nonzero().flatten() for key, mask in kept.items()}
+    first, second = sorted(rows)  # the two hidden layers, in forward order
+    assert torch.equal(ticket.model.features[0].weight, initial["model.features.0.weight"][rows[first]])
+    assert torch.equal(ticket.model.features[2].weight,
+                       initial["model.features.2.weight"][rows[second]][:, rows[first]])
+    assert torch.equal(ticket.model.classifier.weight, initial["model.classifier.weight"][:, rows[second]])
+
+
+def test_output_layer_pruned_at_half_the_rate_as_in_frankle_and_carbin():
+    """20 % of each hidden layer's remaining weights per round, 10 % of the output layer's (the paper's setup)."""
+    rounds = 3
+    L.seed_everything(0)
+    pruning = Pruning(criterion="l1", scope="layer", target=1 - 0.8**rounds, schedule="geometric", per_cycle=0.2,
+                      warmup_epochs=1, rewind="init", layer_targets={"*classifier": 1 - 0.9**rounds}, verbose=False)
+    model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
+    trainer = make_trainer(1 + rounds, [pruning], limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(model, DigitsDataModule(batch_size=32))
+    assert len(pruning.history) == rounds
+    for cycle, row in enumerate(pruning.history, start=1):
+        for name, mask in pruning.keep.items():
+            rate = 0.1 if name.endswith("classifier") else 0.2
+            assert abs(row[f"sparsity/{name}"] - (1 - (1 - rate) ** cycle)) <= 1 / mask.numel(), (cycle, name)
+    # The weights themselves: the classifier keeps 0.9**3 of its weights, the hidden layers 0.8**3.
+    weight = model.model.classifier.weight
+    assert abs(float((weight != 0).float().mean()) - 0.9**rounds) <= 1 / weight.numel()

@@ -85,3 +85,15 @@ def test_unknown_scope_is_named():
     scores = {"fc1": torch.ones(3)}
     with pytest.raises(ValueError, match=r"`scope` must be one of \('global', 'layer'\), got 'local'"):
         select_units(scores, _dense(scores), 0.5, "local")
+
+
+def test_layer_ranking_takes_one_fraction_per_group():
+    scores = {"a": torch.arange(10.0), "b": torch.arange(20.0)}
+    keep = {name: torch.ones_like(value, dtype=torch.bool) for name, value in scores.items()}
+    chosen = select_units(scores, keep, {"a": 0.3, "b": 0.75}, scope="layer", min_keep=0.0)
+    assert torch.equal(chosen["a"], torch.arange(10) >= 3)
+    assert torch.equal(chosen["b"], torch.arange(20) >= 15)
+    with pytest.raises(ValueError, match="missing groups"):
+        select_units(scores, keep, {"a": 0.3}, scope="layer")
+    with pytest.raises(ValueError, match="need scope='layer'"):
+        select_units(scores, keep, {"a": 0.3, "b": 0.3}, scope="global")

@@ -41,6 +41,9 @@ VALID = dict(criterion="l1", granularity="weight", scope="global", target=0.5)
         ({"ignore_layers": [3]}, "`ignore_layers` must be a list of module-name patterns or None, got [3]"),
         ({"min_keep": 1.0}, "`min_keep` must be a number in [0, 1), got 1.0"),
         ({"calibration_batches": 0}, "`calibration_batches` must be an integer >= 1, got 0"),
+        ({"layer_targets": ["fc"]}, "`layer_targets` must map module-name patterns to fractions, got ['fc']"),
+        ({"scope": "layer", "layer_targets": {"*fc": 1.0}}, "`layer_targets['*fc']` must be a number in (0, 1), got 1.0"),
+        ({"layer_targets": {"*fc": 0.5}}, "it needs scope='layer' and budget='units', got scope='global', budget='units'"),
     ],
 )
 def test_invalid_argument_raises_at_construction(changes, message):
@@ -102,3 +105,9 @@ def test_sharded_strategies_are_refused_at_setup():
     trainer = SimpleNamespace(strategy=FSDPStrategy.__new__(FSDPStrategy), max_epochs=1, check_val_every_n_epoch=1)
     with pytest.raises(ValueError, match="does not support the FSDPStrategy strategy"):
         Pruning(target=0.5).setup(trainer, Classifier(), "fit")
+
+
+def test_layer_target_pattern_matching_nothing_lists_the_prunable_layers():
+    pruning = Pruning(scope="layer", layer_targets={"*fc9": 0.3})
+    with pytest.raises(ValueError, match=re.escape("pattern '*fc9' matches no prunable layer; prunable: ['model.classifier'")):
+        _fit(pruning)
