@@ -35,7 +35,14 @@ from torch import nn
 from lightning_prune.checkpoint import PLAN_KEY, input_spec, restore_pruned
 from lightning_prune.counting import count_parameters
 from lightning_prune.criteria import GRANULARITIES, Criterion, batch_input, cross_entropy_loss, make_criterion
-from lightning_prune.lottery import clone_tensors, reinitialized_state, rewind, shuffle_within_groups, training_snapshot
+from lightning_prune.lottery import (
+    clone_tensors,
+    reinitialized_state,
+    rewind,
+    shuffle_within_groups,
+    slice_snapshot,
+    training_snapshot,
+)
 from lightning_prune.masks import MaskEnforcer, apply_masks
 from lightning_prune.pruner import Keep, Pruner
 from lightning_prune.ranking import SCOPES
@@ -98,7 +105,7 @@ class Pruning(Callback):
         rewind: ``None`` (fine-tune), ``"init"`` (after each prune, rewind every parameter, buffer,
             the optimizer state and the LR schedulers to their values at the start of training:
             lottery tickets) or an epoch ``k <= warmup_epochs`` (late rewinding, to the start of
-            epoch ``k``). Needs ``remove=False`` for neurons.
+            epoch ``k``). With removed neurons the snapshot is cut to the survivors at each removal.
         control: The lottery-ticket controls: ``"reinit"`` (rewind to a fresh random
             initialisation instead of the original one) or ``"random_mask"`` (prune as many units
             per layer as the criterion chose, but random ones).
@@ -244,8 +251,6 @@ class Pruning(Callback):
         self.rewind, self.control, self.seed = rewind, control, seed
         self.layer_targets = dict(layer_targets) if layer_targets is not None else None
         self._exponents: dict[str, float] = {}  # group -> log(1 - its target) / log(1 - target)
-        if self.rewind is not None and self.remove:
-            raise ValueError("`rewind` restores the dense weights, so neurons must stay masked: pass remove=False.")
         self._commit_during_fit = False
         self.calibration_loss = calibration_loss or cross_entropy_loss
         self.fractions = sparsity_schedule(schedule, target, per_cycle, cycles)
@@ -312,6 +317,12 @@ class Pruning(Callback):
     def keep(self) -> Keep | None:
         """Current unit keep-masks."""
         return self._state["keep"]
+
+    @property
+    def plan(self) -> dict[str, Any] | None:
+        """The removals done so far, ``{"inputs", "steps"}`` (a copy): what ``scratch_model``,
+        ``ticket_model``, ``save_compact`` and checkpoints replay on a freshly built dense model."""
+        return clone_tensors(self._state["plan"])
 
     # ----------------------------------------------------------------------------- hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -547,8 +558,14 @@ class Pruning(Callback):
 
     def _commit(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Physically remove the masked neurons; record the removal in the plan."""
-        removal = self.pruner.commit(self._state["keep"], self._state["present"], trainer.optimizers)
+        names = {id(param): name for name, param in pl_module.named_parameters()}
+        optimizer_names = [[names.get(id(p), "") for group in optimizer.param_groups for p in group["params"]]
+                           for optimizer in trainer.optimizers]
+        removal, kept = self.pruner.commit(self._state["keep"], self._state["present"], trainer.optimizers)
         if removal:
+            if self._state["rewind_point"] is not None:  # rewinding now restores the compact shapes
+                shapes = {name: value.shape for name, value in pl_module.state_dict().items()}
+                self._state["rewind_point"] = slice_snapshot(self._state["rewind_point"], kept, shapes, optimizer_names)
             self._state["plan"]["steps"].append(removal)
             self._state["present"] = clone_tensors(self._state["keep"])
             self._apply(trainer, pl_module, self._state["keep"])

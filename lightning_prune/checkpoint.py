@@ -129,13 +129,27 @@ def load_compact(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
-def export_program(model: nn.Module, example_input: Any, path: str | Path) -> None:
+def export_program(model: nn.Module, example_input: Any, path: str | Path, dynamic_batch: bool = True) -> None:
     """Save the compact model with ``torch.export``: ``torch.export.load(path).module()`` runs it
-    without the model's Python class."""
-    inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+    without the model's Python class.
+
+    Args:
+        model: The (compact) model.
+        example_input: A batch the model accepts (a tensor or a tuple of tensors).
+        path: Where to write the ``.pt2`` file.
+        dynamic_batch: Export the first dimension of every tensor input as dynamic, so the program
+            accepts any batch size (an example batch of one is repeated to two for tracing, since
+            ``torch.export`` specialises sizes 0 and 1). ``False`` fixes the example's shapes.
+    """
+    inputs = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+    dynamic_shapes = None
+    if dynamic_batch:
+        inputs = tuple(x.repeat(2, *[1] * (x.dim() - 1)) if torch.is_tensor(x) and x.dim() and x.shape[0] == 1 else x
+                       for x in inputs)
+        dynamic_shapes = tuple({0: torch.export.Dim.DYNAMIC} if torch.is_tensor(x) and x.dim() else None for x in inputs)
     was_training = model.training
     model.eval()
     try:
-        torch.export.save(torch.export.export(model, tuple(inputs)), path)
+        torch.export.save(torch.export.export(model, inputs, dynamic_shapes=dynamic_shapes), path)
     finally:
         model.train(was_training)

@@ -63,6 +63,45 @@ def rewind(
     apply_masks(model, masks)
 
 
+def slice_snapshot(
+    snapshot: Mapping[str, Any],
+    kept: Mapping[str, torch.Tensor],
+    shapes: Mapping[str, torch.Size],
+    optimizer_names: Sequence[Sequence[str]],
+) -> dict[str, Any]:
+    """A snapshot made for the model before a neuron removal, cut down to the model after it.
+
+    Rewinding a model whose neurons were physically removed needs the snapshot in the new shapes:
+    each changed parameter or buffer keeps its surviving entries, and so does every optimizer-state
+    tensor of a changed parameter (momentum, Adam moments). Scheduler states do not change.
+
+    Args:
+        snapshot: ``{"model", "optimizers", "schedulers"}`` from :func:`training_snapshot`.
+        kept: State-dict name to kept flat indices, as returned by
+            :func:`~lightning_prune.surgery.remove_units`.
+        shapes: State-dict name to shape, of the model after the removal.
+        optimizer_names: For each optimizer, the parameter name of each entry of its state-dict
+            indexing (parameters in param-group order), taken before the removal.
+
+    Returns:
+        A new snapshot (the given one is not modified).
+    """
+    old_shapes = {name: value.shape for name, value in snapshot["model"].items()}
+
+    def cut(name: str, value: Any) -> Any:
+        if name not in kept or not (torch.is_tensor(value) and value.shape == old_shapes[name]):
+            return clone_tensors(value)
+        return value.flatten()[kept[name].to(value.device)].reshape(shapes[name]).clone()
+
+    model = {name: cut(name, value) for name, value in snapshot["model"].items()}
+    optimizers = []
+    for state_dict, names in zip(snapshot["optimizers"], optimizer_names):
+        state = {index: {key: cut(names[index], value) for key, value in values.items()}
+                 for index, values in state_dict["state"].items()}
+        optimizers.append({**clone_tensors(state_dict), "state": state})
+    return {**snapshot, "model": model, "optimizers": optimizers, "schedulers": clone_tensors(snapshot["schedulers"])}
+
+
 def reinitialized_state(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
     """The state dict of a copy of ``model`` whose layers were re-initialised from ``seed``.
 

@@ -269,7 +269,8 @@ class Classifier(PrunedCheckpointMixin, L.LightningModule):
         loss = F.cross_entropy(logits, y)
         metric(logits, y)  # forward: accumulates and caches the batch value for on_step logging
         on_step = stage == "train"
-        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=stage == "val")
+        # Validation/test losses are averaged over ranks, so every rank judges a cycle on the same value.
+        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=stage == "val", sync_dist=not on_step)
         self.log(f"{stage}_acc", metric, on_step=on_step, on_epoch=True, prog_bar=stage == "val")
         return loss
 

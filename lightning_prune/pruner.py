@@ -199,7 +199,7 @@ class Pruner:
         keep: Mapping[str, torch.Tensor],
         present: Mapping[str, torch.Tensor] | None = None,
         optimizers: Sequence[torch.optim.Optimizer] = (),
-    ) -> dict[str, list[int]]:
+    ) -> tuple[dict[str, list[int]], dict[str, torch.Tensor]]:
         """Physically remove the masked neurons, carrying the optimizers over to the new parameters.
 
         Args:
@@ -208,17 +208,19 @@ class Pruner:
             optimizers: Optimizers of the model.
 
         Returns:
-            The removal done, in the model's coordinates before it: the next step of the plan.
+            The removal done, in the model's coordinates before it (the next step of the plan), and
+            the kept flat indices of every changed parameter and buffer (empty if nothing changed).
         """
         if self.structure is None:
             raise ValueError("Only neurons can be removed; weight pruning keeps the dense shapes.")
         removal = {key: idx for key, idx in self.structure.removal(_current(keep, present)).items() if idx}
+        kept: dict[str, torch.Tensor] = {}
         if removal:
-            remove_units(self.model, self.example_input, removal, optimizers)
+            kept = remove_units(self.model, self.example_input, removal, optimizers)
             self.structure = NeuronStructure(self.model, self.example_input, self.layers)
             self.macs = count_macs(self.model, self.example_input)
             self.check_keep(keep, keep)
-        return removal
+        return removal, kept
 
     def summary(self, keep: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """Sparsity (overall and per layer/group), kept parameters and MACs of the current model."""

@@ -136,6 +136,8 @@ class NeuronStructure:
         params = dict(model.named_parameters())
         masks = {}
         for name, indices in surviving_entries(model, self.example_input, self.removal(keep)).items():
+            if name not in params:  # a buffer (running statistics): masking the parameters suffices
+                continue
             mask = torch.zeros(params[name].numel(), dtype=torch.bool)
             mask[indices] = True
             masks[name] = mask.reshape(params[name].shape)

@@ -15,6 +15,7 @@ whose parameters hold their own flat indices.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -82,22 +83,24 @@ def remove_groups(model: nn.Module, example_input: Any, removal: Mapping[str, Se
 
 
 def surviving_entries(model: nn.Module, example_input: Any, removal: Mapping[str, Sequence[int]]) -> dict[str, torch.Tensor]:
-    """Flat indices of the entries each changed parameter keeps when ``removal`` is done.
+    """Flat indices of the entries each changed parameter or floating buffer keeps when ``removal`` is done.
 
     Returns:
-        Parameter name to a sorted ``long`` tensor of kept flat indices (changed parameters only).
+        State-dict name to a sorted ``long`` tensor of kept flat indices (changed tensors only:
+        parameters, and buffers such as BatchNorm running statistics).
     """
     probe = detached_copy(model).to("cpu", torch.float64)  # on the CPU whatever the model's device
     shapes = {}
     with torch.no_grad():
-        for name, param in probe.named_parameters():
-            shapes[name] = param.shape
-            param.data = torch.arange(param.numel(), dtype=torch.float64).reshape(param.shape)
+        for name, tensor in itertools.chain(probe.named_parameters(), probe.named_buffers()):
+            if tensor.is_floating_point():
+                shapes[name] = tensor.shape
+                tensor.data = torch.arange(tensor.numel(), dtype=torch.float64).reshape(tensor.shape)
     remove_groups(probe, to_dtype(_to_cpu(example_input), torch.float64), removal)
     return {
-        name: param.detach().flatten().long()
-        for name, param in probe.named_parameters()
-        if param.shape != shapes[name]
+        name: tensor.detach().flatten().long()
+        for name, tensor in itertools.chain(probe.named_parameters(), probe.named_buffers())
+        if name in shapes and tensor.shape != shapes[name]
     }
 
 
@@ -116,7 +119,7 @@ def remove_units(
         optimizers: Optimizers over the model's parameters; their state is sliced to the survivors.
 
     Returns:
-        Parameter name to the kept flat indices, for every changed parameter.
+        State-dict name to the kept flat indices, for every changed parameter and floating buffer.
 
     Raises:
         Exception: Whatever the removal raised, after the model was put back as it was.

@@ -118,10 +118,12 @@ def test_scratch_budgets():
         scratch_epochs(10, 100, 0)
 
 
-def test_resume_mid_lottery_run_equals_the_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("granularity", ["weight", "neuron"])
+def test_resume_mid_lottery_run_equals_the_uninterrupted_run(tmp_path, granularity):
     def run(ckpt_path=None, extra=()):
         L.seed_everything(0)
-        pruning = Pruning(criterion="l1", target=0.6, schedule="geometric", per_cycle=0.3, warmup_epochs=2, rewind=1)
+        pruning = Pruning(criterion="l1", target=0.6, schedule="geometric", per_cycle=0.3, warmup_epochs=2, rewind=1,
+                          granularity=granularity)  # neurons: physically removed, the rewind point cut with them
         model = WithScheduler("lenet_300_100", input_shape=(1, 8, 8))
         trainer = make_trainer(6, [pruning, *extra], limit_train_batches=3, limit_val_batches=1,
                                enable_checkpointing=bool(extra))
@@ -133,6 +135,9 @@ def test_resume_mid_lottery_run_equals_the_uninterrupted_run(tmp_path):
     for key in full.keep:
         assert torch.equal(full.keep[key], resumed.keep[key])
     resumed_state = resumed_model.state_dict()
+    assert {n: v.shape for n, v in resumed_state.items()} == {n: v.shape for n, v in full_model.state_dict().items()}
+    if granularity == "neuron":
+        assert resumed_model.model.features[0].weight.shape[0] < 300  # compact
     for name, value in full_model.state_dict().items():
         assert torch.allclose(value, resumed_state[name], atol=1e-6), name
 
@@ -184,3 +189,51 @@ def test_output_layer_pruned_at_half_the_rate_as_in_frankle_and_carbin():
     # The weights themselves: the classifier keeps 0.9**3 of its weights, the hidden layers 0.8**3.
     weight = model.model.classifier.weight
     assert abs(float((weight != 0).float().mean()) - 0.9**rounds) <= 1 / weight.numel()
+
+
+class KeepProbe(Probe):
+    """Also the unit keep-masks in force at the start of each epoch."""
+
+    def __init__(self, pruning):
+        super().__init__()
+        self.pruning, self.keep = pruning, {}
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        super().on_train_epoch_start(trainer, pl_module)
+        self.keep[trainer.current_epoch] = clone_tensors(self.pruning.keep)
+
+
+@pytest.mark.parametrize("rewind_to", ["init", 1])
+def test_neuron_rewinding_with_removal_equals_rewinding_the_masked_model(rewind_to):
+    def run(remove):
+        L.seed_everything(0)
+        pruning = Pruning(criterion="l2", granularity="neuron", scope="layer", target=0.6, schedule="geometric",
+                          per_cycle=0.3, warmup_epochs=2, rewind=rewind_to, remove=remove, verbose=False)
+        probe = KeepProbe(pruning)
+        model = WithScheduler("lenet_300_100", input_shape=(1, 8, 8))
+        make_trainer(6, [pruning, probe], limit_train_batches=3, limit_val_batches=1).fit(
+            model, DigitsDataModule(batch_size=32))
+        return model, pruning, probe
+
+    masked_model, masked, _ = run(remove=False)
+    removed_model, removed, probe = run(remove=True)
+    for key in masked.keep:
+        assert torch.equal(masked.keep[key], removed.keep[key])
+    assert removed_model.model.features[0].weight.shape[0] == int(removed.keep["model.features.0"].sum())
+    data = DigitsDataModule()
+    data.setup("test")
+    x = data.splits["test"].tensors[0][:64]
+    masked_model.eval(), removed_model.eval()
+    assert torch.allclose(masked_model(x), removed_model(x), atol=1e-5)
+
+    # Every round of the compact run starts from the snapshot cut to that round's survivors.
+    point = probe.states[0 if rewind_to == "init" else 1]
+    for epoch in (2, 3, 4):
+        rows = probe.keep[epoch]["model.features.0"].nonzero().flatten()
+        state = probe.states[epoch]
+        assert torch.equal(state["model"]["model.features.0.weight"], point["model"]["model.features.0.weight"][rows])
+        assert torch.equal(state["model"]["model.features.0.bias"], point["model"]["model.features.0.bias"][rows])
+        assert state["scheduler"] == point["scheduler"]
+        if rewind_to == 1:
+            buffer = state["optimizer"]["state"][0]["momentum_buffer"]
+            assert torch.equal(buffer, point["optimizer"]["state"][0]["momentum_buffer"][rows])
