@@ -31,7 +31,7 @@
 # **Learning goals**
 #
 # - Prune half of the neurons of every layer with `Pruning(granularity="neuron", remove=True)`, fine-tune,
-#   and save the removal plan, `pruning.state_dict()["plan"]`.
+#   and save the removal plan, `pruning.plan`.
 # - Rebuild the same compact architecture with a fresh initialisation, `scratch_model(model, plan, seed)`,
 #   and work out Scratch-E and Scratch-B budgets with `scratch_epochs`.
 # - Compare fine-tuning with training from scratch on one seed, read it against the repository's
@@ -102,7 +102,7 @@ pruned = new_model()
 pruning = Pruning(criterion="l2", granularity="neuron", scope="layer", target=0.5, schedule="oneshot",
                   warmup_epochs=WARMUP, finetune_epochs=FINETUNE, remove=True, verbose=False)
 quiet_trainer(E, [pruning]).fit(pruned, datamodule)
-plan = pruning.state_dict()["plan"]  # the removals done, replayable on a fresh dense model
+plan = pruning.plan  # the removals done, replayable on a fresh dense model
 acc = {"dense": test_accuracy(dense), "fine-tuned": test_accuracy(pruned)}
 
 # %% [markdown]
@@ -204,7 +204,7 @@ assert all(value > 0.85 for value in acc.values()), acc
 # ## Summary
 #
 # - `Pruning(granularity="neuron", remove=True)` produces a physically smaller network, and its removal
-#   plan (`pruning.state_dict()["plan"]`) describes the compact architecture.
+#   plan (`pruning.plan`) describes the compact architecture.
 # - `scratch_model(model, plan, seed)` builds that architecture with fresh weights (same shapes, same
 #   parameter count); `scratch_epochs` gives Scratch-E (same epochs) and Scratch-B (same compute; the
 #   paper caps it at 2× the epochs, as done here).
