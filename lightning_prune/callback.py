@@ -44,12 +44,11 @@ from lightning_prune.lottery import (
     training_snapshot,
 )
 from lightning_prune.masks import MaskEnforcer, apply_masks
-from lightning_prune.pruner import Keep, Pruner
-from lightning_prune.ranking import SCOPES
+from lightning_prune.pruner import BUDGETS, Keep, Pruner
+from lightning_prune.ranking import SCOPES, min_units, prunable_capacity
 from lightning_prune.schedules import SCHEDULES, Timeline, sparsity_schedule
 
 MODES = ("max", "min")
-BUDGETS = ("units", "params", "macs")
 CONTROLS = ("reinit", "random_mask")
 UNSUPPORTED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
@@ -67,7 +66,10 @@ def _check_fraction(name: str, value: Any, low_open: bool = True) -> None:
 
 
 def _check_ranks_agree(trainer: L.Trainer, keep: Keep) -> None:
-    """Fail loudly if the ranks hold different masks (a digest of every mask, gathered from all ranks).
+    """Fail loudly if the ranks decided different masks (a digest of every mask, gathered from all ranks).
+
+    Called on each rank's own decision, before rank 0's is broadcast: the scores come from the same
+    weights and rank-synchronised statistics, so a difference means something was not synchronised.
 
     Raises:
         RuntimeError: Naming the ranks whose masks differ from rank 0's.
@@ -136,7 +138,12 @@ class Pruning(Callback):
 
     Raises:
         ValueError: At construction, for any invalid argument (naming it, its value and what is
-            allowed); at ``setup``, when ``max_epochs`` is too small for the schedule.
+            allowed); at ``setup``, when ``max_epochs`` is too small for the schedule or the
+            strategy shards parameters; at the start of training, when no layer can be pruned, a
+            ``layers``/``layer_targets`` pattern matches nothing, a global ``target`` is out of
+            reach under ``min_keep``, or a checkpoint's state does not fit; during the fit, when
+            ``monitor`` is never logged or a params/MACs budget is out of reach.
+        RuntimeError: Under DDP, when the ranks decide different masks.
     """
 
     def __init__(
@@ -240,6 +247,9 @@ class Pruning(Callback):
                 raise ValueError(f"`{name}` must be a list of module-name patterns or None, got {patterns!r}.")
         _check_fraction("min_keep", min_keep, low_open=False)
         _check_int("calibration_batches", calibration_batches, 1)
+        if calibration_loss is not None and not callable(calibration_loss):
+            raise ValueError(f"`calibration_loss` must be callable as loss(pl_module, batch) or None, got {calibration_loss!r}.")
+        _check_int("seed", seed, 0)
 
         self.granularity, self.scope, self.target, self.schedule = granularity, scope, target, schedule
         self.monitor, self.mode, self.max_drop = monitor, mode, max_drop
@@ -280,8 +290,19 @@ class Pruning(Callback):
         }
 
     def _config(self) -> dict[str, Any]:
+        """Every argument that shapes the decisions: a run resumes only with the same ones."""
         return {
+            "criterion": self.criterion.name,
             "granularity": self.granularity,
+            "warmup_epochs": self.timeline.warmup_epochs,
+            "finetune_epochs": self.timeline.finetune_epochs,
+            "min_keep": self.min_keep,
+            "layers": self.layers,
+            "ignore_layers": self.ignore_layers,
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "max_drop": self.max_drop,
+            "seed": self.seed,
             "scope": self.scope,
             "fractions": list(self.fractions),
             "remove": self.remove,
@@ -379,6 +400,7 @@ class Pruning(Callback):
                    " and are removed on every rank when it ends.")
             )
         self._exponents = self._layer_exponents(self.pruner.dense_keep())
+        self._check_reachable(self.pruner.dense_keep())
         for name in self.pruner.skipped_layers:
             rank_zero_warn(f"Pruning: the neurons of layer {name!r} are coupled to a layer that is kept; left unpruned.")
         if self._restored is not None:
@@ -424,7 +446,8 @@ class Pruning(Callback):
             self._state["metrics"][trainer.current_epoch] = float(value)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._judge_pending(trainer, pl_module, before_epoch=trainer.current_epoch + 1)
+        # `current_epoch` counts the completed epochs here: a cycle cut short (early stop) is not judged.
+        self._judge_pending(trainer, pl_module, before_epoch=trainer.current_epoch)
         if self.remove and not self._commit_during_fit and not _spawned(trainer):
             self._commit(trainer, pl_module)  # every rank removes the same units: identical compact models
         if self._enforcer is not None:
@@ -469,6 +492,31 @@ class Pruning(Callback):
         self._enforcer.attach(trainer.optimizers)  # weights zeroed after every optimizer step
         self._masks = masks
 
+    def _check_reachable(self, keep: Keep) -> None:
+        """Check the unit target against ``min_keep`` before any training (params/MACs: at the prune).
+
+        Raises:
+            ValueError: If a global ranking cannot remove ``target`` of the units while every layer
+                keeps ``min_keep``. With ``scope="layer"`` the capped layers are named in a warning.
+        """
+        if self.budget != "units":
+            return
+        sizes = {key: mask.numel() for key, mask in keep.items()}
+        if self.scope == "global":
+            capacity = prunable_capacity(sizes, self.min_keep)
+            if round(self.target * sum(sizes.values())) > capacity:
+                raise ValueError(
+                    f"`target`={self.target} is out of reach: with `min_keep`={self.min_keep} at most "
+                    f"{capacity / sum(sizes.values()):.4f} of the {sum(sizes.values())} units can be pruned."
+                )
+            return
+        capped = [key for key, size in sizes.items()
+                  if round(self._cycle_fraction_of(key, self.fractions[-1]) * size) > size - min_units(size, self.min_keep)]
+        if capped:
+            rank_zero_warn(
+                f"Pruning: layers {capped} keep `min_keep`={self.min_keep} of their units and stop short of their target."
+            )
+
     def _layer_exponents(self, keep: Keep) -> dict[str, float]:
         """Each group matched by ``layer_targets`` (first matching pattern) and its schedule exponent.
 
@@ -487,12 +535,16 @@ class Pruning(Callback):
             exponents.update(dict.fromkeys(matched, math.log1p(-value) / math.log1p(-self.target)))
         return exponents
 
+    def _cycle_fraction_of(self, key: str, fraction: float) -> float:
+        """A group's own cumulative fraction when the schedule is at ``fraction``."""
+        return 1.0 - (1.0 - fraction) ** self._exponents.get(key, 1.0)
+
     def _cycle_fraction(self, cycle: int) -> float | dict[str, float]:
         """The cumulative fraction to remove after ``cycle``: one number, or one per group."""
         fraction = self.fractions[cycle]
         if not self._exponents:
             return fraction
-        return {key: 1.0 - (1.0 - fraction) ** self._exponents.get(key, 1.0) for key in self._state["keep"]}
+        return {key: self._cycle_fraction_of(key, fraction) for key in self._state["keep"]}
 
     def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule, cycle: int, epoch: int) -> None:
         fraction = self._cycle_fraction(cycle)
@@ -503,8 +555,8 @@ class Pruning(Callback):
         if self.control == "random_mask":
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + cycle)
             keep = shuffle_within_groups(self._state["keep"], keep, generator)
-        keep = trainer.strategy.broadcast(keep, src=0)
         _check_ranks_agree(trainer, keep)
+        keep = trainer.strategy.broadcast(keep, src=0)  # bit-identical on every rank from here on
         if self._state["rewind_point"] is not None:
             rewind(pl_module, trainer.optimizers, self._schedulers(trainer), self._state["rewind_point"], {})
         self._apply(trainer, pl_module, keep)
@@ -543,7 +595,7 @@ class Pruning(Callback):
         if baseline is None or value is None:
             raise ValueError(f"`max_drop` needs `{self.monitor}` after warm-up and after each cycle; it was not logged.")
         drop = baseline - value if self.mode == "max" else value - baseline
-        row["accepted"] = drop <= self.max_drop
+        row["accepted"] = trainer.strategy.broadcast(drop <= self.max_drop, src=0)  # rank 0 decides for all
         if row["accepted"]:
             if self._commit_during_fit:
                 self._commit(trainer, pl_module)

@@ -109,12 +109,18 @@ def reinitialized_state(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
     a forked RNG so the caller's random state is untouched.
     """
     fresh = detached_copy(model)
-    with torch.random.fork_rng(devices=[]):
+    _reinitialise(fresh, seed)
+    return clone_tensors(fresh.state_dict())
+
+
+def _reinitialise(model: nn.Module, seed: int) -> None:
+    """``reset_parameters`` of every module that has one, seeded, under forked CPU and CUDA RNGs."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        for module in fresh.modules():
+        for module in model.modules():
             if callable(getattr(module, "reset_parameters", None)):
                 module.reset_parameters()
-    return clone_tensors(fresh.state_dict())
 
 
 def shuffle_within_groups(
@@ -184,9 +190,5 @@ def scratch_model(model: nn.Module, plan: Mapping[str, Any], seed: int) -> nn.Mo
     from lightning_prune.checkpoint import apply_plan
 
     apply_plan(model, plan)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for module in model.modules():
-            if callable(getattr(module, "reset_parameters", None)):
-                module.reset_parameters()
+    _reinitialise(model, seed)
     return model

@@ -284,7 +284,7 @@ class Classifier(PrunedCheckpointMixin, L.LightningModule):
         return self._step(batch, "test", self.test_acc)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Build the optimizer over the current parameters (call again after pruning)."""
+        """Build the optimizer over the current parameters (``Pruning`` carries it over removals)."""
         hp = self.hparams
         if hp.optimizer == "sgd":
             return torch.optim.SGD(

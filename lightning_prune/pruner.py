@@ -22,7 +22,9 @@ from lightning_prune.counting import count_macs, count_parameters, kept_macs
 from lightning_prune.criteria import GRANULARITIES, Criterion, cross_entropy_loss, score_layers
 from lightning_prune.layers import PrunableLayer, find_prunable_layers
 from lightning_prune.masks import Masks
-from lightning_prune.ranking import prunable_capacity, round_kept, select_units
+from lightning_prune.ranking import SCOPES, prunable_capacity, round_kept, select_units
+
+BUDGETS = ("units", "params", "macs")
 from lightning_prune.structure import NeuronStructure
 from lightning_prune.surgery import remove_units
 
@@ -50,7 +52,7 @@ class Pruner:
         ignore_layers: Glob patterns of module names never to prune.
 
     Raises:
-        ValueError: If ``granularity`` is unknown or no layer can be pruned.
+        ValueError: If ``granularity``, ``scope`` or ``min_keep`` is invalid, or no layer can be pruned.
     """
 
     def __init__(
@@ -66,6 +68,10 @@ class Pruner:
     ) -> None:
         if granularity not in GRANULARITIES:
             raise ValueError(f"`granularity` must be one of {GRANULARITIES}, got {granularity!r}.")
+        if scope not in SCOPES:
+            raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}.")
+        if not 0.0 <= min_keep < 1.0:
+            raise ValueError(f"`min_keep` must be in [0, 1), got {min_keep!r}.")
         self.model = model
         self.criterion = criterion
         self.granularity = granularity
@@ -95,7 +101,7 @@ class Pruner:
         """Keep-masks with every unit of the current model kept."""
         if self.structure is not None:
             return {key: torch.ones(size, dtype=torch.bool) for key, size in self.structure.sizes.items()}
-        return {layer.name: torch.ones_like(layer.weight, dtype=torch.bool) for layer in self.layers}
+        return {layer.name: torch.ones(layer.weight.shape, dtype=torch.bool) for layer in self.layers}  # on the CPU
 
     def check_keep(self, keep: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None) -> None:
         """Check that keep-masks (e.g. restored from a checkpoint) fit the current model.
@@ -141,8 +147,14 @@ class Pruner:
             round_to: Round each group's kept units up to a multiple of this.
 
         Raises:
-            ValueError: If the budget cannot be reached while each layer keeps its minimum.
+            ValueError: If ``budget`` is unknown, ``reference`` is missing for a params/MACs budget,
+                per-layer fractions are combined with one, or the budget cannot be reached while
+                each layer keeps its minimum.
         """
+        if budget not in BUDGETS:
+            raise ValueError(f"`budget` must be one of {BUDGETS}, got {budget!r}.")
+        if budget != "units" and (reference is None or budget not in reference):
+            raise ValueError(f"budget={budget!r} needs `reference` with the dense model's {budget!r}, got {reference!r}.")
         sites = self.structure.sites if self.structure is not None else {}
         scores = score_layers(
             self.criterion, self.scored_layers, self.granularity, cycle, self.model, batches, sites, loss_fn
@@ -210,6 +222,10 @@ class Pruner:
         Returns:
             The removal done, in the model's coordinates before it (the next step of the plan), and
             the kept flat indices of every changed parameter and buffer (empty if nothing changed).
+
+        Raises:
+            ValueError: For weight granularity (single weights cannot be removed).
+            Exception: Whatever the removal raised, after the model was put back as it was.
         """
         if self.structure is None:
             raise ValueError("Only neurons can be removed; weight pruning keeps the dense shapes.")

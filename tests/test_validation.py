@@ -41,6 +41,8 @@ VALID = dict(criterion="l1", granularity="weight", scope="global", target=0.5)
         ({"ignore_layers": [3]}, "`ignore_layers` must be a list of module-name patterns or None, got [3]"),
         ({"min_keep": 1.0}, "`min_keep` must be a number in [0, 1), got 1.0"),
         ({"calibration_batches": 0}, "`calibration_batches` must be an integer >= 1, got 0"),
+        ({"calibration_loss": "mse"}, "`calibration_loss` must be callable as loss(pl_module, batch) or None, got 'mse'"),
+        ({"seed": -1}, "`seed` must be an integer >= 0, got -1"),
         ({"layer_targets": ["fc"]}, "`layer_targets` must map module-name patterns to fractions, got ['fc']"),
         ({"scope": "layer", "layer_targets": {"*fc": 1.0}}, "`layer_targets['*fc']` must be a number in (0, 1), got 1.0"),
         ({"layer_targets": {"*fc": 0.5}}, "it needs scope='layer' and budget='units', got scope='global', budget='units'"),
@@ -88,10 +90,12 @@ def test_selecting_an_unsupported_layer_names_its_type():
         _fit(pruning, model=WithEmbedding())
 
 
-def test_resuming_with_other_arguments_is_refused():
+@pytest.mark.parametrize("changes", [{"scope": "layer"}, {"warmup_epochs": 3}, {"finetune_epochs": 2},
+                                     {"criterion": "l2"}, {"min_keep": 0.1}, {"seed": 7}])
+def test_resuming_with_other_arguments_is_refused(changes):
     pruning = Pruning(target=0.5)
     state = pruning.state_dict()
-    other = Pruning(target=0.5, scope="layer")
+    other = Pruning(**{"target": 0.5, **changes})
     with pytest.raises(ValueError, match="resume with the same arguments"):
         other.load_state_dict(state)
 
@@ -111,3 +115,25 @@ def test_layer_target_pattern_matching_nothing_lists_the_prunable_layers():
     pruning = Pruning(scope="layer", layer_targets={"*fc9": 0.3})
     with pytest.raises(ValueError, match=re.escape("pattern '*fc9' matches no prunable layer; prunable: ['model.classifier'")):
         _fit(pruning)
+
+
+def test_global_target_out_of_reach_under_min_keep_is_named_before_training():
+    pruning = Pruning(granularity="neuron", criterion="l2", target=0.9, min_keep=0.5, warmup_epochs=1)
+    with pytest.raises(ValueError, match=r"`target`=0.9 is out of reach: with `min_keep`=0.5 at most 0.5000"):
+        _fit(pruning)
+
+
+def test_a_cycle_cut_short_by_early_stopping_is_not_judged():
+    class StopAfterFirstFinetuneEpoch(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                trainer.should_stop = True
+
+    pruning = Pruning(target=0.5, warmup_epochs=1, finetune_epochs=2, monitor="val_acc", max_drop=0.5)
+    trainer = L.Trainer(max_epochs=3, callbacks=[pruning, StopAfterFirstFinetuneEpoch()], enable_progress_bar=False,
+                        logger=False, enable_checkpointing=False, enable_model_summary=False, limit_train_batches=2,
+                        limit_val_batches=1, num_sanity_val_steps=0)
+    trainer.fit(Classifier("lenet_300_100", input_shape=(1, 8, 8)), DigitsDataModule(batch_size=32))
+    assert trainer.current_epoch == 2  # stopped after epoch 1, the cycle's first of two epochs
+    assert pruning.history[0]["accepted"] is None
+    assert pruning.history[0]["sparsity"] == pytest.approx(0.5, abs=1e-3)
