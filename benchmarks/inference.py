@@ -46,8 +46,9 @@ machine is shared and noisy: read the ranges, not only the medians.
 
 Run::
 
-    PYTHONPATH=. python benchmarks/inference.py             # full: a few minutes on 2 CPU cores
-    PYTHONPATH=. python benchmarks/inference.py --quick     # tiny models, a few seconds (tests)
+    python -m benchmarks.inference                   # full: a few minutes on 2 CPU cores
+    python -m benchmarks.inference --cnn-batch 256   # the CNNs at batch 256 too (what the suite runs)
+    python -m benchmarks.inference --quick           # tiny models, a few seconds (tests)
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ from lightning_prune.masks import apply_masks
 from lightning_prune.models import LeNet300100, ResNetSmall, VGGSmall
 from lightning_prune.structure import NeuronStructure
 from lightning_prune.surgery import remove_groups
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import _common as C  # noqa: E402
 
 _DEFAULT_THREADS = torch.get_num_threads()  # at import, before anyone changes it
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -579,6 +584,7 @@ def _dist_version(name: str, fallback: str) -> str:
 
 def machine_info() -> dict[str, Any]:
     return {
+        **C.machine_info("cpu"),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "python": platform.python_version(),
@@ -644,7 +650,8 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         + (f" ({m['cuda_device']})" if m["cuda_device"] else "") + f". Devices benchmarked: {', '.join(c['devices'])}. "
         f"Load average at start {m['load_average_1_5_15min']}, at end {report.get('load_average_at_end')}.",
         "",
-        f"Quick mode: {c['quick']}. {c['repeats']} interleaved repeats (random order each repeat; each block = one untimed "
+        (f"Precision: {c['precision']}. " if c.get("precision") else "")
+        + f"Quick mode: {c['quick']}. {c['repeats']} interleaved repeats (random order each repeat; each block = one untimed "
         f"call, then ≈{c['block_s']} s timed). "
         "Speedup = dense time / variant time, median of the per-repeat ratios [min–max]. The machine is shared and "
         "noisy: read the ranges. MACs per example from `lightning_prune.counting.count_macs` (FlopCounterMode). "
@@ -818,12 +825,14 @@ def _run(quick: bool, out: Path, repeats: int | None, devices: Sequence[str] | N
         "Training-step batch: " + "; ".join(f"{n} {sp.train_batch}" for n, sp in specs.items()) + ".",
         "On CUDA the correctness check runs with TF32 off; timings use PyTorch's defaults.",
     ] + extra_notes
+    started = time.perf_counter()
     report: dict[str, Any] = {
-        "machine": machine_info(),
+        "machine": {**machine_info(), "device": ", ".join(devices),
+                    "device_name": ", ".join(C.device_name(torch.device(d)) for d in devices)},
         "config": {
             "quick": quick, "repeats": repeats, "block_s": block_s, "warmup_calls": warmup, "devices": list(devices),
             "sparsity_of_masked": SPARSITY, "atol": ATOL, "goals_speedup_over_mac_reduction": GOALS,
-            "command": command or " ".join([Path(sys.executable).name] + sys.argv), "notes": notes,
+            "command": command or C.command_line(), "notes": notes, "precision": "fp32",
         },
         "results": {},
     }
@@ -834,17 +843,102 @@ def _run(quick: bool, out: Path, repeats: int | None, devices: Sequence[str] | N
             for dev in devices:
                 progress(f"{name} on {dev}")
                 report["results"][name][dev] = bench_model(name, spec, torch.device(dev), repeats, block_s, warmup, progress)
-                _write(report, out)  # partial results survive an interrupted run
-    return _write(report, out)
+                _write(report, out, started, final=False)  # partial results survive an interrupted run
+    return _write(report, out, started)
 
 
-def _write(report: dict[str, Any], out: Path) -> dict[str, Any]:
+def _write(report: dict[str, Any], out: Path, started: float, final: bool = True) -> dict[str, Any]:
+    report["name"] = "inference"
     report["goals"] = goals(report)
-    report["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    report["load_average_at_end"] = C.load_average()
+    report["seconds"] = time.perf_counter() - started
     out.mkdir(parents=True, exist_ok=True)
+    if final:
+        report["plots"] = plot(report, out)
     (out / "inference.json").write_text(json.dumps(report, indent=1))
     (out / "inference.md").write_text(to_markdown(report))
     return report
+
+
+# ----------------------------------------------------------------------------------- suite (run_all)
+def suite_section(report: Mapping[str, Any]) -> str:
+    """Speedups against dense at each batch, with the MAC reduction, for RESULTS.md."""
+    lines = ["Inference speedup against dense (median of per-repeat ratios [min–max]); *÷ MACs* = speedup ÷ MAC reduction:",
+             "", "| model | device | batch | masked 90 % | sparse CSR 90 % | compact, ours | compact, Torch-Pruning | "
+             "MAC reduction | ours ÷ MACs |", "|---|---|---:|---|---|---|---|---:|---:|"]
+    for name, per_device in report["results"].items():
+        for device, r in per_device.items():
+            for entry in r["inference"]:
+                v = entry["variants"]
+                csr = "—" if "skipped" in v["csr"] else _speedup(v["csr"])
+                lines.append(f"| {name} | {device} | {entry['batch']} | {_speedup(v['masked'])} | {csr} | "
+                             f"{_speedup(v['compact_ours'])} | {_speedup(v['compact_torch_pruning'])} | "
+                             f"{r['macs_per_example']['compact_ours']['reduction']:.2f}× | "
+                             f"{v['compact_ours']['speedup_over_mac_reduction']:.2f} |")
+    lines += ["", "Fine-tuning step of the compact model (forward + backward + Adam), time / dense step:", "",
+              "| model | device | batch | compact, ours | compact, Torch-Pruning | MAC fraction |", "|---|---|---:|---|---|---:|"]
+    for name, per_device in report["results"].items():
+        for device, r in per_device.items():
+            t = r["training"]["variants"]
+            lines.append(f"| {name} | {device} | {r['training']['batch']} | {t['compact_ours']['time_fraction_median']:.3f} "
+                         f"[{t['compact_ours']['time_fraction_min']:.2f}–{t['compact_ours']['time_fraction_max']:.2f}] | "
+                         f"{t['compact_torch_pruning']['time_fraction_median']:.3f} | {t['compact_ours']['mac_fraction']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def suite_goals(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for g in report["goals"]:
+        rows.append({"part": "inference", "subject": f"{g['model']} ({g['device']}, batch {g['batch']})",
+                     "goal": f"compact speedup ≥ {g['goal']} of the MAC reduction",
+                     "figure": f"{g['compact_ours_ratio']:.2f} (Torch-Pruning {g['compact_torch_pruning_ratio']:.2f}; "
+                               f"masked weights {g['masked_speedup']:.2f}×)",
+                     "met": g["met"], "margin": f"{g['compact_ours_ratio'] - g['goal']:+.2f}"})
+        rows.append({"part": "inference", "subject": f"{g['model']} ({g['device']}, batch {g['batch']})",
+                     "goal": "compact model not slower than Torch-Pruning's (≤ 1.05× its time)",
+                     "figure": f"{g['ours_time_vs_tp']:.3f}× [{g['ours_time_vs_tp_min']:.2f}–{g['ours_time_vs_tp_max']:.2f}]",
+                     "met": g["not_slower_than_tp"], "margin": f"{1.05 - g['ours_time_vs_tp']:+.3f}"})
+    return rows
+
+
+def plot(report: Mapping[str, Any], out: Path) -> list[str]:
+    """``inference.png``: per model, speedup of each variant at its largest batch against the MAC reduction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(name, device, r) for name, per_device in report["results"].items() for device, r in per_device.items()]
+    fig, ax = plt.subplots(figsize=(max(7, 1.9 * len(rows)), 4.4))
+    names = ["masked", "csr", "compact_ours", "compact_torch_pruning"]
+    width = 0.8 / len(names)
+    for i, v in enumerate(names):
+        xs, ys, lo, hi = [], [], [], []
+        for j, (_, _, r) in enumerate(rows):
+            s = max(r["inference"], key=lambda e: e["batch"])["variants"][v]
+            if "skipped" in s:
+                continue
+            xs.append(j + (i - 1.5) * width)
+            ys.append(s["speedup_median"])
+            lo.append(s["speedup_median"] - s["speedup_min"])
+            hi.append(s["speedup_max"] - s["speedup_median"])
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=v)
+    for j, (_, _, r) in enumerate(rows):
+        ax.hlines(r["macs_per_example"]["compact_ours"]["reduction"], j - 0.45, j + 0.45, colors="black", linestyles="--",
+                  lw=1.2, label="MAC reduction of the compact models" if j == 0 else None)
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(rows)), [f"{n}\n{d}, batch {max(e['batch'] for e in r['inference'])}" for n, d, r in rows],
+                  fontsize=7)
+    ax.set_ylabel("speedup vs dense (log)")
+    ax.set_title("Inference speedup at the largest batch (dashed: MAC reduction)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y", which="both")
+    fig.tight_layout()
+    path = Path(out) / "inference.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path.name]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,7 +1,12 @@
 """Per-step training overhead of keeping pruned weights at zero, side by side in one process.
 
-Variants, each with 90 % of the ``nn.Linear`` weights masked (L1 magnitude of the initial weights,
-90 % of each layer by default; biases are not masked) and trained with Adam on batches of 64:
+Models: LeNet-300-100 (64-300-100-10), a 1024-2048-2048-10 MLP, and the small CNN of the digits
+examples (``VGGSmall(in_channels=1, widths=(32, 64, 128))`` on 1x8x8 inputs: six conv-BN-ReLU
+layers and a Linear classifier).
+
+Variants, each with 90 % of the prunable weights masked (every ``nn.Linear`` and ``nn.Conv*``
+weight; L1 magnitude of the initial weights, 90 % of each layer by default; biases and BatchNorm
+are not masked) and trained with Adam on batches of 64:
 
 ``dense``
     Plain step: forward, cross-entropy, backward, ``Adam.step()``, ``zero_grad()``. Nothing masked.
@@ -52,8 +57,9 @@ ratios with their min-max. The machine is noisy: read the ranges, not only the m
 
 Run::
 
-    PYTHONPATH=. python benchmarks/training_overhead.py            # full, a few minutes on 2 cores
-    PYTHONPATH=. python benchmarks/training_overhead.py --quick    # a few seconds (used by tests)
+    python -m benchmarks.training_overhead            # full, a few minutes on 2 cores
+    python -m benchmarks.training_overhead --quick    # a few seconds (used by tests)
+    python -m benchmarks.training_overhead --device cuda   # on a GPU (CUDA syncs around every timed block)
 """
 
 from __future__ import annotations
@@ -61,14 +67,9 @@ from __future__ import annotations
 import argparse
 import gc
 import inspect
-import json
-import logging
-import os
-import platform
 import statistics
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -79,10 +80,13 @@ import torch.nn.utils.prune as torch_prune
 from torch import nn
 
 import lightning
+from lightning_prune.layers import PRUNABLE_TYPES
 from lightning_prune.masks import MaskEnforcer, apply_masks
-from lightning_prune.models import LeNet300100
+from lightning_prune.models import build_model
 
-_DEFAULT_THREADS = torch.get_num_threads()  # at import, before anyone changes it
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import _common as C  # noqa: E402
 SPARSITY = 0.9
 BATCH = 64
 NUM_CLASSES = 10
@@ -90,7 +94,8 @@ LR = 1e-3
 N_BATCHES = 8  # distinct synthetic batches, cycled
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
-# Per model: LeNet300100 kwargs (full and --quick), and the defaults of a full run. Few steps per
+# Per model: the model's kwargs (full and --quick; ``arch`` and ``input_shape`` default to LeNet300100 and
+# ``(in_features,)``), and the defaults of a full run. Few steps per
 # block and many repeats pair each variant's block with the dense one next to it in time, which is
 # what keeps the per-repeat ratios usable when other processes load the machine in bursts.
 MODELS: dict[str, dict[str, Any]] = {
@@ -99,8 +104,12 @@ MODELS: dict[str, dict[str, Any]] = {
     "mlp_1024_2048_2048": dict(kwargs=dict(in_features=1024, hidden=(2048, 2048)),
                                quick=dict(in_features=128, hidden=(256, 256)),
                                steps=4, repeats=30, warmup=10, trainer_batches=20, part_calls=4),
+    "vgg_small": dict(kwargs=dict(arch="vgg_small", in_channels=1, widths=(32, 64, 128), input_shape=(1, 8, 8)),
+                      quick=dict(arch="vgg_small", in_channels=1, widths=(8, 16, 16), input_shape=(1, 8, 8)),
+                      steps=8, repeats=30, warmup=20, trainer_batches=40, part_calls=50),
 }
-# From the project's issue: what our variant should reach, and ModelPruning as measured elsewhere.
+# From the project's issue: what our variant should reach, and ModelPruning as measured elsewhere (the small
+# CNN has neither: it is compared with the floor).
 GOALS = {"lenet_300_100": 1.05, "mlp_1024_2048_2048": 1.15}
 MODELPRUNING_ELSEWHERE = {"lenet_300_100": 1.17, "mlp_1024_2048_2048": 1.43}
 
@@ -112,13 +121,24 @@ STATE_ZERO = {"lightning_prune_state": ("exp_avg", "exp_avg_sq"), "proto_gradmas
 
 # ------------------------------------------------------------------------------------------- setup
 MASK_SCOPES = ("layer", "global")
+_PRUNABLE = tuple(PRUNABLE_TYPES.values())
+
+
+def build(model_kwargs: Mapping[str, Any]) -> nn.Module:
+    """The model of a ``MODELS`` entry: ``arch`` (default LeNet300100) built with the other kwargs."""
+    kwargs = {k: v for k, v in model_kwargs.items() if k not in ("arch", "input_shape")}
+    return build_model(model_kwargs.get("arch", "lenet_300_100"), num_classes=NUM_CLASSES, **kwargs)
+
+
+def input_shape(model_kwargs: Mapping[str, Any]) -> tuple[int, ...]:
+    return tuple(model_kwargs.get("input_shape", (model_kwargs.get("in_features"),)))
 
 
 def l1_masks(model: nn.Module, sparsity: float = SPARSITY, scope: str = "layer") -> dict[str, torch.Tensor]:
-    """Bool keep-masks for every ``nn.Linear`` weight by L1 magnitude, per layer or one global ranking."""
+    """Bool keep-masks for every Linear/Conv weight by L1 magnitude, per layer or one global ranking."""
     if scope not in MASK_SCOPES:
         raise ValueError(f"scope={scope!r}; expected one of {MASK_SCOPES}")
-    names = [f"{m}.weight" for m, module in model.named_modules() if isinstance(module, nn.Linear)]
+    names = [f"{m}.weight" for m, module in model.named_modules() if isinstance(module, _PRUNABLE)]
     params = {n: p.detach().abs() for n, p in model.named_parameters() if n in names}
 
     def threshold(scores: torch.Tensor) -> torch.Tensor:
@@ -187,10 +207,12 @@ class GradMaskNonzeroSecondMoment:
 class Variant:
     """One model + Adam + how its step differs from the dense step."""
 
-    def __init__(self, name: str, model_kwargs: dict[str, Any], masks: Mapping[str, torch.Tensor] | None) -> None:
+    def __init__(self, name: str, model_kwargs: dict[str, Any], masks: Mapping[str, torch.Tensor] | None,
+                 device: torch.device = torch.device("cpu")) -> None:
         torch.manual_seed(0)  # identical initial weights for every variant
         self.name = name
-        self.model = LeNet300100(num_classes=NUM_CLASSES, **model_kwargs)
+        self.model = build(model_kwargs).to(device)
+        masks = None if masks is None else {n: m.to(device) for n, m in masks.items()}
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LR)
         self.masks = masks
         self._floor: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
@@ -249,6 +271,7 @@ class Variant:
         else:
             weights = dict(self.model.named_parameters())
         for n, mask in self.masks.items():
+            mask = mask.to(weights[n].device)
             bad = int((weights[n].detach()[~mask] != 0).sum())
             if bad:
                 raise AssertionError(f"{self.name}: {bad} pruned entries of {n} are not zero after training")
@@ -269,6 +292,7 @@ class Variant:
             assert self.enforcer is not None
             self.enforcer.enforce([self.optimizer])  # what Pruning.on_train_epoch_end does
             for n, mask in self.masks.items():
+                mask = mask.to(weights[n].device)
                 for key, value in self.optimizer.state[weights[n]].items():
                     if torch.is_tensor(value) and value.shape == mask.shape and bool((value[~mask] != 0).any()):
                         raise AssertionError(f"{self.name}: pruned entries of Adam {key} for {n} are not zero after enforce")
@@ -326,23 +350,26 @@ def _interleave(blocks: dict[str, Callable[[], float]], repeats: int, collect: b
 
 
 def bench_steps(model_kwargs: dict[str, Any], variants: Iterable[str], repeats: int, steps: int, warmup: int,
-                mask_scope: str = "layer") -> dict[str, Any]:
+                mask_scope: str = "layer", device: torch.device = torch.device("cpu")) -> dict[str, Any]:
     torch.manual_seed(0)
-    masks = l1_masks(LeNet300100(num_classes=NUM_CLASSES, **model_kwargs), scope=mask_scope)
+    masks = l1_masks(build(model_kwargs), scope=mask_scope)
     kept = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
-    runs = {v: Variant(v, model_kwargs, None if v == "dense" else masks) for v in variants}
+    runs = {v: Variant(v, model_kwargs, None if v == "dense" else masks, device) for v in variants}
     gen = torch.Generator().manual_seed(1)
     batches = [
-        (torch.randn(BATCH, model_kwargs["in_features"], generator=gen), torch.randint(0, NUM_CLASSES, (BATCH,), generator=gen))
+        (torch.randn(BATCH, *input_shape(model_kwargs), generator=gen).to(device),
+         torch.randint(0, NUM_CLASSES, (BATCH,), generator=gen).to(device))
         for _ in range(N_BATCHES)
     ]
 
     def block(run: Variant, n: int) -> Callable[[], float]:
         def go() -> float:
+            C.sync(device)
             start = time.perf_counter()
             for i in range(n):
                 run.step(*batches[i % N_BATCHES])
+            C.sync(device)
             return (time.perf_counter() - start) / n
 
         return go
@@ -369,17 +396,19 @@ def bench_steps(model_kwargs: dict[str, Any], variants: Iterable[str], repeats: 
     }
 
 
-def bench_enforcer_parts(model_kwargs: dict[str, Any], repeats: int, calls: int, mask_scope: str = "layer") -> dict[str, float]:
+def bench_enforcer_parts(model_kwargs: dict[str, Any], repeats: int, calls: int, mask_scope: str = "layer",
+                         device: torch.device = torch.device("cpu")) -> dict[str, float]:
     """Microseconds per call of the enforcer and its pieces, once Adam state exists (no training).
 
     Cheaper to measure precisely than a whole step on a noisy machine; ``1 + part / dense step``
     is an estimate of the step ratio that the enforcement alone implies.
     """
     torch.manual_seed(0)
-    model = LeNet300100(num_classes=NUM_CLASSES, **model_kwargs)
-    masks = l1_masks(model, scope=mask_scope)
+    model = build(model_kwargs).to(device)
+    masks = {n: m.to(device) for n, m in l1_masks(model, scope=mask_scope).items()}
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
-    F.cross_entropy(model(torch.randn(BATCH, model_kwargs["in_features"])), torch.zeros(BATCH, dtype=torch.long)).backward()
+    F.cross_entropy(model(torch.randn(BATCH, *input_shape(model_kwargs), device=device)),
+                    torch.zeros(BATCH, dtype=torch.long, device=device)).backward()
     optimizer.step()
     enforcer = MaskEnforcer(model, masks)
     enforcer.enforce([optimizer])
@@ -408,10 +437,12 @@ def bench_enforcer_parts(model_kwargs: dict[str, Any], repeats: int, calls: int,
 
     def block(fn: Callable[[], None]) -> Callable[[], float]:
         def go() -> float:
+            C.sync(device)
             start = time.perf_counter()
             with torch.no_grad():
                 for _ in range(calls):
                     fn()
+            C.sync(device)
             return (time.perf_counter() - start) / calls
 
         return go
@@ -420,22 +451,24 @@ def bench_enforcer_parts(model_kwargs: dict[str, Any], repeats: int, calls: int,
     return {k: statistics.median(v) * 1e6 for k, v in times.items()}
 
 
-def bench_value_dependence(numel: int, repeats: int) -> dict[str, float]:
+def bench_value_dependence(numel: int, repeats: int, device: torch.device = torch.device("cpu")) -> dict[str, float]:
     """Microseconds of ``sqrt`` (the op in Adam's denominator) over tensors of zeros, normal floats and
     denormals: CPU elementwise speed depends on the values, which is why masks that leave Adam's
     second moments at exactly zero (gradient masking, ``torch.nn.utils.prune``) or let them decay
     into denormals (dead units) cost time beyond the multiply itself."""
     tensors = {
-        "sqrt_of_normals": torch.rand(numel) + 0.5,
-        "sqrt_of_zeros": torch.zeros(numel),
-        "sqrt_of_denormals": torch.full((numel,), 1e-39),
+        "sqrt_of_normals": torch.rand(numel, device=device) + 0.5,
+        "sqrt_of_zeros": torch.zeros(numel, device=device),
+        "sqrt_of_denormals": torch.full((numel,), 1e-39, device=device),
     }
 
     def block(t: torch.Tensor) -> Callable[[], float]:
         def go() -> float:
+            C.sync(device)
             start = time.perf_counter()
             for _ in range(10):
                 torch.sqrt(t)
+            C.sync(device)
             return (time.perf_counter() - start) / 10
 
         return go
@@ -445,7 +478,8 @@ def bench_value_dependence(numel: int, repeats: int) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------- Trainer (optional)
-def bench_trainer(model_kwargs: dict[str, Any], repeats: int, batches: int, epochs: int, mask_scope: str = "layer") -> dict[str, Any]:
+def bench_trainer(model_kwargs: dict[str, Any], repeats: int, batches: int, epochs: int, mask_scope: str = "layer",
+                  device: torch.device = torch.device("cpu")) -> dict[str, Any]:
     """``Trainer.fit`` of ``Classifier``: no callback vs our ``Pruning`` vs Lightning's ``ModelPruning``.
 
     Both callbacks prune 90 % of the Linear weights (L1, ``mask_scope``) in epoch 0 (ours at its start,
@@ -459,7 +493,7 @@ def bench_trainer(model_kwargs: dict[str, Any], repeats: int, batches: int, epoc
     from lightning_prune.models import Classifier
 
     gen = torch.Generator().manual_seed(2)
-    data = TensorDataset(torch.randn(batches * BATCH, model_kwargs["in_features"], generator=gen),
+    data = TensorDataset(torch.randn(batches * BATCH, *input_shape(model_kwargs), generator=gen),
                          torch.randint(0, NUM_CLASSES, (batches * BATCH,), generator=gen))
 
     class EpochTimer(Callback):
@@ -467,9 +501,11 @@ def bench_trainer(model_kwargs: dict[str, Any], repeats: int, batches: int, epoc
             self.seconds: list[float] = []
 
         def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            C.sync(device)
             self._t = time.perf_counter()
 
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            C.sync(device)
             if trainer.current_epoch >= 1:
                 self.seconds.append(time.perf_counter() - self._t)
 
@@ -478,7 +514,7 @@ def bench_trainer(model_kwargs: dict[str, Any], repeats: int, batches: int, epoc
             return [Pruning(criterion="l1", granularity="weight", scope=mask_scope, target=SPARSITY, schedule="oneshot",
                             warmup_epochs=0, finetune_epochs=1, verbose=False)]
         if kind == "modelpruning":
-            linears = [(m, "weight") for m in module.modules() if isinstance(m, nn.Linear)]
+            linears = [(m, "weight") for m in module.modules() if isinstance(m, _PRUNABLE)]
             return [ModelPruning("l1_unstructured", parameters_to_prune=linears, amount=lambda e: SPARSITY if e == 0 else 0.0,
                                  use_global_unstructured=mask_scope == "global", use_lottery_ticket_hypothesis=False,
                                  verbose=0)]
@@ -486,18 +522,20 @@ def bench_trainer(model_kwargs: dict[str, Any], repeats: int, batches: int, epoc
 
     def fit(kind: str) -> float:
         torch.manual_seed(0)
-        module = Classifier(arch="lenet_300_100", arch_kwargs=dict(model_kwargs), optimizer="adam", lr=LR)
+        kwargs = {k: v for k, v in model_kwargs.items() if k not in ("arch", "input_shape")}
+        module = Classifier(arch=model_kwargs.get("arch", "lenet_300_100"), arch_kwargs=kwargs, optimizer="adam", lr=LR)
         timer = EpochTimer()
         trainer = lightning.Trainer(
-            max_epochs=1 + epochs, callbacks=[*callbacks(kind, module), timer], accelerator="cpu", devices=1,
+            max_epochs=1 + epochs, callbacks=[*callbacks(kind, module), timer],
+            accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
             logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
             limit_val_batches=0, num_sanity_val_steps=0,
         )
         trainer.fit(module, DataLoader(data, batch_size=BATCH, shuffle=False))
-        weights = [m.weight.detach() for m in module.modules() if isinstance(m, nn.Linear)]
+        weights = [m.weight.detach() for m in module.modules() if isinstance(m, _PRUNABLE)]
         zero = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
         if kind != "none" and zero < 0.8:  # the classifier may be left out of the ranking
-            raise AssertionError(f"Trainer run with {kind}: only {zero:.3f} of the Linear weights are zero")
+            raise AssertionError(f"Trainer run with {kind}: only {zero:.3f} of the prunable weights are zero")
         zero_fraction[kind] = zero
         return statistics.median(timer.seconds) / batches
 
@@ -509,20 +547,8 @@ def bench_trainer(model_kwargs: dict[str, Any], repeats: int, batches: int, epoc
 
 
 # ------------------------------------------------------------------------------------------ report
-def machine_info() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch_num_threads": torch.get_num_threads(),
-        "torch_num_interop_threads": torch.get_num_interop_threads(),
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
-        "device": "cpu",
-        "threads_setting": "default" if torch.get_num_threads() == _DEFAULT_THREADS else "set explicitly",
-        "load_average_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
+def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
+    return C.machine_info(device)
 
 
 def modelpruning_mechanism() -> dict[str, Any]:
@@ -549,9 +575,11 @@ def modelpruning_mechanism() -> dict[str, Any]:
     }
 
 
-def _widths(res: Mapping[str, Any]) -> list[int]:
+def _describe(res: Mapping[str, Any]) -> str:
     kwargs = res["model_kwargs"]
-    return [kwargs["in_features"], *kwargs["hidden"], NUM_CLASSES]
+    if kwargs.get("arch", "lenet_300_100") == "lenet_300_100":
+        return "-".join(str(w) for w in [kwargs["in_features"], *kwargs["hidden"], NUM_CLASSES])
+    return (f"{kwargs['arch']} widths {tuple(kwargs['widths'])} on {'x'.join(map(str, kwargs['input_shape']))} inputs")
 
 
 def _load(values: list[float] | None) -> str:
@@ -564,11 +592,12 @@ def _ratio(v: Mapping[str, float], prefix: str = "") -> str:
 
 def _reference(model: str, variant: str, results: Mapping[str, Any]) -> str:
     if variant == "lightning_prune":
-        return f"what the callback does (attach: weights after every step); goal <= {GOALS[model]:.2f}x"
+        goal = f"goal <= {GOALS[model]:.2f}x" if model in GOALS else "no goal stated: compare with the floor"
+        return f"what the callback does (attach: weights after every step); {goal}"
     if variant == "lightning_prune_state":
         return "library's attach(state=True): weights + Adam state every step"
     if variant == "modelpruning":
-        return f"measured elsewhere {MODELPRUNING_ELSEWHERE[model]:.2f}x"
+        return f"measured elsewhere {MODELPRUNING_ELSEWHERE[model]:.2f}x" if model in MODELPRUNING_ELSEWHERE else "Lightning's hooks"
     if variant == "floor":
         return "floor for in-place enforcement"
     if variant.startswith("proto"):
@@ -581,8 +610,10 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     lines = [
         "# Training-step overhead of weight-mask enforcement",
         "",
+        *([f"Command: `{c['command']}`", ""] if c.get("command") else []),
         f"Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_num_threads']} threads, "
-        f"{m['threads_setting']}), lightning {m['lightning']}, device {m['device']}; load average (1/5/15 min) "
+        f"{m['threads_setting']}), lightning {m['lightning']}, device {m['device']}"
+        + (f" ({m['device_name']})" if m.get("device_name") else "") + "; load average (1/5/15 min) "
         f"{_load(m.get('load_average_1_5_15min'))} at start, {_load(m.get('load_average_at_end'))} at end.",
         "",
         f"Batch {c['batch']}, {c['optimizer']}, {c['masked']}, {c['data']}. Variants interleaved round-robin; per model "
@@ -599,7 +630,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
             lines.append(f"| {model} | {variant} | {v['median_ms']:.3f} | {_ratio(v)} | {v['ratio_of_min_times']:.3f}x "
                          f"| {v['quiet_repeats']}/{res['repeats']}: {v['quiet_median_ms']:.3f}, {_ratio(v, 'quiet_')} "
                          f"| {_reference(model, variant, res)} |")
-    lines += [""] + [f"- {model} ({'-'.join(str(w) for w in _widths(res))}): R={res['repeats']} repeats of N={res['steps_per_repeat']} steps, "
+    lines += [""] + [f"- {model} ({_describe(res)}): R={res['repeats']} repeats of N={res['steps_per_repeat']} steps, "
                      f"{res['params_masked']:,} masked of {res['params_total']:,} parameters, sparsity of the masked "
                      f"{res['sparsity_of_masked']:.4f}." for model, res in report["results"].items()]
     for model, res in report["results"].items():
@@ -649,17 +680,24 @@ def _progress(message: str) -> None:
 
 
 def run(quick: bool = False, repeats: int | None = None, steps: int | None = None, out: Path = DEFAULT_OUT,
-        trainer: bool | None = None, variants: Iterable[str] = VARIANTS, mask_scope: str = "layer") -> dict[str, Any]:
-    """Run the benchmark, write ``training_overhead.{json,md}`` into ``out`` and return the report.
+        trainer: bool | None = None, variants: Iterable[str] = VARIANTS, mask_scope: str = "layer",
+        device: str | torch.device | None = "cpu", threads: int | None = None, models: Iterable[str] | None = None,
+        command: str | None = None) -> dict[str, Any]:
+    """Run the benchmark, write ``training_overhead.{json,md}`` and its plot into ``out`` and return the report.
 
     Args:
-        quick: Tiny sizes and few repeats (seconds; for tests). The large MLP shrinks to 128-256-256-10.
+        quick: Tiny sizes and few repeats (seconds; for tests). The large MLP shrinks to 128-256-256-10 and
+            the CNN to widths (8, 16, 16).
         repeats: Interleaved repeats per model (default 3 quick; full: see :data:`MODELS`).
         steps: Timed steps per variant per repeat (default 5 quick; full: see :data:`MODELS`).
         out: Output folder.
         trainer: Also time ``Trainer.fit`` with each callback (default: on for full runs, off for quick).
         variants: Which step-level variants to run (``dense`` is always included).
         mask_scope: ``"layer"`` (90 % of each layer) or ``"global"`` (one L1 ranking; collapses a layer).
+        device: ``"cpu"`` (default), ``"cuda"`` or ``"auto"``.
+        threads: ``torch.set_num_threads`` during the run (restored after); default: leave torch's.
+        models: Subset of :data:`MODELS` (default all).
+        command: The command line to record (default: this process's).
     """
     trainer = (not quick) if trainer is None else trainer
     variants = ["dense", *[v for v in variants if v != "dense"]]
@@ -668,49 +706,148 @@ def run(quick: bool = False, repeats: int | None = None, steps: int | None = Non
         raise ValueError(f"unknown variants {sorted(unknown)}; expected some of {VARIANTS}")
     if mask_scope not in MASK_SCOPES:
         raise ValueError(f"mask_scope={mask_scope!r}; expected one of {MASK_SCOPES}")
+    models = list(MODELS) if models is None else list(models)
+    if set(models) - set(MODELS):
+        raise ValueError(f"unknown models {sorted(set(models) - set(MODELS))}; expected some of {list(MODELS)}")
+    dev = C.resolve_device(device)
+    with C.num_threads(threads):
+        return _run(quick, repeats, steps, Path(out), trainer, variants, mask_scope, dev, models,
+                    command or C.command_line())
+
+
+def _run(quick: bool, repeats: int | None, steps: int | None, out: Path, trainer: bool, variants: list[str],
+         mask_scope: str, dev: torch.device, models: list[str], command: str) -> dict[str, Any]:
     started = time.perf_counter()
     report: dict[str, Any] = {
-        "machine": machine_info(),
+        "name": "training_overhead",
+        "machine": machine_info(dev),
         "config": {"quick": quick, "repeats": repeats, "steps": steps, "batch": BATCH, "sparsity": SPARSITY,
                    "optimizer": f"Adam(lr={LR})", "data": "synthetic random inputs and labels (timing only)",
-                   "mask_scope": mask_scope,
-                   "masked": f"{SPARSITY:.0%} of the weights of every nn.Linear masked by L1 magnitude of the initial "
-                             f"weights, {'per layer' if mask_scope == 'layer' else 'one global ranking'} "
-                             "(biases not masked)"},
+                   "mask_scope": mask_scope, "command": command, "device": str(dev), "precision": "fp32",
+                   "masked": f"{SPARSITY:.0%} of the weights of every Linear/Conv layer masked by L1 magnitude of the "
+                             f"initial weights, {'per layer' if mask_scope == 'layer' else 'one global ranking'} "
+                             "(biases and BatchNorm not masked)"},
         "goals": {"lightning_prune_max_ratio": GOALS, "modelpruning_measured_elsewhere": MODELPRUNING_ELSEWHERE},
         "modelpruning": modelpruning_mechanism(),
         "results": {},
         "enforcer_parts": {},
     }
-    for model, spec in MODELS.items():
+    for model in models:
+        spec = MODELS[model]
         kwargs = spec["quick"] if quick else spec["kwargs"]
         _progress(f"{model}: timing training steps ({time.perf_counter() - started:.0f} s)")
         res = bench_steps(kwargs, variants, repeats or (3 if quick else spec["repeats"]),
-                          steps or (5 if quick else spec["steps"]), 3 if quick else spec["warmup"], mask_scope)
+                          steps or (5 if quick else spec["steps"]), 3 if quick else spec["warmup"], mask_scope, dev)
         res["model_kwargs"] = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
         report["results"][model] = res
         _progress(f"{model}: steps done ({time.perf_counter() - started:.0f} s); timing the enforcer's pieces")
         report["enforcer_parts"][model] = bench_enforcer_parts(
-            kwargs, repeats=3 if quick else 15, calls=5 if quick else spec["part_calls"], mask_scope=mask_scope)
-    report["value_dependence"] = bench_value_dependence(10_000 if quick else 1_000_000, repeats=3 if quick else 9)
+            kwargs, repeats=3 if quick else 15, calls=5 if quick else spec["part_calls"], mask_scope=mask_scope, device=dev)
+    report["value_dependence"] = bench_value_dependence(10_000 if quick else 1_000_000, repeats=3 if quick else 9, device=dev)
     if trainer:
-        logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-        logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with C.quiet_lightning():
             report["trainer"] = {}
-            for model, spec in MODELS.items():
+            for model in models:
+                spec = MODELS[model]
                 _progress(f"{model}: timing Trainer.fit ({time.perf_counter() - started:.0f} s)")
                 report["trainer"][model] = bench_trainer(
                     spec["quick"] if quick else spec["kwargs"], repeats=2 if quick else 4,
-                    batches=4 if quick else spec["trainer_batches"], epochs=1 if quick else 2, mask_scope=mask_scope)
+                    batches=4 if quick else spec["trainer_batches"], epochs=1 if quick else 2, mask_scope=mask_scope,
+                    device=dev)
     report["seconds"] = time.perf_counter() - started
-    report["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    out = Path(out)
+    report["machine"]["load_average_at_end"] = C.load_average()
+    report["load_average_at_end"] = report["machine"]["load_average_at_end"]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "training_overhead.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "training_overhead.md").write_text(to_markdown(report))
-    return report
+    report["plots"] = plot(report, out)
+    return C.write_report(out, "training_overhead", report, to_markdown(report))
+
+
+# ----------------------------------------------------------------------------------- suite (run_all)
+SUITE_VARIANTS = ("lightning_prune", "modelpruning", "floor", "lightning_prune_state")
+
+
+def suite_section(report: Mapping[str, Any]) -> str:
+    """The step ratios of the main variants, one row per model, for RESULTS.md."""
+    names = [v for v in SUITE_VARIANTS if any(v in r["variants"] for r in report["results"].values())]
+    lines = ["Training-step time / dense step (median of per-repeat ratios [min–max]; Adam, batch 64, 90 % of each "
+             "layer's weights masked):", "",
+             "| model | dense ms/step | " + " | ".join(names) + " | goal for lightning_prune |",
+             "|---|---:|" + "---|" * len(names) + "---|"]
+    for model, res in report["results"].items():
+        v = res["variants"]
+        cells = [f"{v[n]['ratio_median']:.3f}× [{v[n]['ratio_min']:.2f}–{v[n]['ratio_max']:.2f}]" if n in v else "—"
+                 for n in names]
+        goal = f"≤ {GOALS[model]:.2f}×" if model in GOALS else "none (compare with floor)"
+        lines.append(f"| {model} ({_describe(res)}) | {v['dense']['median_ms']:.2f} | " + " | ".join(cells) + f" | {goal} |")
+    if report.get("trainer"):
+        lines += ["", "Whole `Trainer.fit` epochs, callback / no callback:", "",
+                  "| model | lightning_prune `Pruning` | Lightning `ModelPruning` |", "|---|---|---|"]
+        for model, res in report["trainer"].items():
+            v = res["variants"]
+            lines.append(f"| {model} | {v['lightning_prune']['ratio_median']:.3f}× [{v['lightning_prune']['ratio_min']:.2f}–"
+                         f"{v['lightning_prune']['ratio_max']:.2f}] | {v['modelpruning']['ratio_median']:.3f}× "
+                         f"[{v['modelpruning']['ratio_min']:.2f}–{v['modelpruning']['ratio_max']:.2f}] |")
+    return "\n".join(lines) + "\n"
+
+
+def suite_goals(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for model, res in report["results"].items():
+        v = res["variants"]
+        if "lightning_prune" not in v:
+            continue
+        ours = v["lightning_prune"]["ratio_median"]
+        floor = v.get("floor", {}).get("ratio_median")
+        mp = v.get("modelpruning", {}).get("ratio_median")
+        extra = (f"; floor {floor:.3f}×" if floor else "") + (f"; ModelPruning {mp:.3f}×" if mp else "")
+        if model in GOALS:
+            goal = GOALS[model]
+            rows.append({"part": "training_overhead", "subject": model, "goal": f"step overhead ≤ {goal:.2f}×",
+                         "figure": f"{ours:.3f}× [{v['lightning_prune']['ratio_min']:.2f}–{v['lightning_prune']['ratio_max']:.2f}]{extra}",
+                         "met": ours <= goal, "margin": f"{goal - ours:+.3f}× of headroom" if ours <= goal else f"over by {ours - goal:.3f}×"})
+        else:
+            rows.append({"part": "training_overhead", "subject": model, "goal": "no stated goal: at the floor, below ModelPruning",
+                         "figure": f"{ours:.3f}×{extra}", "met": None,
+                         "margin": (f"{ours - floor:+.3f}× vs floor" if floor else "") + (f", {ours - mp:+.3f}× vs ModelPruning" if mp else "")})
+    return rows
+
+
+def plot(report: Mapping[str, Any], out: Path) -> list[str]:
+    """``training_overhead.png``: step-time ratio to dense per model and variant (median, min-max bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(report["results"])
+    names = [v for v in VARIANTS if v != "dense" and any(v in report["results"][m]["variants"] for m in models)]
+    fig, ax = plt.subplots(figsize=(max(6, 2.6 * len(models)), 4.2))
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        xs, ys, lo, hi = [], [], [], []
+        for j, m in enumerate(models):
+            v = report["results"][m]["variants"].get(name)
+            if v is None:
+                continue
+            xs.append(j + (i - (len(names) - 1) / 2) * width)
+            ys.append(v["ratio_median"])
+            lo.append(v["ratio_median"] - v["ratio_min"])
+            hi.append(v["ratio_max"] - v["ratio_median"])
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=name)
+    for j, m in enumerate(models):
+        if m in GOALS:
+            ax.hlines(GOALS[m], j - 0.45, j + 0.45, colors="red", linestyles="--", lw=1)
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xticks(range(len(models)), models)
+    ax.set_ylabel("step time / dense step")
+    ax.set_title("Training-step overhead of keeping 90 % of the weights at zero (red: goal)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    path = Path(out) / "training_overhead.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path.name]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -724,18 +861,15 @@ def main(argv: list[str] | None = None) -> None:
     trainer.add_argument("--no-trainer", dest="trainer", action="store_false", help="skip the Trainer.fit comparison")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: leave torch's default; recorded either way)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument("--model", action="append", default=None, choices=list(MODELS), help="only this model (repeatable)")
     parser.add_argument("--mask-scope", choices=MASK_SCOPES, default="layer",
                         help="L1 masks per layer (default) or one global ranking (collapses LeNet's fc2)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    m = machine_info()
-    threads = "default" if args.threads is None else "set by --threads"
-    print(f"{m['platform']} | {m['processor']} | {m['cpu_count']} CPUs | torch {m['torch']} "
-          f"(num_threads={m['torch_num_threads']}, {threads}) | lightning {m['lightning']} | device {m['device']}")
     print("Inputs are synthetic random tensors: this measures time only.", flush=True)
-    report = run(args.quick, args.repeats, args.steps, args.out, args.trainer, args.variants, args.mask_scope)
+    report = run(args.quick, args.repeats, args.steps, args.out, args.trainer, args.variants, args.mask_scope,
+                 device=args.device, threads=args.threads, models=args.model)
     print(to_markdown(report))
     print(f"Wrote {args.out / 'training_overhead.json'} and {args.out / 'training_overhead.md'} "
           f"in {report['seconds']:.0f} s.")

@@ -1,0 +1,353 @@
+"""Shared pieces of the benchmark suite: machine and version records, device selection, timing
+summaries (interleaved repeats, medians with min-max), memory tracking, and report output.
+
+Every benchmark of the suite (``benchmarks/*.py``) writes ``<name>.json`` and ``<name>.md`` into
+its output folder; ``benchmarks/run_all.py`` collects them into ``suite.json`` and ``RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import platform
+import random
+import statistics
+import sys
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+BENCH_DIR = Path(__file__).resolve().parent
+DEFAULT_OUT = BENCH_DIR / "results"
+RESULTS_MD = BENCH_DIR / "RESULTS.md"
+_DEFAULT_THREADS = torch.get_num_threads()  # at import, before anyone changes it
+
+
+# --------------------------------------------------------------------------------- machine, device
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (``None`` where the OS has none)."""
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def dist_version(name: str, fallback: str = "not installed") -> str:
+    """The installed distribution's version (``torch_pruning.__version__`` of 1.6.1 still says 1.6.0)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return fallback
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the libraries the benchmarks use."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": dist_version("lightning"),
+        "torchmetrics": dist_version("torchmetrics"),
+        "torch_pruning": dist_version("torch-pruning"),
+        "lightning_prune": dist_version("lightning-prune"),
+        "numpy": dist_version("numpy"),
+    }
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"``/``None``: CUDA when available, else the CPU; otherwise the named device.
+
+    Raises:
+        ValueError: If CUDA is asked for and not available.
+    """
+    if name is None or str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}).")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: torch.device | str | None = None) -> dict[str, Any]:
+    """Machine, versions, threads, device and the load average now (the start of a run)."""
+    device = resolve_device(device) if device is not None else torch.device("cpu")
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_num_threads": torch.get_num_threads(),
+        "torch_num_interop_threads": torch.get_num_interop_threads(),
+        "threads_setting": "default" if torch.get_num_threads() == _DEFAULT_THREADS else "set explicitly",
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "device": str(device),
+        "device_name": device_name(device),
+        **versions(),
+        "load_average_1_5_15min": load_average(),
+    }
+
+
+def machine_line(m: Mapping[str, Any], end_load: Sequence[float] | None = None) -> str:
+    """One markdown line: machine, versions, threads, device and the load averages."""
+    return (
+        f"Machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs; device {m['device']} ({m['device_name']}); "
+        f"torch {m['torch']} ({m['torch_num_threads']} threads, {m['threads_setting']}), lightning {m['lightning']}, "
+        f"torchmetrics {m['torchmetrics']}, torch-pruning {m['torch_pruning']}, Python {m['python']}. "
+        f"Load average (1/5/15 min) {fmt_load(m.get('load_average_1_5_15min'))} at start, {fmt_load(end_load)} at end."
+    )
+
+
+def fmt_load(values: Sequence[float] | None) -> str:
+    return "n/a" if not values else "/".join(f"{v:.2f}" for v in values)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def num_threads(threads: int | None) -> Iterator[None]:
+    """``torch.set_num_threads(threads)`` inside the block (nothing when ``None``), restored after."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """No Lightning banners or warnings (the benchmarks build many Trainers)."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def trainer_kwargs(device: torch.device, precision: str | None = None) -> dict[str, Any]:
+    """Plain ``Trainer`` options for benchmarks: one device, no logger, bar, checkpoints or sanity check."""
+    return dict(
+        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        **({"precision": precision} if precision else {}),
+    )
+
+
+# ---------------------------------------------------------------------------------------- summaries
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Median with min and max."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def fmt_spread(s: Mapping[str, float], fmt: str = "{:.2f}", suffix: str = "") -> str:
+    """``median [min–max]``."""
+    return f"{fmt.format(s['median'])}{suffix} [{fmt.format(s['min'])}–{fmt.format(s['max'])}]"
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Least-squares slope of ``log y`` on ``log x``: the growth exponent (``y ~ x^slope``)."""
+    pairs = [(math.log(a), math.log(b)) for a, b in zip(x, y) if a > 0 and b > 0]
+    if len(pairs) < 2:
+        return None
+    mx = statistics.mean(p[0] for p in pairs)
+    my = statistics.mean(p[1] for p in pairs)
+    sxx = sum((p[0] - mx) ** 2 for p in pairs)
+    return sum((p[0] - mx) * (p[1] - my) for p in pairs) / sxx if sxx else None
+
+
+def interleave(blocks: Mapping[str, Callable[[], float]], repeats: int, seed: int = 0,
+               collect: bool = False) -> dict[str, list[float]]:
+    """Run each block (returning its seconds) once per repeat, in a new random order each repeat.
+
+    A fixed order gives every variant the same predecessor in every repeat; shuffling spreads the
+    cost of following a big model over all variants. Cyclic GC is off inside the blocks unless
+    ``collect`` (blocks that build Trainers leave cycles: collected between blocks then).
+    """
+    names = list(blocks)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    rng = random.Random(seed)
+    gc.collect()
+    if not collect:
+        gc.disable()
+    try:
+        for _ in range(repeats):
+            for n in rng.sample(names, len(names)):
+                if collect:
+                    gc.collect()
+                times[n].append(blocks[n]())
+    finally:
+        gc.enable()
+    return times
+
+
+def ratios(times: Mapping[str, Sequence[float]], baseline: str) -> dict[str, dict[str, float]]:
+    """Per variant, the per-repeat ratio ``time / baseline time`` summarised as median [min–max]."""
+    return {n: spread([t / b for t, b in zip(ts, times[baseline])]) for n, ts in times.items()}
+
+
+# ------------------------------------------------------------------------------------------ memory
+class LiveTensorMemory(TorchDispatchMode):
+    """Peak bytes of tensor storage allocated inside the block and alive at the same time.
+
+    Every op's output whose storage is not one of its inputs' (so views and in-place ops are not
+    counted) is recorded, and a finalizer on the storage subtracts it when it is freed. This counts
+    what PyTorch allocates for tensors on any device (activations, temporaries, statistics,
+    copies), not Python objects or the allocator's caching. Attach with ``with LiveTensorMemory() as m:``.
+
+    Attributes:
+        peak: Largest number of bytes alive at once.
+        live: Bytes still alive (allocated inside the block, not yet freed).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._sizes: dict[tuple[str, int], int] = {}
+
+    def _free(self, key: tuple[str, int]) -> None:
+        self.live -= self._sizes.pop(key, 0)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = {(str(t.device), t.untyped_storage().data_ptr()) for t in tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor) and t.device.type != "meta"}
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+                continue
+            storage = t.untyped_storage()
+            key = (str(t.device), storage.data_ptr())
+            size = storage.nbytes()
+            if size == 0 or key in inputs or key in self._sizes:
+                continue
+            self._sizes[key] = size
+            self.live += size
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._free, key)
+        return out
+
+
+class PeakRSS:
+    """Peak growth of the process's resident set size while the block runs (sampled by a thread).
+
+    Coarse: the allocator keeps freed pages, so a block that reuses memory freed earlier shows
+    little growth. Reported next to :class:`LiveTensorMemory`, which is exact for tensors.
+    """
+
+    def __init__(self, interval_s: float = 0.002) -> None:
+        self.interval_s = interval_s
+        self.delta = 0
+
+    def __enter__(self) -> PeakRSS:
+        import psutil
+
+        self._process = psutil.Process()
+        self._start = self._peak = self._process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, self._process.memory_info().rss)
+            time.sleep(self.interval_s)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, self._process.memory_info().rss)
+        self.delta = self._peak - self._start
+
+
+@contextlib.contextmanager
+def cuda_peak(device: torch.device) -> Iterator[dict[str, int]]:
+    """On CUDA, ``torch.cuda.max_memory_allocated`` growth inside the block (``{"bytes": ...}``)."""
+    result: dict[str, int] = {}
+    if device.type != "cuda":
+        yield result
+        return
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    start = torch.cuda.memory_allocated(device)
+    yield result
+    torch.cuda.synchronize(device)
+    result["bytes"] = torch.cuda.max_memory_allocated(device) - start
+
+
+# ------------------------------------------------------------------------------------------ output
+def command_line() -> str:
+    """This process's command line, as typed (``python -m ...`` when run as a module)."""
+    argv = list(sys.argv)
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        return " ".join(["python", "-m", spec.name.removesuffix(".__main__"), *argv[1:]])
+    return " ".join(["python", *argv])
+
+
+def write_report(out: Path, name: str, report: dict[str, Any], markdown: str) -> dict[str, Any]:
+    """Write ``<name>.json`` and ``<name>.md`` into ``out`` (created) and return the report."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=1, default=_json_default) + "\n")
+    (out / f"{name}.md").write_text(markdown if markdown.endswith("\n") else markdown + "\n")
+    return report
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (torch.device, Path)):
+        return str(value)
+    if torch.is_tensor(value):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def progress(tag: str) -> Callable[[str], None]:
+    """A printer of ``[tag] message (elapsed s)`` lines on stderr."""
+    start = time.perf_counter()
+
+    def say(message: str) -> None:
+        print(f"[{tag}] {message} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+
+    return say
+
+
+def add_common_arguments(parser: Any, quick_help: str = "tiny sizes and few repeats (seconds)") -> None:
+    """``--quick``, ``--out``, ``--device`` and ``--threads``, the options every benchmark shares."""
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default benchmarks/results)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when available)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's own; recorded either way)")
