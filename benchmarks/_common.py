@@ -317,6 +317,17 @@ def command_line() -> str:
     return " ".join(["python", *argv])
 
 
+def finish(report: dict[str, Any], out: Path, name: str, started: float, goals: Callable[[dict], Any],
+           plot: Callable[[dict, Path], Any], to_markdown: Callable[[dict], str]) -> dict[str, Any]:
+    """The common end of every part: goals, runtime, load average, plots, then the JSON/markdown report."""
+    report["goals"] = goals(report)
+    report["seconds"] = time.perf_counter() - started
+    report["load_average_at_end"] = load_average()
+    out.mkdir(parents=True, exist_ok=True)
+    report["plots"] = plot(report, out)
+    return write_report(out, name, report, to_markdown(report))
+
+
 def write_report(out: Path, name: str, report: dict[str, Any], markdown: str) -> dict[str, Any]:
     """Write ``<name>.json`` and ``<name>.md`` into ``out`` (created) and return the report."""
     out = Path(out)

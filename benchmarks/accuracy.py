@@ -468,13 +468,7 @@ def run(quick: bool = False, out: Path = C.DEFAULT_OUT, device: str | None = "au
     rows = run_jobs(jobs, workers, say)
     report["runs"] = sorted(rows, key=lambda r: (r["dataset"], r["variant"], r["target"], r["seed"]))
     report["summary"] = summarise(rows)
-    report["goals"] = goals(report)
-    report["seconds"] = time.perf_counter() - started
-    report["load_average_at_end"] = C.load_average()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    report["plots"] = plot(report, out)
-    return C.write_report(out, NAME, report, to_markdown(report))
+    return C.finish(report, Path(out), NAME, started, goals, plot, to_markdown)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

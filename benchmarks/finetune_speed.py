@@ -342,13 +342,7 @@ def run(quick: bool = False, out: Path = C.DEFAULT_OUT, device: str | None = "au
         for name, spec in specs.items():
             report["results"][name] = bench_model(name, spec, dev, precision, repeats or (2 if quick else spec.repeats),
                                                   timed_epochs or (1 if quick else spec.timed_epochs), keep_fractions, say)
-    report["goals"] = goals(report)
-    report["seconds"] = time.perf_counter() - started
-    report["load_average_at_end"] = C.load_average()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    report["plots"] = plot(report, out)
-    return C.write_report(out, NAME, report, to_markdown(report))
+    return C.finish(report, Path(out), NAME, started, goals, plot, to_markdown)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -582,13 +582,7 @@ def run(quick: bool = False, out: Path = C.DEFAULT_OUT, device: str | None = "au
             torch.manual_seed(0)
             report["resnet50"] = {"architecture": arch, **bench_model(model, (3, 32, 32), 2 if quick else 8, 4 if quick else 32,
                                                                       dev, 1 if quick else 3)}
-    report["goals"] = goals(report)
-    report["seconds"] = time.perf_counter() - started
-    report["load_average_at_end"] = C.load_average()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    report["plots"] = plot(report, out)
-    return C.write_report(out, NAME, report, to_markdown(report))
+    return C.finish(report, Path(out), NAME, started, goals, plot, to_markdown)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
