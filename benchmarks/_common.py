@@ -210,6 +210,40 @@ def interleave(blocks: Mapping[str, Callable[[], float]], repeats: int, seed: in
     return times
 
 
+def calibrated_blocks(fns: Mapping[str, Callable[[], Any]], device: torch.device, block_s: float,
+                      warmup: int) -> tuple[dict[str, Callable[[], float]], dict[str, int]]:
+    """Warm each function up, then size its block (calls per repeat) to last about ``block_s``.
+
+    Returns:
+        Blocks for :func:`interleave` (each returns seconds per call; its first call is untimed, as the
+        first call after another model pays for caches and allocations) and the calls per block.
+    """
+    calls = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        once = max(time.perf_counter() - start, 1e-6)
+        calls[name] = int(min(1000, max(1, round(block_s / once))))
+
+    def block(fn: Callable[[], Any], n: int) -> Callable[[], float]:
+        def go() -> float:
+            fn()
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            sync(device)
+            return (time.perf_counter() - start) / n
+
+        return go
+
+    return {name: block(fn, calls[name]) for name, fn in fns.items()}, calls
+
+
 def ratios(times: Mapping[str, Sequence[float]], baseline: str) -> dict[str, dict[str, float]]:
     """Per variant, the per-repeat ratio ``time / baseline time`` summarised as median [min–max]."""
     return {n: spread([t / b for t, b in zip(ts, times[baseline])]) for n, ts in times.items()}

@@ -55,12 +55,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import importlib.metadata
 import json
 import os
 import platform
-import random
 import statistics
 import sys
 import time
@@ -271,11 +269,6 @@ class CsrMLP(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------- timing
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _summarise(times: Mapping[str, list[float]], baseline: str = "dense") -> dict[str, dict[str, Any]]:
     out = {}
     for name, ts in times.items():
@@ -289,56 +282,6 @@ def _summarise(times: Mapping[str, list[float]], baseline: str = "dense") -> dic
             "speedup_max": max(speedups),
         }
     return out
-
-
-def _interleave(blocks: Mapping[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
-    """Run each block (returns seconds per call) once per repeat, in a new random order each repeat.
-
-    A fixed cyclic order (even rotated) gives every variant the same predecessor in every repeat, and
-    the variant that always follows a big model was measured up to 1.3x slower than its twin (same
-    shapes) that always followed a small one; shuffling spreads that over all variants.
-    """
-    names = list(blocks)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    rng = random.Random(0)
-    gc.collect()
-    gc.disable()  # no cyclic-GC pauses inside timed blocks
-    try:
-        for _ in range(repeats):
-            order = rng.sample(names, len(names))
-            for n in order:
-                times[n].append(blocks[n]())
-    finally:
-        gc.enable()
-    return times
-
-
-def _calibrated_blocks(fns: Mapping[str, Callable[[], Any]], device: torch.device, block_s: float, warmup: int) -> tuple[dict[str, Callable[[], float]], dict[str, int]]:
-    """Warm each function up, then size its block (calls per repeat) to last about ``block_s``."""
-    calls = {}
-    for name, fn in fns.items():
-        for _ in range(warmup):
-            fn()
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        once = max(time.perf_counter() - start, 1e-6)
-        calls[name] = int(min(1000, max(1, round(block_s / once))))
-
-    def block(fn: Callable[[], Any], n: int) -> Callable[[], float]:
-        def go() -> float:
-            fn()  # untimed: the first call after another model pays for its caches and allocations
-            _sync(device)
-            start = time.perf_counter()
-            for _ in range(n):
-                fn()
-            _sync(device)
-            return (time.perf_counter() - start) / n
-
-        return go
-
-    return {name: block(fn, calls[name]) for name, fn in fns.items()}, calls
 
 
 # -------------------------------------------------------------------------------------- one model
@@ -466,8 +409,8 @@ def bench_model(name: str, spec: ModelSpec, device: torch.device, repeats: int, 
         x = torch.randn(batch, *spec.input_shape, device=device)
         fns = {v: (lambda m=m: m(x)) for v, m in models.items() if m is not None}
         with torch.inference_mode():
-            blocks, calls = _calibrated_blocks(fns, device, block_s, warmup)
-            times = _interleave(blocks, repeats)
+            blocks, calls = C.calibrated_blocks(fns, device, block_s, warmup)
+            times = C.interleave(blocks, repeats)
         summary = _summarise(times)
         if "compact_torch_pruning" in times:
             ratios = [a / b for a, b in zip(times["compact_ours"], times["compact_torch_pruning"])]
@@ -560,8 +503,8 @@ def bench_training(dense: nn.Module, structure: NeuronStructure, keep: Mapping[s
     model = copy.deepcopy(compact_tp).train()
     runs["compact_torch_pruning"] = trainer(model, torch.optim.Adam(model.parameters(), lr=LR))
 
-    blocks, calls = _calibrated_blocks(runs, device, block_s, warmup)
-    times = _interleave(blocks, repeats)
+    blocks, calls = C.calibrated_blocks(runs, device, block_s, warmup)
+    times = C.interleave(blocks, repeats)
     summary = _summarise(times)
     for v, s in summary.items():
         s["calls_per_block"] = calls[v]

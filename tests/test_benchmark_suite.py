@@ -88,6 +88,27 @@ def test_finetune_and_scale_parts_record_fractions_and_growth(quick_suite):
     assert sc["resnet50"]["params_after_surgery"] < sc["resnet50"]["params"]
 
 
+def test_width_alignment_part_rounds_widths_and_keeps_outputs(quick_suite):
+    out, _ = quick_suite
+    report = json.loads((out / "width_alignment.json").read_text())
+    rows = report["results"]["variants"]
+    assert rows["dense"]["mac_cut"] == 1.0
+    for name, row in rows.items():
+        if name == "dense":
+            continue
+        if row["round_to"]:  # rounded up to the multiple unless a layer ran out of just-removed units
+            assert all(w % row["round_to"] == 0 or w == full for w, full in zip(row["widths"], rows["dense"]["widths"]))
+        assert row["max_abs_diff_vs_masked"] <= 1e-5  # removal == masking, through Pruner.plan/commit
+        assert row["mac_cut"] > 1.0 and row["speedup"]["median"] > 0
+        assert row["speedup_over_mac_cut"] == pytest.approx(row["speedup"]["median"] / row["mac_cut"])
+    plain = {r["keep_fraction"]: r for r in rows.values() if r["round_to"] is None and r["keep_fraction"] < 1}
+    rounded = {r["keep_fraction"]: r for r in rows.values() if r["round_to"] == 16}
+    for k in plain:  # rounding up only ever keeps more units, so cuts fewer MACs
+        assert all(a >= b for a, b in zip(rounded[k]["widths"], plain[k]["widths"]))
+        assert rounded[k]["mac_cut"] <= plain[k]["mac_cut"]
+    assert {g["subject"].split("round_to=")[1] for g in report["goals"]} == {"None", "8", "16"}
+
+
 def test_only_reruns_one_part_and_keeps_the_others(quick_suite, tmp_path):
     out, _ = quick_suite
     target = tmp_path / "again"
