@@ -45,7 +45,7 @@ from lightning_prune.lottery import (
 )
 from lightning_prune.masks import MaskEnforcer, apply_masks
 from lightning_prune.pruner import BUDGETS, Keep, Pruner
-from lightning_prune.ranking import SCOPES, min_units, prunable_capacity
+from lightning_prune.ranking import NORMALIZERS, SCOPES, min_units, prunable_capacity
 from lightning_prune.schedules import SCHEDULES, Timeline, sparsity_schedule
 
 MODES = ("max", "min")
@@ -100,6 +100,10 @@ class Pruning(Callback):
         remove: Physically remove pruned neurons (default ``True`` for ``"neuron"``); ``False``
             keeps them as masked zeros. Not available for ``"weight"``.
         scope: ``"global"`` (one ranking across layers) or ``"layer"`` (same fraction per layer).
+        normalize: ``scope="global"`` only: rescale each layer's (group's) scores before the
+            ranking, by the mean, max or L2 norm of its kept units' scores (``"mean"``, ``"max"``,
+            ``"l2"``; Molchanov et al. 2017 use ``"l2"`` for Taylor scores), so that layers whose
+            raw scores are on a smaller scale are not emptied first. ``None``: raw scores.
         target: Final fraction removed, in (0, 1): of prunable units (weights or neurons), or of
             the dense model's parameters or MACs (see ``budget``).
         budget: What ``target`` and the schedule count: ``"units"``, ``"params"`` or ``"macs"``.
@@ -173,6 +177,7 @@ class Pruning(Callback):
         rewind: str | int | None = None,
         control: str | None = None,
         layer_targets: Mapping[str, float] | None = None,
+        normalize: str | None = None,
     ) -> None:
         if granularity not in GRANULARITIES:
             raise ValueError(f"`granularity` must be one of {GRANULARITIES}, got {granularity!r}.")
@@ -203,6 +208,15 @@ class Pruning(Callback):
             raise ValueError("`control`='reinit' re-initialises instead of rewinding; it needs `rewind`='init' or an epoch.")
         if scope not in SCOPES:
             raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}.")
+        if normalize is not None:
+            if normalize not in NORMALIZERS:
+                raise ValueError(f"`normalize` must be one of {NORMALIZERS} or None, got {normalize!r}.")
+            if scope != "global":
+                raise ValueError(
+                    f"`normalize`={normalize!r} rescales each layer's scores for one global ranking; with "
+                    f"scope={scope!r} every layer is ranked on its own and it would change nothing. Use "
+                    "scope='global' or normalize=None."
+                )
         _check_fraction("target", target)
         if layer_targets is not None:
             if not isinstance(layer_targets, Mapping) or not all(isinstance(k, str) for k in layer_targets):
@@ -257,7 +271,7 @@ class Pruning(Callback):
         self.ignore_layers = list(ignore_layers) if ignore_layers is not None else None
         self.min_keep, self.calibration_batches, self.verbose = min_keep, calibration_batches, verbose
         self.remove = granularity == "neuron" if remove is None else remove
-        self.budget, self.round_to = budget, round_to
+        self.budget, self.round_to, self.normalize = budget, round_to, normalize
         self.rewind, self.control, self.seed = rewind, control, seed
         self.layer_targets = dict(layer_targets) if layer_targets is not None else None
         self._exponents: dict[str, float] = {}  # group -> log(1 - its target) / log(1 - target)
@@ -311,6 +325,7 @@ class Pruning(Callback):
             "rewind": self.rewind,
             "control": self.control,
             "layer_targets": self.layer_targets,
+            "normalize": self.normalize,
         }
 
     @property
@@ -550,7 +565,7 @@ class Pruning(Callback):
         fraction = self._cycle_fraction(cycle)
         keep = self.pruner.plan(
             self._state["keep"], fraction, cycle, self._calibration_batches(trainer), self.calibration_loss,
-            self._state["present"], self.budget, self._state["dense"], self.round_to,
+            self._state["present"], self.budget, self._state["dense"], self.round_to, self.normalize,
         )
         if self.control == "random_mask":
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + cycle)

@@ -22,7 +22,7 @@ from lightning_prune.counting import count_macs, count_parameters, kept_macs
 from lightning_prune.criteria import GRANULARITIES, Criterion, cross_entropy_loss, score_layers
 from lightning_prune.layers import PrunableLayer, find_prunable_layers
 from lightning_prune.masks import Masks
-from lightning_prune.ranking import SCOPES, prunable_capacity, round_kept, select_units
+from lightning_prune.ranking import NORMALIZERS, SCOPES, normalize_scores, prunable_capacity, round_kept, select_units
 
 BUDGETS = ("units", "params", "macs")
 from lightning_prune.structure import NeuronStructure
@@ -129,6 +129,7 @@ class Pruner:
         budget: str = "units",
         reference: Mapping[str, float] | None = None,
         round_to: int | None = None,
+        normalize: str | None = None,
     ) -> Keep:
         """New keep-masks that remove ``fraction`` of the budget; ``keep`` only shrinks.
 
@@ -145,14 +146,18 @@ class Pruner:
             budget: ``"units"``, ``"params"`` or ``"macs"``.
             reference: The dense model's ``{"params", "macs"}`` (for the last two budgets).
             round_to: Round each group's kept units up to a multiple of this.
+            normalize: Rescale each group's scores before ranking (see
+                :func:`~lightning_prune.ranking.normalize_scores`); ``None`` ranks raw scores.
 
         Raises:
             ValueError: If ``budget`` is unknown, ``reference`` is missing for a params/MACs budget,
-                per-layer fractions are combined with one, or the budget cannot be reached while
-                each layer keeps its minimum.
+                per-layer fractions are combined with one, the budget cannot be reached while
+                each layer keeps its minimum, or ``normalize`` is unknown.
         """
         if budget not in BUDGETS:
             raise ValueError(f"`budget` must be one of {BUDGETS}, got {budget!r}.")
+        if normalize is not None and normalize not in NORMALIZERS:
+            raise ValueError(f"`normalize` must be one of {NORMALIZERS} or None, got {normalize!r}.")
         if budget != "units" and (reference is None or budget not in reference):
             raise ValueError(f"budget={budget!r} needs `reference` with the dense model's {budget!r}, got {reference!r}.")
         sites = self.structure.sites if self.structure is not None else {}
@@ -163,6 +168,8 @@ class Pruner:
             scores = self.structure.group_scores(scores)
             if present is not None:
                 scores = {key: _scatter(value, present[key]) for key, value in scores.items()}
+        if normalize is not None:
+            scores = normalize_scores(scores, keep, normalize)
 
         def choose(unit_fraction: float | Mapping[str, float]) -> Keep:
             chosen = select_units(scores, keep, unit_fraction, self.scope, self.min_keep)

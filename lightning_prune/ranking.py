@@ -5,6 +5,10 @@ for neuron pruning). ``scope="layer"`` prunes every group by the same fraction; 
 ranks all units together, so that the least important units go wherever they are. Either way,
 units pruned earlier stay pruned (masks only shrink) and each group keeps at least
 ``max(1, ceil(min_keep * size))`` units, so a global ranking cannot wipe out a layer.
+
+Raw scores of different layers need not be on one scale (a Taylor score grows with the layer's
+gradients, a weight norm with its fan-in); :func:`normalize_scores` rescales each group before a
+global ranking, as Molchanov et al. (2017) do with a layer-wise L2 normalisation.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Mapping
 import torch
 
 SCOPES = ("global", "layer")
+NORMALIZERS = ("mean", "max", "l2")
 
 
 def min_units(size: int, min_keep: float) -> int:
@@ -25,6 +30,40 @@ def min_units(size: int, min_keep: float) -> int:
 def prunable_capacity(sizes: Mapping[str, int], min_keep: float) -> int:
     """The most units that can be pruned in total while every group keeps its minimum."""
     return sum(size - min_units(size, min_keep) for size in sizes.values())
+
+
+def normalize_scores(
+    scores: Mapping[str, torch.Tensor], keep: Mapping[str, torch.Tensor], method: str
+) -> dict[str, torch.Tensor]:
+    """Divide each group's scores by one statistic of its kept units' scores.
+
+    ``"mean"`` divides by their mean (Torch-Pruning's default normaliser), ``"max"`` by their
+    largest, ``"l2"`` by their L2 norm (Molchanov et al. 2017). Units already pruned (and
+    ``-inf`` scores) do not enter the statistic; a group whose statistic is 0 or not finite keeps
+    its scores. Within a group the order is unchanged, so only a global ranking is affected.
+
+    Args:
+        scores: Group name to non-negative scores, one per unit.
+        keep: Group name to the current ``bool`` keep-mask (same shape as the scores).
+        method: One of :data:`NORMALIZERS`.
+
+    Raises:
+        ValueError: If ``method`` is unknown.
+    """
+    if method not in NORMALIZERS:
+        raise ValueError(f"`normalize` must be one of {NORMALIZERS} or None, got {method!r}.")
+    result = {}
+    for name, score in scores.items():
+        value = score.detach().double().cpu()
+        live = value[keep[name].cpu() & torch.isfinite(value)]
+        if method == "mean":
+            scale = live.mean() if live.numel() else torch.tensor(0.0)
+        elif method == "max":
+            scale = live.max() if live.numel() else torch.tensor(0.0)
+        else:
+            scale = live.norm()
+        result[name] = value / scale if torch.isfinite(scale) and scale > 0 else value
+    return result
 
 
 def select_units(

@@ -242,3 +242,24 @@ def test_resume_from_a_best_k_checkpoint_equals_the_uninterrupted_run(tmp_path):
     state = model_resumed.state_dict()
     for name, value in model_full.state_dict().items():
         assert value.shape == state[name].shape and torch.allclose(value, state[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("normalize", [None, "mean"])
+def test_global_ranking_with_normalized_scores_does_not_empty_a_small_scale_layer(normalize):
+    # The second hidden layer's weights are 1000x smaller, so its raw L2 scores are too: one raw global
+    # ranking takes it down to `min_keep` first; normalised scores give it a fair share.
+    from conftest import make_trainer
+
+    L.seed_everything(0, verbose=False)
+    model = Classifier("lenet_300_100", input_shape=(1, 8, 8), lr=1e-4)
+    with torch.no_grad():
+        model.model.features[2].weight.mul_(1e-3)
+    pruning = Pruning(criterion="l2", granularity="neuron", scope="global", target=0.5, warmup_epochs=1,
+                      normalize=normalize, min_keep=0.05, verbose=False)
+    make_trainer(2, [pruning], limit_train_batches=2, limit_val_batches=1).fit(model, DigitsDataModule(batch_size=32))
+    widths = [model.model.features[0].out_features, model.model.features[2].out_features]
+    assert (300 - widths[0]) + (100 - widths[1]) == 200  # half of the 400 hidden units went, either way
+    if normalize is None:
+        assert widths[1] == min_units(100, 0.05), widths
+    else:
+        assert widths[1] > 30 and widths[0] < 270, widths

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_prune.ranking import min_units, select_units
+from lightning_prune.ranking import min_units, normalize_scores, select_units
 
 
 def _scores(sizes, seed):
@@ -97,3 +97,33 @@ def test_layer_ranking_takes_one_fraction_per_group():
         select_units(scores, keep, {"a": 0.3}, scope="layer")
     with pytest.raises(ValueError, match="need scope='layer'"):
         select_units(scores, keep, {"a": 0.3, "b": 0.3}, scope="global")
+
+
+@pytest.mark.parametrize("method", ["mean", "max", "l2"])
+def test_normalized_scores_put_layers_on_one_scale_and_keep_each_order(method):
+    generator = torch.Generator().manual_seed(0)
+    base = torch.rand(50, generator=generator)
+    scores = {"big": 1000.0 * base, "small": 0.001 * base[:20]}
+    keep = _dense(scores)
+    keep["big"][0] = False  # a pruned unit does not enter the statistic
+    normalized = normalize_scores(scores, keep, method)
+    for name in scores:  # same order within a group: a per-layer ranking would not change
+        assert torch.equal(torch.argsort(normalized[name]), torch.argsort(scores[name].double()))
+    statistic = {"mean": lambda v: v.mean(), "max": lambda v: v.max(), "l2": lambda v: v.norm()}[method]
+    for name in scores:
+        assert statistic(normalized[name][keep[name]]).item() == pytest.approx(1.0)
+    # raw scores: a global ranking takes the small-scale layer down to its minimum first
+    raw = select_units(scores, _dense(scores), 0.3, "global", 0.0)
+    assert int(raw["small"].sum()) == 1
+    fair = select_units(normalized, keep, 0.3, "global", 0.0)
+    assert int(fair["small"].sum()) > 5 and int(fair["big"].sum()) < 49
+
+
+def test_normalizing_zero_or_removed_scores_leaves_them_alone():
+    scores = {"zeros": torch.zeros(4), "gone": torch.tensor([-math.inf, 2.0, 4.0])}
+    keep = {"zeros": torch.ones(4, dtype=torch.bool), "gone": torch.tensor([False, True, True])}
+    normalized = normalize_scores(scores, keep, "mean")
+    assert torch.equal(normalized["zeros"], torch.zeros(4, dtype=torch.float64))
+    assert normalized["gone"][0] == -math.inf and normalized["gone"][1:].tolist() == [2 / 3, 4 / 3]
+    with pytest.raises(ValueError, match=r"`normalize` must be one of \('mean', 'max', 'l2'\) or None, got 'sum'"):
+        normalize_scores(scores, keep, "sum")

@@ -46,6 +46,8 @@ VALID = dict(criterion="l1", granularity="weight", scope="global", target=0.5)
         ({"layer_targets": ["fc"]}, "`layer_targets` must map module-name patterns to fractions, got ['fc']"),
         ({"scope": "layer", "layer_targets": {"*fc": 1.0}}, "`layer_targets['*fc']` must be a number in (0, 1), got 1.0"),
         ({"layer_targets": {"*fc": 0.5}}, "it needs scope='layer' and budget='units', got scope='global', budget='units'"),
+        ({"normalize": "sum"}, "`normalize` must be one of ('mean', 'max', 'l2') or None, got 'sum'"),
+        ({"scope": "layer", "normalize": "l2"}, "with scope='layer' every layer is ranked on its own"),
     ],
 )
 def test_invalid_argument_raises_at_construction(changes, message):
@@ -91,7 +93,7 @@ def test_selecting_an_unsupported_layer_names_its_type():
 
 
 @pytest.mark.parametrize("changes", [{"scope": "layer"}, {"warmup_epochs": 3}, {"finetune_epochs": 2},
-                                     {"criterion": "l2"}, {"min_keep": 0.1}, {"seed": 7}])
+                                     {"criterion": "l2"}, {"min_keep": 0.1}, {"seed": 7}, {"normalize": "mean"}])
 def test_resuming_with_other_arguments_is_refused(changes):
     pruning = Pruning(target=0.5)
     state = pruning.state_dict()
