@@ -54,7 +54,8 @@ class NeuronStructure:
             ``layers`` are left out.
 
     Attributes:
-        groups: The prunable groups, in trace order.
+        groups: The prunable groups, in the order Torch-Pruning's ``get_all_groups`` yields them
+            (not forward order; look groups up by ``key``).
         skipped: Names of layers in ``layers`` (other than the output layer) that belong to no
             prunable group, so their units cannot be pruned.
         sites: Layer name to the module whose output is the layer's pre-activation: the BatchNorm
