@@ -206,6 +206,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
+_LR_SCHEDULES = ("constant", "cosine")
 
 
 class Classifier(PrunedCheckpointMixin, L.LightningModule):
@@ -224,10 +225,13 @@ class Classifier(PrunedCheckpointMixin, L.LightningModule):
         weight_decay: Weight decay, >= 0.
         input_shape: Shape of one example without the batch dimension; when given,
             ``example_input_array`` is a batch of two zero inputs.
+        lr_schedule: ``"constant"``, or ``"cosine"``: cosine annealing from ``lr`` towards 0 over
+            the fit's ``max_epochs``, stepped once per epoch (``CosineAnnealingLR``). ``Pruning``
+            leaves the scheduler untouched when it removes neurons, and rewinds it with ``rewind``.
 
     Raises:
-        ValueError: If ``arch`` or ``optimizer`` is unknown, ``lr <= 0``, or ``momentum`` or
-            ``weight_decay`` is negative.
+        ValueError: If ``arch``, ``optimizer`` or ``lr_schedule`` is unknown, ``lr <= 0``, or
+            ``momentum`` or ``weight_decay`` is negative.
     """
 
     def __init__(
@@ -239,8 +243,11 @@ class Classifier(PrunedCheckpointMixin, L.LightningModule):
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         input_shape: tuple[int, ...] | None = None,
+        lr_schedule: str = "constant",
     ) -> None:
         super().__init__()
+        if lr_schedule not in _LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={lr_schedule!r} is not supported; expected one of {list(_LR_SCHEDULES)}")
         if optimizer not in _OPTIMIZERS:
             raise ValueError(
                 f"optimizer={optimizer!r} is not supported; expected one of {list(_OPTIMIZERS)}"
@@ -283,12 +290,19 @@ class Classifier(PrunedCheckpointMixin, L.LightningModule):
     def test_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "test", self.test_acc)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Build the optimizer over the current parameters (``Pruning`` carries it over removals)."""
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        """Build the optimizer over the current parameters (``Pruning`` carries it over removals),
+        with a cosine learning-rate scheduler over ``trainer.max_epochs`` if ``lr_schedule="cosine"``."""
         hp = self.hparams
         if hp.optimizer == "sgd":
-            return torch.optim.SGD(
-                self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
-            )
-        cls = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
-        return cls(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+            optimizer = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        else:
+            cls = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
+            optimizer = cls(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.get("lr_schedule", "constant") == "constant":
+            return optimizer
+        epochs = self.trainer.max_epochs if self._trainer is not None else None
+        if epochs is None or epochs < 1:
+            raise ValueError(f"lr_schedule='cosine' anneals over the fit's max_epochs, which is {epochs!r}; set max_epochs >= 1.")
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -200,3 +200,43 @@ def test_fit_test_and_checkpoint_round_trip(name: str, tmp_path: Path) -> None:
     x = torch.randn(4, *shape)
     with torch.no_grad():
         torch.testing.assert_close(restored(x), module(x), rtol=0, atol=0)
+
+
+def test_unknown_lr_schedule_is_named() -> None:
+    with pytest.raises(ValueError, match=r"lr_schedule='step' is not supported; expected one of \['constant', 'cosine'\]"):
+        Classifier(lr_schedule="step")
+
+
+def test_cosine_schedule_anneals_over_max_epochs_and_survives_neuron_removal() -> None:
+    import math
+
+    from lightning.pytorch.callbacks import Callback
+
+    from lightning_prune import Pruning
+    from lightning_prune.data import DigitsDataModule
+
+    class Lrs(Callback):
+        def __init__(self) -> None:
+            self.lrs: list[float] = []
+            self.same_params: list[bool] = []
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            optimizer = trainer.optimizers[0]
+            self.lrs.append(optimizer.param_groups[0]["lr"])
+            scheduler = trainer.lr_scheduler_configs[0].scheduler
+            # the scheduler drives the optimizer the trainer steps, over the model's current parameters
+            self.same_params.append(scheduler.optimizer is optimizer and
+                                    {id(p) for p in optimizer.param_groups[0]["params"]} == {id(p) for p in pl_module.parameters()})
+
+    L.seed_everything(0, verbose=False)
+    module = Classifier("lenet_300_100", input_shape=(1, 8, 8), lr=0.01, lr_schedule="cosine")
+    lrs = Lrs()
+    pruning = Pruning(criterion="l2", granularity="neuron", scope="layer", target=0.5, schedule="geometric",
+                      per_cycle=0.3, warmup_epochs=1, finetune_epochs=1, verbose=False)
+    trainer = L.Trainer(max_epochs=4, callbacks=[pruning, lrs], limit_train_batches=2, limit_val_batches=1,
+                        accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False,
+                        logger=False, enable_checkpointing=False)
+    trainer.fit(module, DigitsDataModule(batch_size=32))
+    assert module.model.features[0].out_features < 300  # neurons were removed during the fit
+    assert lrs.lrs == pytest.approx([0.01 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)])
+    assert all(lrs.same_params)
