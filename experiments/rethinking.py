@@ -21,11 +21,17 @@ For each seed:
 
 All runs: Adam, batch 64, the experiment's lr, the same seed for initialisation and data order;
 the test accuracy of the final model is reported (no early stopping, no model selection on test).
+The learning rate is constant by default; with ``--lr-schedule cosine`` every run anneals it to 0
+over its own epochs (``Classifier(lr_schedule="cosine")``): the dense and fine-tuned runs over
+``E``, so the fine-tuned model is fine-tuned on the schedule's low-lr tail, and Scratch-E/B over
+their own ``E``/``B`` epochs, as Liu et al. train every model with a full decaying schedule.
 Run:
 
     python experiments/rethinking.py --seeds 0 1 2
+    python experiments/rethinking.py --seeds 0 1 2 --lr-schedule cosine
 
-writes ``experiments/results/rethinking.{md,json,png}``. One torch thread (``--threads``).
+writes ``experiments/results/rethinking.{md,json,png}`` (``rethinking_cosine.*`` with the cosine
+schedule). One torch thread (``--threads``).
 """
 
 from __future__ import annotations
@@ -61,8 +67,9 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
 VARIANTS = ("dense", "fine-tuned", "scratch-E", "scratch-B", "ticket-E")
 
 
-def _model(config: dict[str, Any]) -> Classifier:
-    return Classifier(config["arch"], arch_kwargs=config["arch_kwargs"], lr=config["lr"], input_shape=config["input_shape"])
+def _model(config: dict[str, Any], lr_schedule: str) -> Classifier:
+    return Classifier(config["arch"], arch_kwargs=config["arch_kwargs"], lr=config["lr"], input_shape=config["input_shape"],
+                      lr_schedule=lr_schedule)
 
 
 def _fit(model: Classifier, config: dict[str, Any], seed: int, epochs: int, callbacks: list | None = None) -> dict[str, Any]:
@@ -79,16 +86,19 @@ def _fit(model: Classifier, config: dict[str, Any], seed: int, epochs: int, call
             "params": sum(p.numel() for p in model.parameters())}
 
 
-def run(experiment: str, seed: int) -> list[dict[str, Any]]:
-    """Dense, fine-tuned, Scratch-E and Scratch-B for one experiment and seed; one row each."""
+def run(experiment: str, seed: int, lr_schedule: str = "constant") -> list[dict[str, Any]]:
+    """Dense, fine-tuned, Scratch-E/B and ticket-E for one experiment and seed; one row each.
+
+    ``lr_schedule`` is ``Classifier``'s: ``"cosine"`` anneals every run over its own epochs.
+    """
     config = EXPERIMENTS[experiment]
     total = config["warmup"] + config["finetune"]
     rows = []
     L.seed_everything(seed, verbose=False)
-    rows.append({"variant": "dense", **_fit(_model(config), config, seed, total)})
+    rows.append({"variant": "dense", **_fit(_model(config, lr_schedule), config, seed, total)})
 
     L.seed_everything(seed, verbose=False)
-    model = _model(config)
+    model = _model(config, lr_schedule)
     initial = {name: value.clone() for name, value in model.state_dict().items()}
     pruning = Pruning(criterion="l2", granularity="neuron", scope="layer", target=0.5, schedule="oneshot",
                       warmup_epochs=config["warmup"], finetune_epochs=config["finetune"], remove=True, verbose=False)
@@ -104,7 +114,7 @@ def run(experiment: str, seed: int) -> list[dict[str, Any]]:
     budgets = scratch_epochs(total, dense_macs, pruned_macs)
     for variant, key in (("scratch-E", "scratch_e"), ("scratch-B", "scratch_b")):
         L.seed_everything(seed, verbose=False)
-        scratch = scratch_model(_model(config), plan, seed)
+        scratch = scratch_model(_model(config, lr_schedule), plan, seed)
         scratch_widths = {name: int(m.weight.shape[0]) for name, m in scratch.named_modules()
                           if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d))}
         assert scratch_widths == widths, (scratch_widths, widths)
@@ -113,7 +123,7 @@ def run(experiment: str, seed: int) -> list[dict[str, Any]]:
         rows.append({"variant": variant, **row})
 
     L.seed_everything(seed, verbose=False)
-    dense_at_init = _model(config)
+    dense_at_init = _model(config, lr_schedule)
     assert all(torch.equal(value, initial[name]) for name, value in dense_at_init.state_dict().items())
     ticket = ticket_model(dense_at_init, plan)
     row = _fit(ticket, config, seed, budgets["scratch_e"])
@@ -151,6 +161,13 @@ Test splits: digits 357 examples (1 example = 0.28 points), MNIST-1D 1000 (0.1 p
   points either way, inside the seed-to-seed spread.
 * Liu et al. cap Scratch-B at 2x the epochs when the pruned model saves more than 2x FLOPs; here
   Scratch-B uses the uncapped `scratch_epochs` value (2.9x on digits, 3.1x and 3.9x on MNIST-1D).
+"""
+
+
+# Written after the run of ``--seeds 0 1 2 --lr-schedule cosine``.
+ANALYSIS_COSINE = """## With a cosine schedule: comparison with Liu et al. (2019)
+
+(pending: written after the run)
 """
 
 
@@ -214,9 +231,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--render", action="store_true", help="only rewrite the report from the saved JSON")
+    parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                        help="learning-rate schedule of every run (Classifier's lr_schedule)")
     args = parser.parse_args()
     if args.render:
-        saved = json.loads((args.out / "rethinking.json").read_text())
+        saved = json.loads((args.out / f"{_stem(args)}.json").read_text())
         report(saved["rows"], args, saved["runtime_s"])
         return
     torch.set_num_threads(args.threads)
@@ -224,11 +243,15 @@ def main() -> None:
     rows = []
     for name in args.experiments:
         for seed in args.seeds:
-            rows += run(name, seed)
+            rows += run(name, seed, args.lr_schedule)
             print(f"{name} seed {seed}: " + ", ".join(f"{r['variant']} {100 * r['test_acc']:.2f} ({r['fit_seconds']:.0f} s)"
                                                       for r in rows[-len(VARIANTS):]), flush=True)
     runtime = time.perf_counter() - start
     report(rows, args, runtime)
+
+
+def _stem(args: argparse.Namespace) -> str:
+    return "rethinking" if args.lr_schedule == "constant" else f"rethinking_{args.lr_schedule}"
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace, runtime: float) -> None:
@@ -237,23 +260,28 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, runtime: float)
     print(table)
     print(f"total runtime {runtime:.0f} s")
     args.out.mkdir(parents=True, exist_ok=True)
-    plot(rows, args.out / "rethinking.png")
+    stem = _stem(args)
+    plot(rows, args.out / f"{stem}.png")
     environment = (f"torch {torch.__version__}, lightning {L.__version__}, Python {platform.python_version()}, "
                    f"{torch.get_num_threads()} torch thread(s), {platform.machine()}")
     command = "python experiments/rethinking.py --seeds " + " ".join(map(str, args.seeds))
     if args.experiments != list(EXPERIMENTS):
         command += " --experiments " + " ".join(args.experiments)
+    if args.lr_schedule != "constant":
+        command += f" --lr-schedule {args.lr_schedule}"
     experiments = {n: {k: (v.__name__ if k == "data" else v) for k, v in c.items()} for n, c in EXPERIMENTS.items()
                    if n in args.experiments}
-    (args.out / "rethinking.json").write_text(json.dumps(
+    (args.out / f"{stem}.json").write_text(json.dumps(
         {"command": command, "experiments": experiments, "batch_size": BATCH_SIZE, "optimizer": "adam",
+         "lr_schedule": args.lr_schedule,
          "runtime_s": runtime, "environment": environment, "rows": rows}, indent=2))
     lines = ["# Rethinking the value of network pruning (Liu et al. 2019), structured, small scale", "",
              f"`{command}`", "", f"Total runtime {runtime:.0f} s ({environment}; 2 shared CPU cores).", "",
-             __doc__.split("\n\n", 1)[1].split("Run:")[0].strip(), "", "![bar plot](rethinking.png)", "", table, ""]
+             __doc__.split("\n\n", 1)[1].split("Run:")[0].strip(), "", f"Learning-rate schedule: **{args.lr_schedule}**.",
+             "", f"![bar plot]({stem}.png)", "", table, ""]
     if args.seeds == [0, 1, 2] and args.experiments == list(EXPERIMENTS):
-        lines += [ANALYSIS]
-    (args.out / "rethinking.md").write_text("\n".join(lines))
+        lines += [ANALYSIS if args.lr_schedule == "constant" else ANALYSIS_COSINE]
+    (args.out / f"{stem}.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+"""Smoke tests of the paper-reproduction scripts in experiments/: each one's `run` on a tiny schedule.
+
+The committed results come from full runs (minutes to half an hour); these tests only keep the
+scripts from rotting and check the invariants they assert about the library along the way.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
+
+import han_iterative  # noqa: E402
+import lottery_ticket  # noqa: E402
+import rethinking  # noqa: E402
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_rethinking_runs_every_variant_on_the_pruned_architecture(monkeypatch, schedule):
+    monkeypatch.setitem(rethinking.EXPERIMENTS, "digits_lenet", {**rethinking.EXPERIMENTS["digits_lenet"], "warmup": 1, "finetune": 1})
+    rows = {row["variant"]: row for row in rethinking.run("digits_lenet", seed=0, lr_schedule=schedule)}
+    assert list(rows) == list(rethinking.VARIANTS)
+    pruned = rows["fine-tuned"]["params"]
+    assert pruned < rows["dense"]["params"]
+    assert all(rows[v]["params"] == pruned for v in ("scratch-E", "scratch-B", "ticket-E"))  # same compact architecture
+    assert rows["scratch-E"]["epochs"] == rows["dense"]["epochs"] == 2
+    assert rows["scratch-B"]["epochs"] > rows["scratch-E"]["epochs"]  # same compute as dense: more epochs
+    assert all(0.0 <= r["test_acc"] <= 1.0 for r in rows.values())
+
+
+def test_lottery_ticket_rounds_reach_their_sparsity():
+    result = lottery_ticket.run("ticket", seed=0, rounds=2, epochs_per_round=1)
+    rounds = result["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert rounds[0]["remaining"] == 1.0
+    assert rounds[1]["remaining"] > rounds[2]["remaining"] > 0.6  # 20 % per round (10 % for the output layer)
+    assert rounds[2]["params"] < rounds[0]["params"]
+
+
+def test_han_iterative_and_one_shot_reach_the_same_target(monkeypatch):
+    monkeypatch.setattr(han_iterative, "WARMUP", 1)
+    monkeypatch.setattr(han_iterative, "FINETUNE", 1)
+    iterative = han_iterative.run("iterative", 0.5, seed=0)
+    one_shot = han_iterative.run("oneshot", 0.5, seed=0)
+    assert iterative["cycles"] > 1 and one_shot["cycles"] == 1
+    assert iterative["epochs"] == one_shot["epochs"]  # the same training budget
+    assert iterative["sparsity"] == pytest.approx(0.5, abs=1e-3) and one_shot["sparsity"] == pytest.approx(0.5, abs=1e-3)
