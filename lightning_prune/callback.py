@@ -40,6 +40,7 @@ from lightning_prune.lottery import (
     reinitialized_state,
     rewind,
     shuffle_within_groups,
+    signed_constant_state,
     slice_snapshot,
     training_snapshot,
 )
@@ -49,7 +50,7 @@ from lightning_prune.ranking import NORMALIZERS, SCOPES, min_units, prunable_cap
 from lightning_prune.schedules import SCHEDULES, Timeline, sparsity_schedule
 
 MODES = ("max", "min")
-CONTROLS = ("reinit", "random_mask")
+CONTROLS = ("reinit", "random_mask", "signed_constant")
 UNSUPPORTED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
 
@@ -113,8 +114,10 @@ class Pruning(Callback):
             lottery tickets) or an epoch ``k <= warmup_epochs`` (late rewinding, to the start of
             epoch ``k``). With removed neurons the snapshot is cut to the survivors at each removal.
         control: The lottery-ticket controls: ``"reinit"`` (rewind to a fresh random
-            initialisation instead of the original one) or ``"random_mask"`` (prune as many units
-            per layer as the criterion chose, but random ones).
+            initialisation instead of the original one), ``"random_mask"`` (prune as many units
+            per layer as the criterion chose, but random ones) or ``"signed_constant"`` (rewind
+            the prunable layers' weights to ``sign(w) * std`` of their rewind-point values: only
+            the signs of the original initialisation survive, Zhou et al. 2019).
         layer_targets: Per-layer final targets, ``{pattern: fraction}`` (``scope="layer"``,
             ``budget="units"``): layers (neuron groups) whose name matches a glob pattern end at
             their own fraction, following the same schedule: after every cycle their kept fraction
@@ -204,8 +207,10 @@ class Pruning(Callback):
             )
         if control is not None and control not in CONTROLS:
             raise ValueError(f"`control` must be one of {CONTROLS} or None, got {control!r}.")
-        if control == "reinit" and rewind is None:
-            raise ValueError("`control`='reinit' re-initialises instead of rewinding; it needs `rewind`='init' or an epoch.")
+        if control in ("reinit", "signed_constant") and rewind is None:
+            raise ValueError(
+                f"`control`={control!r} changes the values rewound to; it needs `rewind`='init' or an epoch, got rewind=None."
+            )
         if scope not in SCOPES:
             raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}.")
         if normalize is not None:
@@ -645,6 +650,8 @@ class Pruning(Callback):
         point = training_snapshot(pl_module, trainer.optimizers, self._schedulers(trainer))
         if self.control == "reinit":
             point["model"] = reinitialized_state(pl_module, seed=self.seed + 1)
+        elif self.control == "signed_constant":
+            point["model"] = signed_constant_state(point["model"], [layer.weight_name for layer in self.pruner.layers])
         return point
 
     def _snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:

@@ -7,6 +7,9 @@
   same values, however many rounds came before.
 * Controls: the same masks with a fresh random initialisation (:func:`reinitialized_state`), and
   random masks with the same per-layer counts (:func:`shuffle_within_groups`).
+* Deconstructing tickets (Zhou et al. 2019): what of the initial weights matters? Keep only their
+  signs (:func:`signed_constant_state`, every weight ``sign(w) * std`` of its layer), or only their
+  magnitudes (:func:`random_sign_state`, signs redrawn at random).
 * Scratch training (Liu et al. 2019): Scratch-E trains the pruned architecture from scratch for
   the same epochs, Scratch-B for the same compute (:func:`scratch_epochs`).
 """
@@ -121,6 +124,41 @@ def _reinitialise(model: nn.Module, seed: int) -> None:
         for module in model.modules():
             if callable(getattr(module, "reset_parameters", None)):
                 module.reset_parameters()
+
+
+def signed_constant_state(state: Mapping[str, torch.Tensor], names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Copy of ``state`` whose named tensors keep only their signs: ``sign(w) * std(w)`` per tensor.
+
+    Zhou et al. (2019)'s "signed constant" initialisation: every weight of a layer gets the same
+    magnitude, the standard deviation of the layer's values, and keeps its own sign. Other entries
+    (biases, buffers) are copied unchanged.
+
+    Raises:
+        KeyError: If a name is not in ``state``.
+    """
+    result = clone_tensors(dict(state))
+    for name in names:
+        value = result[name]
+        result[name] = torch.sign(value) * value.float().std().to(value.dtype)
+    return result
+
+
+def random_sign_state(state: Mapping[str, torch.Tensor], names: Sequence[str], seed: int) -> dict[str, torch.Tensor]:
+    """Copy of ``state`` whose named tensors keep their magnitudes with random signs (Zhou et al. 2019).
+
+    Each entry is ``|w|`` times an independent fair sign drawn from ``seed``; other entries are
+    copied unchanged.
+
+    Raises:
+        KeyError: If a name is not in ``state``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    result = clone_tensors(dict(state))
+    for name in names:
+        value = result[name]
+        signs = torch.randint(0, 2, value.shape, generator=generator).to(value.device, value.dtype) * 2 - 1
+        result[name] = value.abs() * signs
+    return result
 
 
 def shuffle_within_groups(

@@ -8,7 +8,14 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from conftest import make_trainer
 from lightning_prune import Pruning
 from lightning_prune.data import DigitsDataModule
-from lightning_prune.lottery import clone_tensors, reinitialized_state, scratch_epochs, shuffle_within_groups
+from lightning_prune.lottery import (
+    clone_tensors,
+    random_sign_state,
+    reinitialized_state,
+    scratch_epochs,
+    shuffle_within_groups,
+    signed_constant_state,
+)
 from lightning_prune.models import Classifier
 
 
@@ -96,6 +103,33 @@ def test_reinit_control_rewinds_to_a_fresh_initialisation():
     fresh = reinitialized_state(Classifier("lenet_300_100"), seed=1)
     assert torch.equal(state[name][kept], fresh[name][kept])
     assert not torch.equal(state[name][kept], init[name][kept])
+
+
+def test_signed_constant_and_random_sign_states_keep_one_property_of_the_weights():
+    generator = torch.Generator().manual_seed(0)
+    state = {"w": torch.randn(30, 20, generator=generator), "b": torch.randn(30, generator=generator)}
+    signed = signed_constant_state(state, ["w"])
+    assert torch.equal(torch.sign(signed["w"]), torch.sign(state["w"]))  # the signs survive
+    assert torch.allclose(signed["w"].abs(), torch.full((30, 20), float(state["w"].std())))  # one magnitude
+    assert torch.equal(signed["b"], state["b"]) and signed["b"] is not state["b"]  # others copied
+    flipped = random_sign_state(state, ["w"], seed=3)
+    assert torch.equal(flipped["w"].abs(), state["w"].abs())  # the magnitudes survive
+    agree = float((torch.sign(flipped["w"]) == torch.sign(state["w"])).float().mean())
+    assert 0.35 < agree < 0.65  # about half of the signs flipped
+    assert torch.equal(random_sign_state(state, ["w"], seed=3)["w"], flipped["w"])  # seeded
+
+
+def test_signed_constant_control_rewinds_the_survivors_to_their_signs():
+    pruning, probe = _lottery_run("init", control="signed_constant")
+    init = probe.states[0]["model"]
+    for epoch in (2, 3, 4):
+        state = probe.states[epoch]["model"]
+        for name in ("model.features.0.weight", "model.classifier.weight"):
+            kept = state[name] != 0
+            assert 0 < int(kept.sum()) < kept.numel()
+            expected = torch.sign(init[name]) * init[name].std()
+            assert torch.equal(state[name][kept], expected[kept])
+        assert torch.equal(state["model.features.0.bias"], init["model.features.0.bias"])  # biases rewound as they were
 
 
 def test_random_mask_control_keeps_the_per_layer_counts():

@@ -35,8 +35,10 @@
 #   (`control="random_mask"`).
 # - Read one-seed results honestly against the paper and against the repository's 3-seed,
 #   full-length experiment (`experiments/results/lottery_ticket.md`).
+# - Deconstruct the ticket as Zhou et al. (2019) did: how good is the mask on the *untrained* initial
+#   weights (a "supermask")? Do the signs of the initial weights matter, or their magnitudes?
 #
-# Runs in about 25 s on 2 CPU cores.
+# Runs in about 30 s on 2 CPU cores.
 
 # %%
 import copy
@@ -94,14 +96,17 @@ TARGET = 1 - (1 - PER_CYCLE) ** ROUNDS
 
 # %%
 class RoundRecorder(Callback):
-    """Per epoch: validation and test accuracy; optionally the weights at the start of one epoch."""
+    """Per epoch: validation and test accuracy; per round: the keep-masks; optionally the weights at
+    the start of one epoch."""
 
-    def __init__(self, snapshot_epoch=None):
-        self.val, self.test = {}, {}
-        self.snapshot_epoch, self.snapshot = snapshot_epoch, None
+    def __init__(self, pruning, snapshot_epoch=None):
+        self.val, self.test, self.masks = {}, {}, {}
+        self.pruning, self.snapshot_epoch, self.snapshot = pruning, snapshot_epoch, None
 
     def on_train_epoch_start(self, trainer, pl_module):
         # Runs after Pruning's hook (callbacks run in list order): the prune and the rewind are done.
+        if trainer.current_epoch % F == 0:  # the start of a round: this round's masks
+            self.masks[trainer.current_epoch // F] = {name: mask.clone() for name, mask in self.pruning.keep.items()}
         if trainer.current_epoch == self.snapshot_epoch:
             self.snapshot = copy.deepcopy(pl_module.state_dict())
 
@@ -128,7 +133,7 @@ def run(variant):
     initial = copy.deepcopy(model.state_dict())
     pruning = Pruning(criterion="l1", granularity="weight", scope="layer", target=TARGET, schedule="geometric",
                       per_cycle=PER_CYCLE, warmup_epochs=F, finetune_epochs=F, verbose=False, **VARIANTS[variant])
-    recorder = RoundRecorder(snapshot_epoch=F)
+    recorder = RoundRecorder(pruning, snapshot_epoch=F)
     quiet_trainer((ROUNDS + 1) * F, [pruning, recorder]).fit(model, datamodule)
     return {"model": model, "initial": initial, "pruning": pruning, "recorder": recorder}
 
@@ -257,6 +262,75 @@ assert table["ticket"]["val"][-1] - table["random_mask"]["val"][-1] > 0.15
 # Whether the *initial values* are lucky is the part of the hypothesis that depends on the setting.
 
 # %% [markdown]
+# ## Deconstructing the ticket: the mask alone, and the signs (Zhou et al. 2019)
+#
+# Zhou, Lan, Liu & Yosinski ("Deconstructing Lottery Tickets: Zeros, Signs, and the Supermask",
+# NeurIPS 2019), also in the lecture, asked *what* of the ticket matters:
+#
+# - **The mask alone.** Put each round's mask on the *initial, untrained* weights and test it. If the
+#   mask only selected weights that train well, this network should be at chance (10 %). Zhou et al.
+#   found it far above chance: pruning is itself a kind of training, and such a mask is a
+#   **supermask**.
+# - **Signs or magnitudes?** Keep the mask and replace the surviving initial weights by
+#   `sign(w) * std` of their layer (`signed_constant_state`: only the signs survive), or keep their
+#   magnitudes with random signs (`random_sign_state`). Zhou et al. found the signs are what matters.
+#
+# No training here: every number below is a test accuracy of *initial* weights under a mask, for the
+# ticket's mask of each round, and for a random mask with the same per-layer counts.
+
+# %%
+from lightning_prune import apply_masks
+from lightning_prune.lottery import random_sign_state, shuffle_within_groups, signed_constant_state
+
+
+def untrained_accuracy(state, keep):
+    """Test accuracy of a LeNet-300-100 holding `state`, with the weights outside `keep` zeroed."""
+    model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
+    model.load_state_dict(state)
+    apply_masks(model, {name + ".weight": mask for name, mask in keep.items()})
+    model.eval()
+    with torch.no_grad():
+        return (model(x_test).argmax(dim=1) == y_test).float().mean().item()
+
+
+initial = ticket["initial"]
+names = [name + ".weight" for name in ticket["pruning"].keep]
+starts = {
+    "initial weights": initial,
+    "signs only": signed_constant_state(initial, names),
+    "magnitudes only": random_sign_state(initial, names, seed=0),
+}
+generator = torch.Generator().manual_seed(0)
+supermask = {kind: [] for kind in (*starts, "random mask")}
+for r in range(1, ROUNDS + 1):
+    mask = ticket["recorder"].masks[r]
+    for kind, state in starts.items():
+        supermask[kind].append(untrained_accuracy(state, mask))
+    everything = {name: torch.ones_like(m) for name, m in mask.items()}
+    supermask["random mask"].append(untrained_accuracy(initial, shuffle_within_groups(everything, mask, generator)))
+no_mask = untrained_accuracy(initial, {name: torch.ones_like(m) for name, m in ticket["pruning"].keep.items()})
+print(f"untrained dense network: {no_mask:.3f} (chance is 0.1)")
+print(f"{'remaining':>9s} " + " ".join(f"{kind:>16s}" for kind in supermask))
+for r, fraction in enumerate(remaining[1:]):
+    print(f"{fraction:9.1%} " + " ".join(f"{supermask[kind][r]:16.3f}" for kind in supermask))
+
+# %%
+assert max(supermask["initial weights"]) > 0.6, supermask      # the ticket's mask alone classifies
+assert max(supermask["signs only"]) > 0.6, supermask           # ... and so it does with only the signs
+assert max(supermask["random mask"]) < 0.3, supermask          # a random mask of the same size does not
+assert max(supermask["magnitudes only"]) < 0.3, supermask      # nor do the magnitudes with random signs
+
+# %% [markdown]
+# Read the table row by row. With the ticket's mask, the untrained initial weights already classify
+# most test digits at moderate sparsity, while a random mask with the same counts, or the same
+# magnitudes with random signs, stay near chance. Keeping only the signs (every weight of a layer
+# the same size) does about as well as the true initial values at moderate sparsity, and somewhat
+# worse once few weights are left; the magnitudes alone are worth nothing. Zhou et al.'s reading: magnitude
+# pruning with rewinding keeps weights whose training *moved them away from zero in the direction
+# of their initial sign*; the mask plus the signs already encode much of what training learned. At the
+# highest sparsity the supermask fades: too few weights are left for the untrained network to work.
+#
+# %% [markdown]
 # ## Summary
 #
 # - The lottery ticket hypothesis: a big randomly initialised network contains sub-networks (winning
@@ -268,6 +342,9 @@ assert table["ticket"]["val"][-1] - table["random_mask"]["val"][-1] > 0.15
 # - The controls, `control="reinit"` and `control="random_mask"`, keep the same per-layer sparsity
 #   (`pruning.keep`). Random masks collapse at high sparsity; on digits, re-initialised tickets do
 #   about as well as the winning ticket, in this one-seed run and in the 3-seed experiment.
+# - Deconstructing the ticket (Zhou et al. 2019): the ticket's mask on the untrained initial weights is
+#   already far above chance (a supermask), and keeping only the signs of the initial weights
+#   (`signed_constant_state`) does nearly as well at moderate sparsity, while random signs do not.
 #
 # ## Exercises
 #
@@ -281,3 +358,6 @@ assert table["ticket"]["val"][-1] - table["random_mask"]["val"][-1] > 0.15
 #    finetune_epochs=F`. How does one prune to 7.8 % compare with five?
 # 5. Raise the learning rate to 1e-2 for all three variants. The paper reports that tickets are
 #    harder to find at large learning rates for deeper networks; what happens here?
+# 6. Train a fourth variant, `control="signed_constant"`: every round rewinds the survivors to
+#    `sign(w) * std` of their layer instead of their initial values. Does it train as well as the
+#    ticket, as Zhou et al. found?
