@@ -125,6 +125,39 @@ def bench(dense: torch.nn.Module, input_shape: tuple[int, ...], keep_fractions: 
     return {"dense_macs_per_example": dense_macs, "variants": rows}
 
 
+LAYER_WIDTHS = (30, 32, 33, 40, 48, 60, 64)
+SMALL_LAYERS = ((32, 16), (16, 10), (33, 11), (11, 10))
+
+
+def bench_layers(in_features: int, batch: int, repeats: int, block_s: float, quick: bool) -> dict[str, Any]:
+    """One ``Linear(in_features, N)`` per width N, and the small tail layers alone, timed side by side.
+
+    MACs per second show the width effect directly (a width that is not a multiple of the kernel's
+    block runs fewer MACs per second); the tail layers' time is almost all fixed per-call cost.
+    """
+    torch.manual_seed(0)
+    widths = LAYER_WIDTHS[:3] if quick else LAYER_WIDTHS
+    x = torch.randn(batch, in_features)
+    fns: dict[str, Callable[[], Any]] = {}
+    macs: dict[str, float] = {}
+    for n in widths:
+        layer = torch.nn.Linear(in_features, n)
+        fns[f"{in_features}->{n}"] = lambda layer=layer: layer(x)
+        macs[f"{in_features}->{n}"] = batch * in_features * n
+    for a, b in SMALL_LAYERS:
+        layer, h = torch.nn.Linear(a, b), torch.randn(batch, a)
+        fns[f"{a}->{b}"] = lambda layer=layer, h=h: layer(h)
+        macs[f"{a}->{b}"] = batch * a * b
+    with torch.inference_mode():
+        blocks, _ = C.calibrated_blocks(fns, torch.device("cpu"), block_s, warmup=3)
+        times = C.interleave(blocks, repeats, seed=1)
+    rows = {}
+    for name, ts in times.items():
+        us = C.spread([t * 1e6 for t in ts])
+        rows[name] = {"us": us, "macs": macs[name], "gmacs_per_s": macs[name] / (us["median"] * 1e-6) / 1e9}
+    return rows
+
+
 def goals(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Per rounding: the largest MAC cut whose speedup reaches :data:`GOAL` of it (the issue's goal for MLPs)."""
     rows = []
@@ -139,8 +172,9 @@ def goals(report: Mapping[str, Any]) -> list[dict[str, Any]]:
         figure = ", ".join(f"widths {'/'.join(map(str, v['widths']))}: {v['speedup_over_mac_cut']:.2f} at {v['mac_cut']:.1f}x"
                            for v in sorted(mine, key=lambda v: v["mac_cut"]))
         rows.append({"part": NAME, "subject": f"{report['config']['model']}, round_to={r}",
-                     "goal": f"speedup ≥ {GOAL} of the MAC cut at batch {report['config']['batch']}",
-                     "figure": figure, "met": best is not None,
+                     "goal": f"diagnostic (the goal is judged in the inference part): the largest MAC cut whose "
+                             f"speedup reaches {GOAL} of it, batch {report['config']['batch']}",
+                     "figure": figure, "met": None,
                      "margin": (f"met up to a {best['mac_cut']:.1f}x MAC cut (widths {'/'.join(map(str, best['widths']))})"
                                 if best else "met at no fraction")
                                + f"; at the deepest cut ({deepest['mac_cut']:.1f}x) {deepest['speedup_over_mac_cut']:.2f}",
@@ -170,14 +204,23 @@ def to_markdown(report: Mapping[str, Any]) -> str:
              "Every compact model's outputs equal the dense model's with the same units masked "
              f"(max |diff| ≤ {ATOL}).", ""]
     lines += table(report)
-    lines += ["", "## Goal", "", "| subject | goal | met | margin |", "|---|---|---|---|"]
+    lines += ["", "## Single layers", "", f"Each layer alone at batch {c['batch']} (median µs of interleaved blocks "
+              "[min–max]) and its multiply-accumulates per second:", ""] + layer_table(report)
+    lines += ["", "## Diagnostic", "", "| subject | what | margin |", "|---|---|---|"]
     for g in report["goals"]:
-        lines.append(f"| {g['subject']} | {g['goal']} | {'yes' if g['met'] else '**no**'} | {g['margin']} |")
+        lines.append(f"| {g['subject']} | {g['goal']} | {g['margin']} |")
     return "\n".join(lines) + "\n"
 
 
+def layer_table(report: Mapping[str, Any]) -> list[str]:
+    lines = ["| layer (in->out) | µs per call | GMAC/s |", "|---|---|---:|"]
+    for name, row in report.get("layers", {}).items():
+        lines.append(f"| {name} | {C.fmt_spread(row['us'], '{:.1f}')} | {row['gmacs_per_s']:.1f} |")
+    return lines
+
+
 def suite_section(report: Mapping[str, Any]) -> str:
-    return "\n".join(table(report)) + "\n"
+    return "\n".join(table(report) + ["", "Single layers at the same batch:", ""] + layer_table(report)) + "\n"
 
 
 def plot(report: Mapping[str, Any], out: Path) -> list[str]:
@@ -231,6 +274,8 @@ def run(quick: bool = False, out: Path = C.DEFAULT_OUT, device: str | None = "au
                        "device_requested": device, "precision": "fp32"},
         }
         report["results"] = bench(dense, input_shape, report["config"]["keep_fractions"], batch, repeats, block_s, say)
+        say("timing single layers by width")
+        report["layers"] = bench_layers(int(torch.Size(input_shape).numel()), batch, repeats, block_s, quick)
     return C.finish(report, Path(out), NAME, started, goals, plot, to_markdown)
 
 

@@ -226,11 +226,11 @@ def main() -> None:
     parser.add_argument("--name", default="lottery_ticket")
     parser.add_argument("--render", action="store_true", help="only rewrite the report from the saved JSON")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)  # before --render too: the report records the thread count
     if args.render:
         saved = json.loads((args.out / f"{args.name}.json").read_text())
         report(saved["results"], args, saved["runtime_s"])
         return
-    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     results = []
     for dataset in args.datasets:

@@ -252,11 +252,11 @@ def main() -> None:
     parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
                         help="learning-rate schedule of every run (Classifier's lr_schedule)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)  # before --render too: the report records the thread count
     if args.render:
         saved = json.loads((args.out / f"{_stem(args)}.json").read_text())
         report(saved["rows"], args, saved["runtime_s"])
         return
-    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     rows = []
     for name in args.experiments:

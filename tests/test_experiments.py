@@ -46,3 +46,15 @@ def test_han_iterative_and_one_shot_reach_the_same_target(monkeypatch):
     assert iterative["cycles"] > 1 and one_shot["cycles"] == 1
     assert iterative["epochs"] == one_shot["epochs"]  # the same training budget
     assert iterative["sparsity"] == pytest.approx(0.5, abs=1e-3) and one_shot["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_deconstructing_records_supermask_accuracies_for_every_round():
+    import deconstructing
+
+    result = deconstructing.run("digits", seed=0, rounds=2, epochs_per_round=1, per_cycle=0.3)
+    assert set(result["trained"]) == {"ticket", "signed_constant"}
+    assert result["trained"]["ticket"]["remaining"] == pytest.approx([1.0, 0.7, 0.49], abs=1e-3)
+    for kind in deconstructing.UNTRAINED:
+        assert len(result["untrained"][kind]) == 2 and all(0.0 <= a <= 1.0 for a in result["untrained"][kind])
+    # a random mask on untrained weights stays near chance (10 classes)
+    assert max(result["untrained"]["random mask"]) < 0.3
