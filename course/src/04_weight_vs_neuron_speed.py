@@ -311,7 +311,7 @@ assert efficiency["rounded to 16"] > efficiency["plain"], efficiency  # aligned 
 # %% [markdown]
 # The rounded network does *more* multiply-accumulates, yet it is about as fast or faster, and its
 # speed-up follows its MAC cut much more closely (the repository's `benchmarks/results/width_alignment.md`
-# measures this for several fractions: 0.75 of the MAC cut at widths 60/20, 0.94 at 64/32). When you
+# measures this for several fractions: 0.74 of the MAC cut at widths 60/20, 0.91 at 64/32). When you
 # prune for speed, round the widths to what the hardware computes in one go: `round_to=8` or `16` on
 # CPUs, multiples of 8 (fp16) or more on GPU tensor cores.
 #
