@@ -217,11 +217,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--render", action="store_true", help="only rewrite the report from the saved JSON")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)  # before --render too: the report records the thread count
-    if args.render:
+    if args.render:  # the report keeps the environment recorded by the run
         saved = json.loads((args.out / "deconstructing.json").read_text())
-        report(saved["results"], args, saved["runtime_s"])
+        report(saved["results"], args, saved["runtime_s"], saved.get("environment"))
         return
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     results = []
     for dataset in args.datasets:
@@ -234,14 +234,14 @@ def main() -> None:
     report(results, args, time.perf_counter() - start)
 
 
-def report(results: list[dict[str, Any]], args: argparse.Namespace, runtime: float) -> None:
+def report(results: list[dict[str, Any]], args: argparse.Namespace, runtime: float, environment: str | None = None) -> None:
     """Print the tables and write the markdown, JSON and plot."""
     args.out.mkdir(parents=True, exist_ok=True)
     tables = {d: table(results, d) for d in args.datasets}
     for dataset, text in tables.items():
         print(f"## {dataset}\n{text}")
     plot(results, args.out / "deconstructing.png")
-    environment = (f"torch {torch.__version__}, lightning {L.__version__}, Python {platform.python_version()}, "
+    environment = environment or (f"torch {torch.__version__}, lightning {L.__version__}, Python {platform.python_version()}, "
                    f"{torch.get_num_threads()} torch thread(s), {platform.machine()}")
     command = "python experiments/deconstructing.py --seeds " + " ".join(map(str, args.seeds))
     if args.datasets != list(DATASETS):

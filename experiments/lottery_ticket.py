@@ -226,11 +226,11 @@ def main() -> None:
     parser.add_argument("--name", default="lottery_ticket")
     parser.add_argument("--render", action="store_true", help="only rewrite the report from the saved JSON")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)  # before --render too: the report records the thread count
-    if args.render:
+    if args.render:  # the report keeps the environment recorded by the run
         saved = json.loads((args.out / f"{args.name}.json").read_text())
-        report(saved["results"], args, saved["runtime_s"])
+        report(saved["results"], args, saved["runtime_s"], saved.get("environment"))
         return
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     results = []
     for dataset in args.datasets:
@@ -243,7 +243,7 @@ def main() -> None:
     report(results, args, runtime)
 
 
-def report(results: list[dict[str, Any]], args: argparse.Namespace, runtime: float) -> None:
+def report(results: list[dict[str, Any]], args: argparse.Namespace, runtime: float, environment: str | None = None) -> None:
     """Print the tables and write the markdown, JSON and plots."""
     args.out.mkdir(parents=True, exist_ok=True)
     tables = {dataset: table(results, dataset) for dataset in args.datasets}
@@ -251,7 +251,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, runtime: flo
         print(f"## {dataset}\n{tables[dataset]}")
         plot(results, dataset, args.out / (f"{args.name}.png" if dataset == "digits" else f"{args.name}_{dataset}.png"))
     print(f"total runtime {runtime:.0f} s")
-    environment = (f"torch {torch.__version__}, lightning {L.__version__}, Python {platform.python_version()}, "
+    environment = environment or (f"torch {torch.__version__}, lightning {L.__version__}, Python {platform.python_version()}, "
                    f"{torch.get_num_threads()} torch thread(s), {platform.machine()}")
     command = ("python experiments/lottery_ticket.py --seeds " + " ".join(map(str, args.seeds))
                + (" --datasets " + " ".join(args.datasets) if args.datasets != ["digits"] else "")

@@ -83,7 +83,7 @@ def _fit(model: Classifier, config: dict[str, Any], seed: int, epochs: int, call
     val = trainer.validate(model, data, verbose=False)[0]["val_acc"]
     test = trainer.test(model, data, verbose=False)[0]["test_acc"]
     return {"val_acc": val, "test_acc": test, "epochs": epochs, "fit_seconds": seconds,
-            "params": sum(p.numel() for p in model.parameters())}
+            "params": sum(p.numel() for p in model.parameters()), "final_lr": trainer.optimizers[0].param_groups[0]["lr"]}
 
 
 def run(experiment: str, seed: int, lr_schedule: str = "constant") -> list[dict[str, Any]]:
@@ -252,11 +252,11 @@ def main() -> None:
     parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
                         help="learning-rate schedule of every run (Classifier's lr_schedule)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)  # before --render too: the report records the thread count
-    if args.render:
+    if args.render:  # the report keeps the environment recorded by the run
         saved = json.loads((args.out / f"{_stem(args)}.json").read_text())
-        report(saved["rows"], args, saved["runtime_s"])
+        report(saved["rows"], args, saved["runtime_s"], saved.get("environment"))
         return
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     rows = []
     for name in args.experiments:
@@ -272,7 +272,7 @@ def _stem(args: argparse.Namespace) -> str:
     return "rethinking" if args.lr_schedule == "constant" else f"rethinking_{args.lr_schedule}"
 
 
-def report(rows: list[dict[str, Any]], args: argparse.Namespace, runtime: float) -> None:
+def report(rows: list[dict[str, Any]], args: argparse.Namespace, runtime: float, environment: str | None = None) -> None:
     """Print the tables and write the markdown, JSON and plot."""
     table = tables(rows)
     print(table)
@@ -280,7 +280,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, runtime: float)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = _stem(args)
     plot(rows, args.out / f"{stem}.png")
-    environment = (f"torch {torch.__version__}, lightning {L.__version__}, Python {platform.python_version()}, "
+    environment = environment or (f"torch {torch.__version__}, lightning {L.__version__}, Python {platform.python_version()}, "
                    f"{torch.get_num_threads()} torch thread(s), {platform.machine()}")
     command = "python experiments/rethinking.py --seeds " + " ".join(map(str, args.seeds))
     if args.experiments != list(EXPERIMENTS):

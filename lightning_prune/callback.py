@@ -51,6 +51,7 @@ from lightning_prune.schedules import SCHEDULES, Timeline, sparsity_schedule
 
 MODES = ("max", "min")
 CONTROLS = ("reinit", "random_mask", "signed_constant")
+_ADDED_LATER = {"normalize": None}  # config keys newer than the first checkpoints, with their defaults
 UNSUPPORTED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
 
@@ -103,8 +104,10 @@ class Pruning(Callback):
         scope: ``"global"`` (one ranking across layers) or ``"layer"`` (same fraction per layer).
         normalize: ``scope="global"`` only: rescale each layer's (group's) scores before the
             ranking, by the mean, max or L2 norm of its kept units' scores (``"mean"``, ``"max"``,
-            ``"l2"``; Molchanov et al. 2017 use ``"l2"`` for Taylor scores), so that layers whose
-            raw scores are on a smaller scale are not emptied first. ``None``: raw scores.
+            ``"l2"``), so that layers whose raw scores are on a smaller scale are not emptied
+            first. ``"mean"`` is size-neutral; the L2 norm grows with the square root of the
+            number of units, so ``"l2"`` (Molchanov et al. 2017's choice for Taylor scores of
+            neurons) prunes large layers harder, strongly so for weights. ``None``: raw scores.
         target: Final fraction removed, in (0, 1): of prunable units (weights or neurons), or of
             the dense model's parameters or MACs (see ``budget``).
         budget: What ``target`` and the schedule count: ``"units"``, ``"params"`` or ``"macs"``.
@@ -342,6 +345,8 @@ class Pruning(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         config = state_dict.get("config")
+        if isinstance(config, dict):  # arguments added later take their defaults in older checkpoints
+            config = {**_ADDED_LATER, **config}
         if config != self._config():
             raise ValueError(
                 f"Checkpointed Pruning state was made with {config}, this callback is configured with "

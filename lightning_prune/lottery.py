@@ -139,7 +139,8 @@ def signed_constant_state(state: Mapping[str, torch.Tensor], names: Sequence[str
     result = clone_tensors(dict(state))
     for name in names:
         value = result[name]
-        result[name] = torch.sign(value) * value.float().std().to(value.dtype)
+        spread = value.float().std() if value.numel() > 1 else value.float().abs().flatten()[0]  # one weight: its own size
+        result[name] = torch.sign(value) * spread.to(value.dtype)
     return result
 
 

@@ -226,8 +226,14 @@ class Classifier(PrunedCheckpointMixin, L.LightningModule):
         input_shape: Shape of one example without the batch dimension; when given,
             ``example_input_array`` is a batch of two zero inputs.
         lr_schedule: ``"constant"``, or ``"cosine"``: cosine annealing from ``lr`` towards 0 over
-            the fit's ``max_epochs``, stepped once per epoch (``CosineAnnealingLR``). ``Pruning``
-            leaves the scheduler untouched when it removes neurons, and rewinds it with ``rewind``.
+            ``lr_schedule_epochs`` epochs, stepped once per epoch (``CosineAnnealingLR``). ``Pruning``
+            leaves the scheduler untouched when it removes neurons. With ``Pruning(rewind=...)`` the
+            scheduler is rewound with everything else at every round, so each round replays the
+            first epochs of the schedule: set ``lr_schedule_epochs`` to the round length (e.g.
+            ``finetune_epochs``) for a full anneal per round.
+        lr_schedule_epochs: Length of the cosine schedule in epochs (default: the first fit's
+            ``max_epochs``). It is fixed when the optimizer is configured: a fit resumed from a
+            checkpoint keeps the checkpoint's schedule, whatever its own ``max_epochs``.
 
     Raises:
         ValueError: If ``arch``, ``optimizer`` or ``lr_schedule`` is unknown, ``lr <= 0``, or
@@ -244,10 +250,14 @@ class Classifier(PrunedCheckpointMixin, L.LightningModule):
         weight_decay: float = 0.0,
         input_shape: tuple[int, ...] | None = None,
         lr_schedule: str = "constant",
+        lr_schedule_epochs: int | None = None,
     ) -> None:
         super().__init__()
         if lr_schedule not in _LR_SCHEDULES:
             raise ValueError(f"lr_schedule={lr_schedule!r} is not supported; expected one of {list(_LR_SCHEDULES)}")
+        if lr_schedule_epochs is not None and (isinstance(lr_schedule_epochs, bool) or not isinstance(lr_schedule_epochs, int)
+                                               or lr_schedule_epochs < 1):
+            raise ValueError(f"lr_schedule_epochs={lr_schedule_epochs!r} must be an integer >= 1 or None")
         if optimizer not in _OPTIMIZERS:
             raise ValueError(
                 f"optimizer={optimizer!r} is not supported; expected one of {list(_OPTIMIZERS)}"
@@ -301,8 +311,11 @@ class Classifier(PrunedCheckpointMixin, L.LightningModule):
             optimizer = cls(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         if hp.get("lr_schedule", "constant") == "constant":
             return optimizer
-        epochs = self.trainer.max_epochs if self._trainer is not None else None
+        epochs = hp.get("lr_schedule_epochs") or (self.trainer.max_epochs if self._trainer is not None else None)
         if epochs is None or epochs < 1:
-            raise ValueError(f"lr_schedule='cosine' anneals over the fit's max_epochs, which is {epochs!r}; set max_epochs >= 1.")
+            raise ValueError(
+                f"lr_schedule='cosine' anneals over the fit's max_epochs, which is {epochs!r}; set max_epochs >= 1 "
+                "or lr_schedule_epochs."
+            )
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

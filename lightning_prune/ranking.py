@@ -38,7 +38,8 @@ def normalize_scores(
     """Divide each group's scores by one statistic of its kept units' scores.
 
     ``"mean"`` divides by their mean (Torch-Pruning's default normaliser), ``"max"`` by their
-    largest, ``"l2"`` by their L2 norm (Molchanov et al. 2017). Units already pruned (and
+    largest, ``"l2"`` by their L2 norm (Molchanov et al. 2017). The L2 norm grows with the square
+    root of the group's size, so ``"l2"`` pushes a global ranking towards pruning large groups. Units already pruned (and
     ``-inf`` scores) do not enter the statistic; a group whose statistic is 0 or not finite keeps
     its scores. Within a group the order is unchanged, so only a global ranking is affected.
 
@@ -48,12 +49,14 @@ def normalize_scores(
         method: One of :data:`NORMALIZERS`.
 
     Raises:
-        ValueError: If ``method`` is unknown.
+        ValueError: If ``method`` is unknown or a group's scores and mask differ in shape.
     """
     if method not in NORMALIZERS:
         raise ValueError(f"`normalize` must be one of {NORMALIZERS} or None, got {method!r}.")
     result = {}
     for name, score in scores.items():
+        if score.shape != keep[name].shape:
+            raise ValueError(f"Scores for {name!r} have shape {tuple(score.shape)}, its mask {tuple(keep[name].shape)}.")
         value = score.detach().double().cpu()
         live = value[keep[name].cpu() & torch.isfinite(value)]
         if method == "mean":

@@ -263,3 +263,20 @@ def test_global_ranking_with_normalized_scores_does_not_empty_a_small_scale_laye
         assert widths[1] == min_units(100, 0.05), widths
     else:
         assert widths[1] > 30 and widths[0] < 270, widths
+
+
+def test_normalized_global_neuron_ranking_across_removals_reaches_the_target():
+    # After each cycle the removed units are gone from the model (scores -inf in dense coordinates):
+    # the normalising statistic must only see the units still kept.
+    from conftest import make_trainer
+
+    L.seed_everything(0, verbose=False)
+    model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
+    pruning = Pruning(criterion="l2", granularity="neuron", scope="global", target=0.6, schedule="geometric",
+                      per_cycle=0.3, warmup_epochs=1, normalize="mean", verbose=False)
+    make_trainer(1 + len(pruning.fractions), [pruning], limit_train_batches=2, limit_val_batches=1).fit(
+        model, DigitsDataModule(batch_size=32))
+    widths = [model.model.features[0].out_features, model.model.features[2].out_features]
+    assert len(pruning.fractions) >= 3 and pruning.history[-1]["sparsity"] == pytest.approx(0.6, abs=1 / 400)
+    assert 400 - sum(widths) == round(0.6 * 400)  # the units really left the model
+    assert all(w >= min_units(size, 0.01) for w, size in zip(widths, (300, 100)))

@@ -27,6 +27,9 @@ def test_rethinking_runs_every_variant_on_the_pruned_architecture(monkeypatch, s
     assert rows["scratch-E"]["epochs"] == rows["dense"]["epochs"] == 2
     assert rows["scratch-B"]["epochs"] > rows["scratch-E"]["epochs"]  # same compute as dense: more epochs
     assert all(0.0 <= r["test_acc"] <= 1.0 for r in rows.values())
+    lr = rethinking.EXPERIMENTS["digits_lenet"]["lr"]
+    for r in rows.values():  # cosine: every run ends its own schedule near 0; constant: at the base lr
+        assert r["final_lr"] < 0.05 * lr if schedule == "cosine" else r["final_lr"] == lr
 
 
 def test_lottery_ticket_rounds_reach_their_sparsity():

@@ -132,6 +132,22 @@ def test_signed_constant_control_rewinds_the_survivors_to_their_signs():
         assert torch.equal(state["model.features.0.bias"], init["model.features.0.bias"])  # biases rewound as they were
 
 
+def test_signed_constant_of_a_single_weight_is_that_weight():
+    state = signed_constant_state({"w": torch.tensor([[-0.3]])}, ["w"])
+    assert torch.equal(state["w"], torch.tensor([[-0.3]]))  # no NaN from the std of one value
+
+
+def test_signed_constant_control_with_removed_neurons_keeps_plus_minus_std_of_the_dense_layer():
+    pruning, probe = _lottery_run("init", control="signed_constant", granularity="neuron", scope="layer",
+                                  model_cls=Classifier)
+    init = probe.states[0]["model"]
+    std = float(init["model.features.0.weight"].std())
+    for epoch in (2, 3, 4):
+        rows = probe.states[epoch]["model"]["model.features.0.weight"]
+        assert rows.shape[0] < 300  # neurons were physically removed ...
+        assert torch.allclose(rows.abs(), torch.full_like(rows, std))  # ... and the survivors are ±std of the dense init
+
+
 def test_random_mask_control_keeps_the_per_layer_counts():
     generator = torch.Generator().manual_seed(0)
     before = {"a": torch.rand(40) > 0.2, "b": torch.rand(7, 5) > 0.5}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import lightning as L
@@ -240,3 +241,32 @@ def test_cosine_schedule_anneals_over_max_epochs_and_survives_neuron_removal() -
     assert module.model.features[0].out_features < 300  # neurons were removed during the fit
     assert lrs.lrs == pytest.approx([0.01 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)])
     assert all(lrs.same_params)
+
+
+def test_cosine_schedule_length_can_follow_lottery_rounds() -> None:
+    from lightning.pytorch.callbacks import Callback
+
+    from lightning_prune import Pruning
+    from lightning_prune.data import DigitsDataModule
+
+    with pytest.raises(ValueError, match="lr_schedule_epochs=0 must be an integer >= 1 or None"):
+        Classifier(lr_schedule="cosine", lr_schedule_epochs=0)
+
+    class Lrs(Callback):
+        def __init__(self) -> None:
+            self.lrs: list[float] = []
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    L.seed_everything(0, verbose=False)
+    module = Classifier("lenet_300_100", input_shape=(1, 8, 8), lr=0.01, lr_schedule="cosine", lr_schedule_epochs=3)
+    lrs = Lrs()
+    pruning = Pruning(criterion="l1", target=0.5, schedule="geometric", per_cycle=0.3, warmup_epochs=3, finetune_epochs=3,
+                      rewind="init", verbose=False)
+    trainer = L.Trainer(max_epochs=3 + 3 * len(pruning.fractions), callbacks=[pruning, lrs], limit_train_batches=2,
+                        limit_val_batches=1, accelerator="cpu", devices=1, enable_progress_bar=False,
+                        enable_model_summary=False, logger=False, enable_checkpointing=False)
+    trainer.fit(module, DigitsDataModule(batch_size=32))
+    one_round = [0.01 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)]
+    assert lrs.lrs == pytest.approx(one_round * (1 + len(pruning.fractions)))  # every round anneals from the start

@@ -127,3 +127,8 @@ def test_normalizing_zero_or_removed_scores_leaves_them_alone():
     assert normalized["gone"][0] == -math.inf and normalized["gone"][1:].tolist() == [2 / 3, 4 / 3]
     with pytest.raises(ValueError, match=r"`normalize` must be one of \('mean', 'max', 'l2'\) or None, got 'sum'"):
         normalize_scores(scores, keep, "sum")
+
+
+def test_normalizing_scores_of_the_wrong_shape_is_named():
+    with pytest.raises(ValueError, match=r"Scores for 'a' have shape \(3,\), its mask \(4,\)"):
+        normalize_scores({"a": torch.ones(3)}, {"a": torch.ones(4, dtype=torch.bool)}, "mean")

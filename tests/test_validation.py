@@ -140,3 +140,11 @@ def test_a_cycle_cut_short_by_early_stopping_is_not_judged():
     assert trainer.current_epoch == 2  # stopped after epoch 1, the cycle's first of two epochs
     assert pruning.history[0]["accepted"] is None
     assert pruning.history[0]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_checkpoints_from_before_an_argument_existed_still_resume():
+    state = Pruning(target=0.5).state_dict()
+    del state["config"]["normalize"]  # written before `normalize` was added
+    Pruning(target=0.5).load_state_dict(state)  # the default applies
+    with pytest.raises(ValueError, match="resume with the same arguments"):
+        Pruning(target=0.5, normalize="mean").load_state_dict(state)
