@@ -654,7 +654,13 @@ class Pruning(Callback):
     def _rewind_point(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         point = training_snapshot(pl_module, trainer.optimizers, self._schedulers(trainer))
         if self.control == "reinit":
-            point["model"] = reinitialized_state(pl_module, seed=self.seed + 1)
+            fresh = reinitialized_state(pl_module, seed=self.seed + 1)
+            weights = [layer.weight_name for layer in self.pruner.layers]
+            if all(torch.equal(fresh[name], point["model"][name]) for name in weights):
+                # The global seed drew this very initialisation (seed_everything(seed + 1) right before
+                # building the model): a "fresh" one from the same seed would be the original. Draw another.
+                fresh = reinitialized_state(pl_module, seed=self.seed + 1 + 2**31)
+            point["model"] = fresh
         elif self.control == "signed_constant":
             point["model"] = signed_constant_state(point["model"], [layer.weight_name for layer in self.pruner.layers])
         return point

@@ -148,6 +148,20 @@ def test_signed_constant_control_with_removed_neurons_keeps_plus_minus_std_of_th
         assert torch.allclose(rows.abs(), torch.full_like(rows, std))  # ... and the survivors are ±std of the dense init
 
 
+def test_reinit_control_differs_from_the_original_even_when_the_global_seed_matches_its_own():
+    # Pruning(seed=0) draws its fresh initialisation from seed 1; a model built right after
+    # seed_everything(1) has exactly that initialisation, so the control must draw another.
+    L.seed_everything(1)
+    pruning = Pruning(criterion="l1", target=0.5, warmup_epochs=1, rewind="init", control="reinit", verbose=False)
+    probe = Probe()
+    model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
+    make_trainer(2, [pruning, probe], limit_train_batches=2, limit_val_batches=1).fit(model, DigitsDataModule(batch_size=32))
+    init, rewound = probe.states[0]["model"], probe.states[1]["model"]
+    name = "model.features.0.weight"
+    kept = rewound[name] != 0
+    assert not torch.equal(rewound[name][kept], init[name][kept])
+
+
 def test_random_mask_control_keeps_the_per_layer_counts():
     generator = torch.Generator().manual_seed(0)
     before = {"a": torch.rand(40) > 0.2, "b": torch.rand(7, 5) > 0.5}
