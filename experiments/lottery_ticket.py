@@ -53,6 +53,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "reinit": {"rewind": "init", "control": "reinit"},
     "random_mask": {"rewind": "init", "control": "random_mask"},
 }
+ARCHS = ("lenet_300_100", "cnn1d")
 DATASETS: dict[str, dict[str, Any]] = {
     "digits": {"data": DigitsDataModule, "arch_kwargs": None, "input_shape": DigitsDataModule.input_shape},
     "mnist1d": {"data": MNIST1DDataModule, "arch_kwargs": {"in_features": 40}, "input_shape": None},
@@ -83,8 +84,11 @@ class RoundRecorder(Callback):
 
 
 def run(variant: str, seed: int, dataset: str = "digits", rounds: int = 14, epochs_per_round: int = 15,
-        lr: float = 1.2e-3) -> dict[str, Any]:
+        lr: float = 1.2e-3, arch: str = "lenet_300_100") -> dict[str, Any]:
     """Train one variant for ``rounds`` prune rounds (plus the dense round 0) with one seed.
+
+    ``arch`` is ``"lenet_300_100"`` or ``"cnn1d"`` (MNIST-1D only: two conv layers and two Linear
+    layers, the shape of Frankle & Carbin's Conv-2).
 
     Returns:
         One row per round (0 = dense): fraction of prunable weights remaining, parameters, val/test
@@ -93,7 +97,10 @@ def run(variant: str, seed: int, dataset: str = "digits", rounds: int = 14, epoc
     config = DATASETS[dataset]
     target = 1.0 - 0.8 ** rounds
     L.seed_everything(seed, verbose=False)
-    model = Classifier("lenet_300_100", arch_kwargs=config["arch_kwargs"], lr=lr, input_shape=config["input_shape"])
+    if arch not in ARCHS or (arch == "cnn1d" and dataset != "mnist1d"):
+        raise ValueError(f"arch={arch!r} on {dataset!r} is not supported; expected one of {ARCHS} (cnn1d on mnist1d only)")
+    arch_kwargs = config["arch_kwargs"] if arch == "lenet_300_100" else None
+    model = Classifier(arch, arch_kwargs=arch_kwargs, lr=lr, input_shape=config["input_shape"])
     pruning = Pruning(criterion="l1", granularity="weight", scope="layer", target=target, schedule="geometric",
                       per_cycle=0.2, layer_targets={"*classifier": 1.0 - 0.9 ** rounds},
                       warmup_epochs=epochs_per_round, finetune_epochs=epochs_per_round,
@@ -129,7 +136,7 @@ def run(variant: str, seed: int, dataset: str = "digits", rounds: int = 14, epoc
     nonzero = sum(int((p != 0).sum()) for n, p in model.named_parameters() if n.endswith("weight"))
     assert total == sum(p.numel() for n, p in model.named_parameters() if n.endswith("weight"))
     assert abs(nonzero / total - rows[-1]["remaining"]) < 1e-3, (nonzero / total, rows[-1]["remaining"])
-    return {"variant": variant, "seed": seed, "dataset": dataset, "rounds": rows, "fit_seconds": fit_seconds,
+    return {"variant": variant, "seed": seed, "dataset": dataset, "arch": arch, "rounds": rows, "fit_seconds": fit_seconds,
             "epochs_per_round": epochs_per_round, "lr": lr, "weights": total}
 
 
@@ -158,6 +165,32 @@ seeds is 0.2-2 points, so differences under about 1 point are not resolved.
 * **Random masks (same per-layer counts, original init) fall off much earlier: agrees.** Digits
   91.0 at 11.2 % and 77.8 ± 3.5 at 4.8 %; MNIST-1D 53.4 at 41.5 %, 44.1 at 11.3 %, 35.5 at 4.8 %.
   Which weights are kept matters far more than their initial values.
+"""
+
+
+# Written after ``--arch cnn1d --datasets mnist1d`` with the defaults.
+ANALYSIS_CNN1D = """## Comparison with Frankle & Carbin (2019), 1-D CNN (3 seeds, defaults)
+
+Test split: 1000 examples (0.1 points each). Paired differences are per seed, ticket minus reinit,
+test accuracy after each round's last epoch.
+
+* **Winning tickets beat random re-initialisation at moderate sparsity: agrees.** From 80 % down to
+  17 % of the weights remaining the ticket is above `reinit` in 23 of the 24 (round, seed) pairs, by
+  +1.0 to +2.2 points on average per round (e.g. +1.8 ± 0.9 at 51 %, +1.4 ± 0.4 at 27 %, +2.2 ± 1.5 at
+  21 %). This is the paper's central control, which the LeNet runs on digits and MNIST-1D did not show
+  (there re-initialisation tracks the ticket within noise); on this convolutional network, as in the
+  paper's Conv-2/4/6 results, it does.
+* **Tickets exceed the dense network: agrees.** The ticket reaches 90.7-90.9 % test accuracy at
+  41-21 % remaining against 88.3 % for the dense network trained the same 15 epochs.
+* **At extreme sparsity the order reverses: disagrees.** Below about 11 % remaining the ticket falls
+  faster than `reinit` (-2.4 ± 3.8 at 8.9 %, -5.1 ± 5.7 at 4.7 %; noisy, 2 of 3 seeds below). The paper
+  finds tickets ahead down to a few percent; here the 15-epoch rounds are short for such sparse
+  networks (both variants are still improving at their last epoch), and the library's `reinit` finds
+  its later masks on its own re-initialised run rather than reusing the ticket's.
+* **Random masks collapse: agrees** (38.0 ± 3.0 % at 4.7 %, against 67 % for the ticket).
+* **Learning speed: not measurable here.** The lowest validation loss falls on the last or
+  second-to-last epoch of almost every round for every variant: 15 epochs do not reach the point
+  where validation loss turns up, so the early-stopping epoch cannot rank the variants.
 """
 
 
@@ -223,9 +256,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1.2e-3)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--name", default="lottery_ticket")
+    parser.add_argument("--arch", default="lenet_300_100", choices=list(ARCHS),
+                        help="lenet_300_100 (default) or cnn1d (MNIST-1D only)")
+    parser.add_argument("--name", default=None, help="output file stem (default lottery_ticket[_<arch>])")
     parser.add_argument("--render", action="store_true", help="only rewrite the report from the saved JSON")
     args = parser.parse_args()
+    args.name = args.name or ("lottery_ticket" if args.arch == "lenet_300_100" else f"lottery_ticket_{args.arch}")
     if args.render:  # the report keeps the environment recorded by the run
         saved = json.loads((args.out / f"{args.name}.json").read_text())
         report(saved["results"], args, saved["runtime_s"], saved.get("environment"))
@@ -236,7 +272,7 @@ def main() -> None:
     for dataset in args.datasets:
         for seed in args.seeds:
             for variant in VARIANTS:
-                results.append(run(variant, seed, dataset, args.rounds, args.epochs_per_round, args.lr))
+                results.append(run(variant, seed, dataset, args.rounds, args.epochs_per_round, args.lr, args.arch))
                 print(f"{dataset} {variant} seed {seed}: {results[-1]['fit_seconds']:.1f} s, final test "
                       f"{100 * results[-1]['rounds'][-1]['test_acc']:.2f}", flush=True)
     runtime = time.perf_counter() - start
@@ -255,14 +291,20 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, runtime: flo
                    f"{torch.get_num_threads()} torch thread(s), {platform.machine()}")
     command = ("python experiments/lottery_ticket.py --seeds " + " ".join(map(str, args.seeds))
                + (" --datasets " + " ".join(args.datasets) if args.datasets != ["digits"] else "")
-               + f" --rounds {args.rounds} --epochs-per-round {args.epochs_per_round} --lr {args.lr}")
+               + f" --rounds {args.rounds} --epochs-per-round {args.epochs_per_round} --lr {args.lr}"
+               + (f" --arch {args.arch}" if args.arch != "lenet_300_100" else ""))
     (args.out / f"{args.name}.json").write_text(json.dumps(
-        {"command": command, "variants": VARIANTS, "batch_size": BATCH_SIZE, "optimizer": "adam", "lr": args.lr,
+        {"command": command, "arch": args.arch, "variants": VARIANTS, "batch_size": BATCH_SIZE, "optimizer": "adam", "lr": args.lr,
          "rounds": args.rounds, "epochs_per_round": args.epochs_per_round, "runtime_s": runtime,
          "environment": environment, "results": results}, indent=2))
-    lines = ["# Lottery tickets (Frankle & Carbin 2019) on digits and MNIST-1D", "", f"`{command}`", "",
-             f"Total runtime {runtime:.0f} s ({environment}; 2 shared CPU cores).", ""]
+    cnn = args.arch == "cnn1d"
+    lines = ["# Lottery tickets (Frankle & Carbin 2019) on " + ("MNIST-1D with a 1-D CNN" if cnn else "digits and MNIST-1D"),
+             "", f"`{command}`", "", f"Total runtime {runtime:.0f} s ({environment}; 2 shared CPU cores).", ""]
     lines += [__doc__.split("\n\n", 1)[1].split("Run:")[0].strip(), ""]
+    if cnn:
+        lines += ["Architecture: `CNN1D` (Conv1d 1→32, Conv1d 32→64, each ReLU + max-pool, Linear 640→128, Linear 128→10), "
+                  "the shape of the paper's Conv-2; every layer is pruned as in the LeNet runs (20 % per round, the "
+                  "output layer 10 %).", ""]
     for dataset in args.datasets:
         png = f"{args.name}.png" if dataset == "digits" else f"{args.name}_{dataset}.png"
         lines += [f"## {dataset}", "", f"![accuracy vs weights remaining]({png})", "", tables[dataset], ""]
@@ -270,10 +312,13 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, runtime: flo
               "`test @ES`: test accuracy at the round's early-stopping epoch (lowest validation loss, earliest "
               "on ties); `ES epoch`: that epoch, 1-based within the round "
               "(1 epoch = 17 iterations of batch 64 on digits, 55 on MNIST-1D). Weights remaining: fraction of the prunable weights "
-              "(all three Linear layers, biases not pruned and not counted).", ""]
-    if (args.datasets == list(DATASETS) and args.seeds == [0, 1, 2] and args.rounds == 14
-            and args.epochs_per_round == 15 and args.lr == 1.2e-3):
+              + ("(both Conv1d and both Linear layers" if cnn else "(all three Linear layers")
+              + ", biases not pruned and not counted).", ""]
+    defaults = args.seeds == [0, 1, 2] and args.rounds == 14 and args.epochs_per_round == 15 and args.lr == 1.2e-3
+    if defaults and not cnn and args.datasets == list(DATASETS):
         lines += [ANALYSIS]
+    if defaults and cnn and args.datasets == ["mnist1d"]:
+        lines += [ANALYSIS_CNN1D]
     (args.out / f"{args.name}.md").write_text("\n".join(lines))
 
 

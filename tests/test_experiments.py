@@ -32,8 +32,9 @@ def test_rethinking_runs_every_variant_on_the_pruned_architecture(monkeypatch, s
         assert r["final_lr"] < 0.05 * lr if schedule == "cosine" else r["final_lr"] == lr
 
 
-def test_lottery_ticket_rounds_reach_their_sparsity():
-    result = lottery_ticket.run("ticket", seed=0, rounds=2, epochs_per_round=1)
+@pytest.mark.parametrize(("arch", "dataset"), [("lenet_300_100", "digits"), ("cnn1d", "mnist1d")])
+def test_lottery_ticket_rounds_reach_their_sparsity(arch, dataset):
+    result = lottery_ticket.run("ticket", seed=0, dataset=dataset, rounds=2, epochs_per_round=1, arch=arch)
     rounds = result["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert rounds[0]["remaining"] == 1.0
@@ -61,3 +62,8 @@ def test_deconstructing_records_supermask_accuracies_for_every_round():
         assert len(result["untrained"][kind]) == 2 and all(0.0 <= a <= 1.0 for a in result["untrained"][kind])
     # a random mask on untrained weights stays near chance (10 classes)
     assert max(result["untrained"]["random mask"]) < 0.3
+
+
+def test_lottery_ticket_refuses_the_cnn_on_images():
+    with pytest.raises(ValueError, match="cnn1d on mnist1d only"):
+        lottery_ticket.run("ticket", seed=0, dataset="digits", rounds=1, epochs_per_round=1, arch="cnn1d")
