@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +42,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+import _common as C  # noqa: E402  (experiments/ is on sys.path when run as a script)
 from lightning_prune import Pruning, apply_masks
 from lightning_prune.data import DigitsDataModule, MNIST1DDataModule
 from lightning_prune.lottery import random_sign_state, shuffle_within_groups, signed_constant_state
@@ -99,9 +98,7 @@ def run(dataset: str, seed: int, rounds: int = 7, epochs_per_round: int = 8, per
                           verbose=False, **options)
         assert len(pruning.fractions) == rounds
         recorder = RoundStart(pruning, epochs_per_round)
-        trainer = L.Trainer(max_epochs=(rounds + 1) * epochs_per_round, callbacks=[pruning, recorder], accelerator="cpu",
-                            devices=1, enable_progress_bar=False, logger=False, enable_checkpointing=False,
-                            enable_model_summary=False, deterministic=True, num_sanity_val_steps=0, limit_val_batches=0)
+        trainer = C.trainer((rounds + 1) * epochs_per_round, [pruning, recorder], num_sanity_val_steps=0, limit_val_batches=0)
         trainer.fit(model, data)
         result["trained"][variant] = {
             "test_acc": _accuracy(model, test_x, test_y),
@@ -132,10 +129,6 @@ def run(dataset: str, seed: int, rounds: int = 7, epochs_per_round: int = 8, per
     return result
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def table(results: list[dict[str, Any]], dataset: str) -> str:
     runs = [r for r in results if r["dataset"] == dataset]
     remaining = runs[0]["trained"]["ticket"]["remaining"][1:]
@@ -143,16 +136,16 @@ def table(results: list[dict[str, Any]], dataset: str) -> str:
     for i, fraction in enumerate(remaining):
         cells = []
         for kind in UNTRAINED:
-            m, s = _mean_std([100 * r["untrained"][kind][i] for r in runs])
+            m, s = C.mean_std([100 * r["untrained"][kind][i] for r in runs])
             cells.append(f"{m:.1f} ± {s:.1f}")
         out.append(f"| {100 * fraction:.1f} % | " + " | ".join(cells) + " |")
-    dense_m, dense_s = _mean_std([100 * r["untrained_dense"] for r in runs])
+    dense_m, dense_s = C.mean_std([100 * r["untrained_dense"] for r in runs])
     lines = [f"Untrained networks (test accuracy %, mean ± std over {len(runs)} seeds; untrained dense network "
              f"{dense_m:.1f} ± {dense_s:.1f}):", ""] + out
     ticket = [100 * r["trained"]["ticket"]["test_acc"] for r in runs]
     signed = [100 * r["trained"]["signed_constant"]["test_acc"] for r in runs]
-    (tm, ts), (sm, ss) = _mean_std(ticket), _mean_std(signed)
-    dm, ds = _mean_std([s - t for s, t in zip(signed, ticket)])
+    (tm, ts), (sm, ss) = C.mean_std(ticket), C.mean_std(signed)
+    dm, ds = C.mean_std([s - t for s, t in zip(signed, ticket)])
     lines += ["", f"Trained at {100 * remaining[-1]:.1f} % remaining (test accuracy %): ticket {tm:.2f} ± {ts:.2f}, "
               f"signed constant {sm:.2f} ± {ss:.2f} (paired difference {dm:+.2f} ± {ds:.2f})."]
     return "\n".join(lines)
@@ -169,7 +162,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         runs = [r for r in results if r["dataset"] == dataset]
         x = [100 * f for f in runs[0]["trained"]["ticket"]["remaining"][1:]]
         for kind in UNTRAINED:
-            stats = [_mean_std([100 * r["untrained"][kind][i] for r in runs]) for i in range(len(x))]
+            stats = [C.mean_std([100 * r["untrained"][kind][i] for r in runs]) for i in range(len(x))]
             ax.errorbar(x, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=kind)
         ax.axhline(10, color="grey", ls=":", lw=1, label="chance")
         ax.set_xscale("log")
@@ -211,11 +204,8 @@ Test splits: digits 357 examples, MNIST-1D 1000; chance is 10 %.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    C.add_common_arguments(parser, render=True)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--render", action="store_true", help="only rewrite the report from the saved JSON")
     args = parser.parse_args()
     if args.render:  # the report keeps the environment recorded by the run
         saved = json.loads((args.out / "deconstructing.json").read_text())
@@ -241,8 +231,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, runtime: flo
     for dataset, text in tables.items():
         print(f"## {dataset}\n{text}")
     plot(results, args.out / "deconstructing.png")
-    environment = environment or (f"torch {torch.__version__}, lightning {L.__version__}, Python {platform.python_version()}, "
-                   f"{torch.get_num_threads()} torch thread(s), {platform.machine()}")
+    environment = environment or C.environment()
     command = "python experiments/deconstructing.py --seeds " + " ".join(map(str, args.seeds))
     if args.datasets != list(DATASETS):
         command += " --datasets " + " ".join(args.datasets)

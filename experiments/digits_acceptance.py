@@ -17,6 +17,7 @@ from pathlib import Path
 
 import lightning as L
 
+import _common as C  # noqa: E402  (experiments/ is on sys.path when run as a script)
 from lightning_prune import Pruning
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import Classifier
@@ -44,8 +45,7 @@ def run(variant: str, seed: int) -> dict:
     """Train one variant with one seed; return its test accuracy and final sparsity."""
     L.seed_everything(seed, verbose=False)
     pruning = VARIANTS[variant]()
-    trainer = L.Trainer(max_epochs=EPOCHS, callbacks=[pruning] if pruning else [], enable_progress_bar=False,
-                        logger=False, enable_checkpointing=False, enable_model_summary=False, deterministic=True)
+    trainer = C.trainer(EPOCHS, [pruning] if pruning else [])
     model = Classifier("lenet_300_100", lr=LR, input_shape=(1, 8, 8))
     data = DigitsDataModule(batch_size=64, seed=seed)
     trainer.fit(model, data)

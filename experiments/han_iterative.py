@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import lightning as L
 import torch
 
+import _common as C  # noqa: E402  (experiments/ is on sys.path when run as a script)
 from lightning_prune import Pruning
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import Classifier
@@ -46,9 +45,7 @@ TARGETS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 
 
 def _fit(model: Classifier, seed: int, epochs: int, callbacks: list) -> dict[str, Any]:
-    trainer = L.Trainer(max_epochs=epochs, callbacks=callbacks, accelerator="cpu", devices=1,
-                        enable_progress_bar=False, logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, deterministic=True, num_sanity_val_steps=0)
+    trainer = C.trainer(epochs, callbacks, num_sanity_val_steps=0)
     data = DigitsDataModule(batch_size=BATCH_SIZE, seed=seed)
     start = time.perf_counter()
     trainer.fit(model, data)
@@ -100,14 +97,10 @@ Test split: 357 examples, 1 example = 0.28 points.
 """
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def table(rows: list[dict[str, Any]]) -> str:
     seeds = sorted({r["seed"] for r in rows})
     dense = {r["seed"]: r["test_acc"] for r in rows if r["method"] == "dense"}
-    d_mean, d_std = _mean_std([100 * v for v in dense.values()])
+    d_mean, d_std = C.mean_std([100 * v for v in dense.values()])
     out = [f"Dense ({WARMUP} epochs): test {d_mean:.2f} ± {d_std:.2f} over {len(seeds)} seeds.", "",
            "| target sparsity | weights remaining | compression | epochs | iterative test acc | one-shot test acc | "
            "iterative − one-shot (points) | iterative − dense | one-shot − dense |", "|---|---|---|---|---|---|---|---|---|"]
@@ -115,11 +108,11 @@ def table(rows: list[dict[str, Any]]) -> str:
         by = {(r["method"], r["seed"]): r for r in rows if r["target"] == target}
         if not by:
             continue
-        it = _mean_std([100 * by[("iterative", s)]["test_acc"] for s in seeds])
-        one = _mean_std([100 * by[("oneshot", s)]["test_acc"] for s in seeds])
-        diff = _mean_std([100 * (by[("iterative", s)]["test_acc"] - by[("oneshot", s)]["test_acc"]) for s in seeds])
-        di = _mean_std([100 * (by[("iterative", s)]["test_acc"] - dense[s]) for s in seeds])
-        do = _mean_std([100 * (by[("oneshot", s)]["test_acc"] - dense[s]) for s in seeds])
+        it = C.mean_std([100 * by[("iterative", s)]["test_acc"] for s in seeds])
+        one = C.mean_std([100 * by[("oneshot", s)]["test_acc"] for s in seeds])
+        diff = C.mean_std([100 * (by[("iterative", s)]["test_acc"] - by[("oneshot", s)]["test_acc"]) for s in seeds])
+        di = C.mean_std([100 * (by[("iterative", s)]["test_acc"] - dense[s]) for s in seeds])
+        do = C.mean_std([100 * (by[("oneshot", s)]["test_acc"] - dense[s]) for s in seeds])
         out.append(f"| {target:.2f} | {100 * (1 - target):.1f} % | {1 / (1 - target):.0f}x | "
                    f"{by[('iterative', seeds[0])]['epochs']} | {it[0]:.2f} ± {it[1]:.2f} | {one[0]:.2f} ± {one[1]:.2f} | "
                    f"{diff[0]:+.2f} ± {diff[1]:.2f} | {di[0]:+.2f} ± {di[1]:.2f} | {do[0]:+.2f} ± {do[1]:.2f} |")
@@ -141,7 +134,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             vals = [100 * r["test_acc"] for r in rows if r["method"] == method and r["target"] == target]
             if vals:
                 x.append(100 * (1 - target))
-                mm, ss = _mean_std(vals)
+                mm, ss = C.mean_std(vals)
                 m.append(mm), s.append(ss)
         m, s = np.array(m), np.array(s)
         ax.plot(x, m, "o-", color=color, label=method)
@@ -160,9 +153,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    C.add_common_arguments(parser, render=False)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -180,8 +171,7 @@ def main() -> None:
     print(f"total runtime {runtime:.0f} s")
     args.out.mkdir(parents=True, exist_ok=True)
     plot(rows, args.out / "han_iterative.png")
-    environment = (f"torch {torch.__version__}, lightning {L.__version__}, Python {platform.python_version()}, "
-                   f"{torch.get_num_threads()} torch thread(s), {platform.machine()}")
+    environment = C.environment()
     command = "python experiments/han_iterative.py --seeds " + " ".join(map(str, args.seeds))
     (args.out / "han_iterative.json").write_text(json.dumps(
         {"command": command, "lr": LR, "warmup": WARMUP, "finetune": FINETUNE, "targets": TARGETS,

@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+import _common as C  # noqa: E402  (experiments/ is on sys.path when run as a script)
 from lightning_prune import Pruning
 from lightning_prune.data import DigitsDataModule, MNIST1DDataModule
 from lightning_prune.models import Classifier
@@ -111,9 +110,7 @@ def run(variant: str, seed: int, dataset: str = "digits", rounds: int = 14, epoc
     test_x, test_y = data.splits["test"].tensors
     recorder = RoundRecorder(test_x, test_y)
     max_epochs = (rounds + 1) * epochs_per_round
-    trainer = L.Trainer(max_epochs=max_epochs, callbacks=[pruning, recorder], accelerator="cpu", devices=1,
-                        enable_progress_bar=False, logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, deterministic=True, num_sanity_val_steps=0)
+    trainer = C.trainer(max_epochs, [pruning, recorder], num_sanity_val_steps=0)
     start = time.perf_counter()
     trainer.fit(model, data)
     fit_seconds = time.perf_counter() - start
@@ -194,10 +191,6 @@ test accuracy after each round's last epoch.
 """
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def table(results: list[dict[str, Any]], dataset: str) -> str:
     runs = [r for r in results if r["dataset"] == dataset]
     seeds = sorted({r["seed"] for r in runs})
@@ -211,7 +204,7 @@ def table(results: list[dict[str, Any]], dataset: str) -> str:
         for variant in VARIANTS:
             rows = [r["rounds"][i] for r in runs if r["variant"] == variant]
             for key, scale in (("val_acc", 100), ("test_acc", 100), ("early_stop_test_acc", 100), ("early_stop_epoch", 1)):
-                m, s = _mean_std([scale * row[key] for row in rows])
+                m, s = C.mean_std([scale * row[key] for row in rows])
                 cells.append(f"{m:.2f} ± {s:.2f}" if scale == 100 else f"{m:.1f} ± {s:.1f}")
         out.append(f"| {i} | {100 * remaining:.1f} % | " + " | ".join(cells) + " |")
     return f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); accuracies in %, mean ± std.\n\n" + "\n".join(out)
@@ -249,17 +242,14 @@ def plot(results: list[dict[str, Any]], dataset: str, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    C.add_common_arguments(parser, render=True)
     parser.add_argument("--datasets", nargs="+", default=["digits", "mnist1d"], choices=list(DATASETS))
     parser.add_argument("--rounds", type=int, default=14)
     parser.add_argument("--epochs-per-round", type=int, default=15)
     parser.add_argument("--lr", type=float, default=1.2e-3)
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--arch", default="lenet_300_100", choices=list(ARCHS),
                         help="lenet_300_100 (default) or cnn1d (MNIST-1D only)")
     parser.add_argument("--name", default=None, help="output file stem (default lottery_ticket[_<arch>])")
-    parser.add_argument("--render", action="store_true", help="only rewrite the report from the saved JSON")
     args = parser.parse_args()
     args.name = args.name or ("lottery_ticket" if args.arch == "lenet_300_100" else f"lottery_ticket_{args.arch}")
     if args.render:  # the report keeps the environment recorded by the run
@@ -287,8 +277,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, runtime: flo
         print(f"## {dataset}\n{tables[dataset]}")
         plot(results, dataset, args.out / (f"{args.name}.png" if dataset == "digits" else f"{args.name}_{dataset}.png"))
     print(f"total runtime {runtime:.0f} s")
-    environment = environment or (f"torch {torch.__version__}, lightning {L.__version__}, Python {platform.python_version()}, "
-                   f"{torch.get_num_threads()} torch thread(s), {platform.machine()}")
+    environment = environment or C.environment()
     command = ("python experiments/lottery_ticket.py --seeds " + " ".join(map(str, args.seeds))
                + (" --datasets " + " ".join(args.datasets) if args.datasets != ["digits"] else "")
                + f" --rounds {args.rounds} --epochs-per-round {args.epochs_per_round} --lr {args.lr}"

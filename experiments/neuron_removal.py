@@ -27,15 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
+import _common as C  # noqa: E402  (experiments/ is on sys.path when run as a script)
 from lightning_prune import Pruning
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import Classifier
@@ -107,9 +106,7 @@ def run(experiment: str, seed: int, setting: str | None = "chosen", epochs: int 
     dense_params = sum(p.numel() for p in model.parameters())
     dense_widths = _widths(model.model)
     callback = make_pruning(CANDIDATES[experiment][setting]) if setting is not None else None
-    trainer = L.Trainer(max_epochs=epochs, callbacks=[callback] if callback else [], accelerator="cpu", devices=1,
-                        enable_progress_bar=False, logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, deterministic=True)
+    trainer = C.trainer(epochs, [callback] if callback else [])
     data = DigitsDataModule(batch_size=BATCH_SIZE, seed=seed)
     start = time.perf_counter()
     trainer.fit(model, data)
@@ -144,10 +141,6 @@ def run(experiment: str, seed: int, setting: str | None = "chosen", epochs: int 
             "units_kept": {key.removeprefix("model."): [int(m.numel()), int(m.sum())] for key, m in callback.keep.items()},
         })
     return row
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def select(experiment: str, seeds: tuple[int, ...] = SELECTION_SEEDS) -> tuple[str, str, list[dict[str, Any]]]:
@@ -192,9 +185,9 @@ def tables(rows: list[dict[str, Any]], settings: dict[str, list[str]]) -> str:
             seeds = sorted(set(dense) & set(pruned))
             if not seeds:
                 continue
-            d_mean, d_std = _mean_std([100 * dense[s]["test_acc"] for s in seeds])
-            p_mean, p_std = _mean_std([100 * pruned[s]["test_acc"] for s in seeds])
-            drop, drop_std = _mean_std([100 * (dense[s]["test_acc"] - pruned[s]["test_acc"]) for s in seeds])
+            d_mean, d_std = C.mean_std([100 * dense[s]["test_acc"] for s in seeds])
+            p_mean, p_std = C.mean_std([100 * pruned[s]["test_acc"] for s in seeds])
+            drop, drop_std = C.mean_std([100 * (dense[s]["test_acc"] - pruned[s]["test_acc"]) for s in seeds])
             first = pruned[seeds[0]]
             same_size = len({pruned[s]["params"] for s in seeds}) == 1
             params = (f"{first['params']:,} / {first['dense_params']:,} ({100 * first['params_fraction']:.1f} %)"
@@ -219,10 +212,8 @@ def tables(rows: list[dict[str, Any]], settings: dict[str, list[str]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    C.add_common_arguments(parser, render=False)
     parser.add_argument("--select", action="store_true", help="choose the settings on validation (seeds 100-102) first")
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -241,8 +232,7 @@ def main() -> None:
     print(table)
     print(f"total runtime {runtime:.0f} s")
     args.out.mkdir(parents=True, exist_ok=True)
-    environment = (f"torch {torch.__version__}, lightning {L.__version__}, Python {platform.python_version()}, "
-                   f"{torch.get_num_threads()} torch thread(s), {platform.machine()}")
+    environment = C.environment()
     (args.out / "neuron_removal.json").write_text(json.dumps(
         {"experiments": EXPERIMENTS, "settings": settings, "candidates": CANDIDATES if args.select else None,
          "batch_size": BATCH_SIZE, "optimizer": "adam", "runtime_s": runtime, "environment": environment,

@@ -39,8 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -50,6 +48,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import lightning as L
 import torch
 
+import _common as C  # noqa: E402  (experiments/ is on sys.path when run as a script)
 from lightning_prune import Pruning
 from lightning_prune.data import DigitsDataModule, MNIST1DDataModule
 from lightning_prune.lottery import scratch_epochs, scratch_model, ticket_model
@@ -73,9 +72,7 @@ def _model(config: dict[str, Any], lr_schedule: str) -> Classifier:
 
 
 def _fit(model: Classifier, config: dict[str, Any], seed: int, epochs: int, callbacks: list | None = None) -> dict[str, Any]:
-    trainer = L.Trainer(max_epochs=epochs, callbacks=callbacks or [], accelerator="cpu", devices=1,
-                        enable_progress_bar=False, logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, deterministic=True, num_sanity_val_steps=0)
+    trainer = C.trainer(epochs, callbacks or [], num_sanity_val_steps=0)
     data = config["data"](batch_size=BATCH_SIZE, seed=seed)
     start = time.perf_counter()
     trainer.fit(model, data)
@@ -189,10 +186,6 @@ dense 90.90 here against 93.10 with a constant lr).
 """
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def tables(rows: list[dict[str, Any]]) -> str:
     out = ["| experiment | variant | seeds | epochs | params | test acc (mean ± std) | val acc (mean ± std) | "
            "vs fine-tuned, test (points, mean ± std of paired diffs) |", "|---|---|---|---|---|---|---|---|"]
@@ -205,9 +198,9 @@ def tables(rows: list[dict[str, Any]]) -> str:
         by = {(r["variant"], r["seed"]): r for r in mine}
         for variant in VARIANTS:
             vrows = [by[(variant, s)] for s in seeds]
-            t_mean, t_std = _mean_std([100 * r["test_acc"] for r in vrows])
-            v_mean, v_std = _mean_std([100 * r["val_acc"] for r in vrows])
-            d_mean, d_std = _mean_std([100 * (by[(variant, s)]["test_acc"] - by[("fine-tuned", s)]["test_acc"]) for s in seeds])
+            t_mean, t_std = C.mean_std([100 * r["test_acc"] for r in vrows])
+            v_mean, v_std = C.mean_std([100 * r["val_acc"] for r in vrows])
+            d_mean, d_std = C.mean_std([100 * (by[(variant, s)]["test_acc"] - by[("fine-tuned", s)]["test_acc"]) for s in seeds])
             out.append(f"| {name} | {variant} | {len(seeds)} | {vrows[0]['epochs']} | {vrows[0]['params']:,} | "
                        f"{t_mean:.2f} ± {t_std:.2f} | {v_mean:.2f} ± {v_std:.2f} | "
                        f"{'—' if variant == 'fine-tuned' else f'{d_mean:+.2f} ± {d_std:.2f}'} |")
@@ -227,7 +220,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         means, stds, labels = [], [], []
         for variant in VARIANTS:
             vals = [100 * r["test_acc"] for r in rows if r["experiment"] == name and r["variant"] == variant]
-            m, s = _mean_std(vals)
+            m, s = C.mean_std(vals)
             epochs = next(r["epochs"] for r in rows if r["experiment"] == name and r["variant"] == variant)
             means.append(m), stds.append(s), labels.append(f"{variant}\n({epochs} ep)")
         ax.bar(labels, means, yerr=stds, capsize=4, color=["0.6", "C0", "C1", "C2", "C3"])
@@ -244,11 +237,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    C.add_common_arguments(parser, render=True)
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--render", action="store_true", help="only rewrite the report from the saved JSON")
     parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
                         help="learning-rate schedule of every run (Classifier's lr_schedule)")
     args = parser.parse_args()
@@ -280,8 +270,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, runtime: float,
     args.out.mkdir(parents=True, exist_ok=True)
     stem = _stem(args)
     plot(rows, args.out / f"{stem}.png")
-    environment = environment or (f"torch {torch.__version__}, lightning {L.__version__}, Python {platform.python_version()}, "
-                   f"{torch.get_num_threads()} torch thread(s), {platform.machine()}")
+    environment = environment or C.environment()
     command = "python experiments/rethinking.py --seeds " + " ".join(map(str, args.seeds))
     if args.experiments != list(EXPERIMENTS):
         command += " --experiments " + " ".join(args.experiments)

@@ -67,3 +67,12 @@ def test_deconstructing_records_supermask_accuracies_for_every_round():
 def test_lottery_ticket_refuses_the_cnn_on_images():
     with pytest.raises(ValueError, match="cnn1d on mnist1d only"):
         lottery_ticket.run("ticket", seed=0, dataset="digits", rounds=1, epochs_per_round=1, arch="cnn1d")
+
+
+def test_neuron_removal_and_acceptance_scripts_train_through_the_shared_trainer():
+    import digits_acceptance
+    import neuron_removal
+
+    row = neuron_removal.run("lenet_300_100", seed=0, setting=None, epochs=1)  # the dense reference, one epoch
+    assert 0.0 <= row["test_acc"] <= 1.0 and row["fit_seconds"] > 0
+    assert callable(digits_acceptance.run)  # run in full by tests/test_callback.py (the README snippet)
