@@ -3,7 +3,7 @@
 Fast tests check the nbgrader conventions (source → release, merge, calibration records) without running
 a kernel. A tiny assignment without torch checks how the grader reports broken submissions (an exception,
 a dead kernel, an endless loop, the total time limit, writes outside the folder, tampered tests). One
-session fixture grades the four real assignments' solutions, untouched student versions and a
+session fixture grades the five real assignments' solutions, untouched student versions and a
 deliberately wrong solution, once, and the tests read its reports.
 """
 
@@ -42,8 +42,8 @@ def _meta(kind: str, grade_id: str, points: float | None = None) -> dict:
 # Conventions, without running anything
 
 
-def test_there_are_four_assignments():
-    assert NAMES == ["a1_weight_pruning", "a2_neuron_budget", "a3_lottery_ticket", "a4_scratch_training"]
+def test_there_are_five_assignments():
+    assert NAMES == ["a1_weight_pruning", "a2_neuron_budget", "a3_lottery_ticket", "a4_scratch_training", "a5_supermask"]
 
 
 def test_release_is_in_sync_with_source():
@@ -405,7 +405,7 @@ def test_grading_a_folder_of_submissions(tiny, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------------
-# The four assignments, graded once per session
+# The five assignments, graded once per session
 
 
 @pytest.fixture(scope="session")
