@@ -159,6 +159,26 @@ def trainer_kwargs(device: torch.device, precision: str | None = None) -> dict[s
 
 
 # ---------------------------------------------------------------------------------------- summaries
+def epoch_timer(device: torch.device) -> Any:
+    """A Lightning callback recording the seconds of each training epoch after the first (``.seconds``)."""
+    from lightning.pytorch.callbacks import Callback
+
+    class EpochTimer(Callback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            sync(device)
+            self._t = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            sync(device)
+            if trainer.current_epoch >= 1:
+                self.seconds.append(time.perf_counter() - self._t)
+
+    return EpochTimer()
+
+
 def spread(values: Sequence[float]) -> dict[str, float]:
     """Median with min and max."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}

@@ -136,26 +136,6 @@ def compact_classifier(spec: Spec, keep_fraction: float) -> tuple[Any, dict[str,
     return module, info
 
 
-def epoch_timer(device: torch.device) -> Any:
-    """A Lightning callback recording the seconds of each training epoch after the first (``.seconds``)."""
-    from lightning.pytorch.callbacks import Callback
-
-    class EpochTimer(Callback):
-        def __init__(self) -> None:
-            self.seconds: list[float] = []
-
-        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-            C.sync(device)
-            self._t = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-            C.sync(device)
-            if trainer.current_epoch >= 1:
-                self.seconds.append(time.perf_counter() - self._t)
-
-    return EpochTimer()
-
-
 def bench_model(name: str, spec: Spec, device: torch.device, precision: str, repeats: int, timed_epochs: int,
                 keep_fractions: Sequence[float], say: Callable[[str], None]) -> dict[str, Any]:
     import lightning as L
@@ -170,7 +150,7 @@ def bench_model(name: str, spec: Spec, device: torch.device, precision: str, rep
 
     def fit_block(v: str) -> Callable[[], float]:
         def go() -> float:
-            timer = epoch_timer(device)
+            timer = C.epoch_timer(device)
             trainer = L.Trainer(max_epochs=1 + timed_epochs, callbacks=[timer], limit_val_batches=0,
                                 **C.trainer_kwargs(device, precision))
             trainer.fit(modules[v], DataLoader(data, batch_size=BATCH, shuffle=False))

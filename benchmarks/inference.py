@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.metadata
 import json
 import os
 import platform
@@ -517,14 +516,6 @@ def bench_training(dense: nn.Module, structure: NeuronStructure, keep: Mapping[s
 
 
 # ------------------------------------------------------------------------------------------ report
-def _dist_version(name: str, fallback: str) -> str:
-    """The installed distribution's version (``torch_pruning.__version__`` of 1.6.1 still says 1.6.0)."""
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return fallback
-
-
 def machine_info() -> dict[str, Any]:
     return {
         **C.machine_info("cpu"),
@@ -536,7 +527,7 @@ def machine_info() -> dict[str, Any]:
         "threads_setting": "default" if torch.get_num_threads() == _DEFAULT_THREADS else "set explicitly",
         "torch": torch.__version__,
         "lightning": lightning.__version__,
-        "torch_pruning": _dist_version("torch-pruning", getattr(tp, "__version__", "unknown")),
+        "torch_pruning": C.dist_version("torch-pruning", getattr(tp, "__version__", "unknown")),
         "cuda_available": torch.cuda.is_available(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

@@ -496,19 +496,6 @@ def bench_trainer(model_kwargs: dict[str, Any], repeats: int, batches: int, epoc
     data = TensorDataset(torch.randn(batches * BATCH, *input_shape(model_kwargs), generator=gen),
                          torch.randint(0, NUM_CLASSES, (batches * BATCH,), generator=gen))
 
-    class EpochTimer(Callback):
-        def __init__(self) -> None:
-            self.seconds: list[float] = []
-
-        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-            C.sync(device)
-            self._t = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-            C.sync(device)
-            if trainer.current_epoch >= 1:
-                self.seconds.append(time.perf_counter() - self._t)
-
     def callbacks(kind: str, module: Classifier) -> list[Callback]:
         if kind == "lightning_prune":
             return [Pruning(criterion="l1", granularity="weight", scope=mask_scope, target=SPARSITY, schedule="oneshot",
@@ -524,7 +511,7 @@ def bench_trainer(model_kwargs: dict[str, Any], repeats: int, batches: int, epoc
         torch.manual_seed(0)
         kwargs = {k: v for k, v in model_kwargs.items() if k not in ("arch", "input_shape")}
         module = Classifier(arch=model_kwargs.get("arch", "lenet_300_100"), arch_kwargs=kwargs, optimizer="adam", lr=LR)
-        timer = EpochTimer()
+        timer = C.epoch_timer(device)
         trainer = lightning.Trainer(
             max_epochs=1 + epochs, callbacks=[*callbacks(kind, module), timer],
             accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
