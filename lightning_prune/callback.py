@@ -19,10 +19,8 @@ checkpoint takes the same decisions as the uninterrupted run.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import itertools
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -37,7 +35,7 @@ from lightning_prune.counting import count_parameters
 from lightning_prune.criteria import GRANULARITIES, Criterion, batch_input, cross_entropy_loss, make_criterion
 from lightning_prune.lottery import (
     clone_tensors,
-    reinitialized_state,
+    reinit_control_state,
     rewind,
     shuffle_within_groups,
     signed_constant_state,
@@ -47,7 +45,7 @@ from lightning_prune.lottery import (
 from lightning_prune.masks import MaskEnforcer, apply_masks
 from lightning_prune.pruner import BUDGETS, Keep, Pruner
 from lightning_prune.ranking import NORMALIZERS, SCOPES, min_units, prunable_capacity
-from lightning_prune.schedules import SCHEDULES, Timeline, sparsity_schedule
+from lightning_prune.schedules import SCHEDULES, Timeline, layer_exponents, layer_fraction, sparsity_schedule
 
 MODES = ("max", "min")
 CONTROLS = ("reinit", "random_mask", "signed_constant")
@@ -548,21 +546,11 @@ class Pruning(Callback):
         Raises:
             ValueError: If a pattern matches no prunable layer (listing the prunable ones).
         """
-        if not self.layer_targets:
-            return {}
-        exponents: dict[str, float] = {}
-        for pattern, value in self.layer_targets.items():
-            matched = [key for key in keep if fnmatch.fnmatchcase(key, pattern) and key not in exponents]
-            if not matched:
-                raise ValueError(
-                    f"`layer_targets` pattern {pattern!r} matches no prunable layer; prunable: {sorted(keep)}."
-                )
-            exponents.update(dict.fromkeys(matched, math.log1p(-value) / math.log1p(-self.target)))
-        return exponents
+        return layer_exponents(keep, self.layer_targets, self.target) if self.layer_targets else {}
 
     def _cycle_fraction_of(self, key: str, fraction: float) -> float:
         """A group's own cumulative fraction when the schedule is at ``fraction``."""
-        return 1.0 - (1.0 - fraction) ** self._exponents.get(key, 1.0)
+        return layer_fraction(fraction, self._exponents.get(key, 1.0))
 
     def _cycle_fraction(self, cycle: int) -> float | dict[str, float]:
         """The cumulative fraction to remove after ``cycle``: one number, or one per group."""
@@ -653,16 +641,11 @@ class Pruning(Callback):
 
     def _rewind_point(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         point = training_snapshot(pl_module, trainer.optimizers, self._schedulers(trainer))
+        weights = [layer.weight_name for layer in self.pruner.layers]
         if self.control == "reinit":
-            fresh = reinitialized_state(pl_module, seed=self.seed + 1)
-            weights = [layer.weight_name for layer in self.pruner.layers]
-            if all(torch.equal(fresh[name], point["model"][name]) for name in weights):
-                # The global seed drew this very initialisation (seed_everything(seed + 1) right before
-                # building the model): a "fresh" one from the same seed would be the original. Draw another.
-                fresh = reinitialized_state(pl_module, seed=self.seed + 1 + 2**31)
-            point["model"] = fresh
+            point["model"] = reinit_control_state(pl_module, self.seed + 1, point["model"], weights)
         elif self.control == "signed_constant":
-            point["model"] = signed_constant_state(point["model"], [layer.weight_name for layer in self.pruner.layers])
+            point["model"] = signed_constant_state(point["model"], weights)
         return point
 
     def _snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:

@@ -116,6 +116,20 @@ def reinitialized_state(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
     return clone_tensors(fresh.state_dict())
 
 
+def reinit_control_state(model: nn.Module, seed: int, original: Mapping[str, torch.Tensor],
+                         weights: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The re-initialisation control's fresh state: :func:`reinitialized_state` from ``seed``, never ``original``.
+
+    If the global seed drew the very same initialisation (``seed_everything(seed)`` right before the
+    model was built), every named weight would equal ``original`` and the control would silently be
+    the ticket; then another seed is drawn.
+    """
+    fresh = reinitialized_state(model, seed)
+    if all(torch.equal(fresh[name], original[name]) for name in weights):
+        fresh = reinitialized_state(model, seed + 2**31)
+    return fresh
+
+
 def _reinitialise(model: nn.Module, seed: int) -> None:
     """``reset_parameters`` of every module that has one, seeded, under forked CPU and CUDA RNGs."""
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []

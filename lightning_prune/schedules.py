@@ -7,7 +7,9 @@ the target. A cycle is one prune followed by ``finetune_epochs`` epochs of fine-
 
 from __future__ import annotations
 
+import fnmatch
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 SCHEDULES = ("oneshot", "geometric", "cubic")
@@ -79,3 +81,27 @@ class Timeline:
         if offset < 0 or offset % self.finetune_epochs or offset // self.finetune_epochs >= self.num_cycles:
             return None
         return offset // self.finetune_epochs
+
+
+def layer_exponents(groups: Iterable[str], layer_targets: Mapping[str, float], target: float) -> dict[str, float]:
+    """The schedule exponent of each group matched by a ``layer_targets`` pattern (the first that matches).
+
+    A group with exponent ``e`` is at cumulative fraction ``1 - (1 - f) ** e`` when the others are at
+    ``f`` (:func:`layer_fraction`), so it ends at its own target when they end at ``target``.
+
+    Raises:
+        ValueError: If a pattern matches no group (listing the groups).
+    """
+    groups = list(groups)
+    exponents: dict[str, float] = {}
+    for pattern, value in layer_targets.items():
+        matched = [key for key in groups if fnmatch.fnmatchcase(key, pattern) and key not in exponents]
+        if not matched:
+            raise ValueError(f"`layer_targets` pattern {pattern!r} matches no prunable layer; prunable: {sorted(groups)}.")
+        exponents.update(dict.fromkeys(matched, math.log1p(-value) / math.log1p(-target)))
+    return exponents
+
+
+def layer_fraction(fraction: float, exponent: float = 1.0) -> float:
+    """A group's own cumulative fraction when the schedule is at ``fraction`` (see :func:`layer_exponents`)."""
+    return 1.0 - (1.0 - fraction) ** exponent

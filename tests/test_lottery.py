@@ -301,3 +301,16 @@ def test_neuron_rewinding_with_removal_equals_rewinding_the_masked_model(rewind_
         if rewind_to == 1:
             buffer = state["optimizer"]["state"][0]["momentum_buffer"]
             assert torch.equal(buffer, point["optimizer"]["state"][0]["momentum_buffer"][rows])
+
+
+def test_reinit_control_state_never_returns_the_original_initialisation():
+    from lightning_prune.lottery import reinit_control_state
+
+    torch.manual_seed(5)
+    model = Classifier("lenet_300_100")
+    original = clone_tensors(model.state_dict())
+    weights = [n for n in original if n.endswith("weight")]
+    fresh = reinit_control_state(model, 5, original, weights)  # seed 5 would redraw the original exactly
+    assert all(not torch.equal(fresh[n], original[n]) for n in weights)
+    other = reinit_control_state(model, 6, original, weights)
+    assert torch.equal(other["model.features.0.weight"], reinitialized_state(model, 6)["model.features.0.weight"])

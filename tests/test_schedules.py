@@ -49,3 +49,20 @@ def test_timeline_places_cycles_after_warmup():
     assert [timeline.prune_epoch(c) for c in range(3)] == [3, 5, 7]
     assert timeline.epochs_needed == 9
     assert [timeline.cycle_at(e) for e in range(10)] == [None, None, None, 0, None, 1, None, 2, None, None]
+
+
+def test_layer_exponents_end_each_matched_group_at_its_own_target():
+    import math
+
+    from lightning_prune.schedules import layer_exponents, layer_fraction
+
+    rounds = 14
+    exponents = layer_exponents(["features.0", "features.2", "classifier"], {"*classifier": 1 - 0.9**rounds}, 1 - 0.8**rounds)
+    assert set(exponents) == {"classifier"}
+    assert exponents["classifier"] == pytest.approx(math.log(0.9) / math.log(0.8))
+    # after every round the matched layer has lost 10 % of what remained, the others 20 %
+    for r in range(1, rounds + 1):
+        assert layer_fraction(1 - 0.8**r, exponents["classifier"]) == pytest.approx(1 - 0.9**r)
+        assert layer_fraction(1 - 0.8**r) == pytest.approx(1 - 0.8**r)
+    with pytest.raises(ValueError, match=r"pattern '\*fc9' matches no prunable layer; prunable: \['classifier'"):
+        layer_exponents(["classifier", "features.0"], {"*fc9": 0.5}, 0.8)
