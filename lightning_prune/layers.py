@@ -11,16 +11,41 @@ import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from typing import Any
+
 import torch
 from torch import nn
 
-#: Layer types that can be pruned, keyed by the name used in error messages.
+from lightning_prune.tracing import call, output_tensors
+
+#: Layer types that can be pruned, keyed by the name used in error messages. Subclasses count too
+#: (timm's heads subclass ``nn.Linear``); Hugging Face's GPT-2 ``Conv1D`` is added when transformers
+#: is installed.
 PRUNABLE_TYPES: dict[str, type[nn.Module]] = {
     "Linear": nn.Linear,
     "Conv1d": nn.Conv1d,
     "Conv2d": nn.Conv2d,
     "Conv3d": nn.Conv3d,
 }
+
+
+def hf_conv1d_type() -> type[nn.Module] | None:
+    """Hugging Face's ``Conv1D`` (GPT-2's linear layer, weight stored as ``(in, out)``), if importable."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except Exception:  # transformers missing or broken: nothing of it can be in the model
+        return None
+    return Conv1D
+
+
+_HF_CONV1D = hf_conv1d_type()
+if _HF_CONV1D is not None:
+    PRUNABLE_TYPES["transformers.Conv1D"] = _HF_CONV1D
+
+
+def is_transposed(module: nn.Module) -> bool:
+    """Whether the module's weight stores output units in dimension 1 (HF ``Conv1D``, transposed convs)."""
+    return (_HF_CONV1D is not None and isinstance(module, _HF_CONV1D)) or bool(getattr(module, "transposed", False))
 
 
 @dataclass(frozen=True)
@@ -49,56 +74,101 @@ class PrunableLayer:
         return f"{self.name}.weight" if self.name else "weight"
 
     @property
+    def unit_weight(self) -> torch.Tensor:
+        """The weight with output units in dimension 0 (a transposed view for HF ``Conv1D``)."""
+        weight = self.module.weight
+        return weight.transpose(0, 1) if is_transposed(self.module) else weight
+
+    @property
     def num_units(self) -> int:
         """Number of output units (neurons or filters)."""
-        return self.module.weight.shape[0]
+        return self.unit_weight.shape[0]
 
 
-def _is_prunable(module: nn.Module) -> bool:
-    return type(module) in PRUNABLE_TYPES.values()
+def is_prunable(module: nn.Module) -> bool:
+    """Whether ``module`` is a supported layer (by type hierarchy, so subclasses count).
+
+    Transposed convolutions are not: their units live in another dimension of the weight and
+    Torch-Pruning's grouped handling of them is not exact.
+    """
+    return isinstance(module, tuple(PRUNABLE_TYPES.values())) and not getattr(module, "transposed", False)
 
 
-def forward_order(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor]) -> list[str]:
-    """Names of the prunable modules in the order one forward pass calls them.
 
-    Args:
-        model: The model to run.
-        example_input: A batch the model accepts (a tensor, or a tuple of positional arguments).
+def _trace_layers(model: nn.Module, example_input: Any) -> tuple[list[str], list[str]]:
+    """Run one forward pass; return the prunable modules in first-call order and the output layers.
 
-    Returns:
-        Module names, each once, in first-call order.
+    An *output layer* is a prunable layer whose output reaches the model's output without passing
+    through another prunable layer (found by walking the autograd graph back from every output
+    tensor, stopping at prunable layers' outputs). A classifier, every head of a multi-head model,
+    and a layer whose features the model also returns are all output layers.
     """
     order: list[str] = []
-    handles = []
-    for name, module in model.named_modules():
-        if _is_prunable(module):
-            handles.append(
-                module.register_forward_hook(lambda m, i, o, name=name: order.append(name) if name not in order else None)
-            )
+    produced: dict[Any, str] = {}  # grad_fn of a prunable layer's output -> layer name
+
+    def record(name: str, output: Any) -> None:
+        if name not in order:
+            order.append(name)
+        if torch.is_tensor(output) and output.grad_fn is not None:
+            produced.setdefault(output.grad_fn, name)
+
+    handles = [
+        module.register_forward_hook(lambda m, i, o, name=name: record(name, o))
+        for name, module in model.named_modules()
+        if is_prunable(module)
+    ]
     was_training = model.training
     try:
         model.eval()
-        with torch.no_grad():
-            args = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
-            model(*args)
+        with torch.enable_grad():
+            outputs = output_tensors(call(model, example_input))
     finally:
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return order
+    found: list[str] = []
+    seen: set[Any] = set()
+    stack = [tensor.grad_fn for tensor in outputs if tensor.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node in produced:
+            if produced[node] not in found:
+                found.append(produced[node])
+            continue
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    outputs_in_order = [name for name in order if name in found]
+    return order, outputs_in_order
+
+
+def forward_order(model: nn.Module, example_input: Any) -> list[str]:
+    """Names of the prunable modules in the order one forward pass calls them.
+
+    Args:
+        model: The model to run.
+        example_input: A batch the model accepts (a tensor, a tuple of positional arguments or a
+            dict of keyword arguments).
+
+    Returns:
+        Module names, each once, in first-call order.
+    """
+    return _trace_layers(model, example_input)[0]
 
 
 def find_prunable_layers(
     model: nn.Module,
-    example_input: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    example_input: Any = None,
     layers: Sequence[str] | None = None,
     ignore_layers: Sequence[str] | None = None,
 ) -> list[PrunableLayer]:
     """Find the layers to prune.
 
-    The output layer is the prunable module the forward pass calls last (with ``example_input``), or
-    the last one registered when no input is given. It is part of the result (its weights can be
-    pruned), marked ``is_output=True`` so that its output units are kept.
+    The output layers are the prunable layers whose outputs reach the model's output without passing
+    through another prunable layer (with ``example_input``: every head of a multi-head model), or
+    the last one registered when no input is given. They are part of the result (their weights can
+    be pruned), marked ``is_output=True`` so that their output units are kept.
 
     Args:
         model: The model.
@@ -115,12 +185,12 @@ def find_prunable_layers(
             cannot be pruned (the message lists the supported types), or if nothing is left.
     """
     modules = dict(model.named_modules())
-    names = [name for name, module in modules.items() if _is_prunable(module)]
-    output_name = names[-1] if names else None
+    names = [name for name, module in modules.items() if is_prunable(module)]
+    output_names = set(names[-1:])
     if example_input is not None:
-        called = forward_order(model, example_input)
+        called, outputs = _trace_layers(model, example_input)
         names = called + [name for name in names if name not in called]
-        output_name = called[-1] if called else output_name
+        output_names = set(outputs) or set(called[-1:]) or output_names
 
     selected = names
     if layers is not None:
@@ -132,7 +202,7 @@ def find_prunable_layers(
                     f"`layers` pattern {pattern!r} matches no module. Module names: {sorted(n for n in modules if n)}"
                 )
             for name in matches:
-                if not _is_prunable(modules[name]):
+                if not is_prunable(modules[name]):
                     raise ValueError(
                         f"`layers` selects {name!r} of type {type(modules[name]).__name__}, which cannot be "
                         f"pruned. Supported layer types: {sorted(PRUNABLE_TYPES)}."
@@ -149,4 +219,4 @@ def find_prunable_layers(
             f"No prunable layer left (layers={layers!r}, ignore_layers={ignore_layers!r}). "
             f"Supported layer types: {sorted(PRUNABLE_TYPES)}."
         )
-    return [PrunableLayer(name, modules[name], is_output=name == output_name) for name in selected]
+    return [PrunableLayer(name, modules[name], is_output=name in output_names) for name in selected]

@@ -26,7 +26,7 @@ from lightning_prune.ranking import NORMALIZERS, SCOPES, normalize_scores, pruna
 
 BUDGETS = ("units", "params", "macs")
 from lightning_prune.structure import NeuronStructure
-from lightning_prune.surgery import remove_units
+from lightning_prune.surgery import Transaction, remove_units
 
 Keep = dict[str, torch.Tensor]
 """Unit keep-masks: layer name to a weight-shaped mask (weight granularity), or neuron-group key to
@@ -93,9 +93,9 @@ class Pruner:
         self.macs = count_macs(model, example_input)
 
     @property
-    def skipped_layers(self) -> list[str]:
-        """Selected layers whose neurons cannot be pruned (coupled to a kept layer)."""
-        return self.structure.skipped if self.structure is not None else []
+    def skipped_layers(self) -> dict[str, str]:
+        """Selected layers whose neurons cannot be pruned, each with the reason."""
+        return dict(self.structure.skipped) if self.structure is not None else {}
 
     def dense_keep(self) -> Keep:
         """Keep-masks with every unit of the current model kept."""
@@ -110,13 +110,7 @@ class Pruner:
             ValueError: Naming the first group or layer that is missing, extra or of another size.
         """
         expected = {name: tuple(mask.shape) for name, mask in self.dense_keep().items()}
-        found = {name: tuple(mask.shape) for name, mask in _current(keep, present).items()}
-        if expected != found:
-            diff = sorted(set(expected.items()) ^ set(found.items()))
-            raise ValueError(
-                f"Pruning masks do not fit this model ({self.granularity} granularity): mismatched entries {diff[:4]}. "
-                "Was the checkpoint made with another architecture or other `layers`?"
-            )
+        _check_fits(expected, keep, present, self.granularity)
 
     def plan(
         self,
@@ -172,7 +166,8 @@ class Pruner:
             scores = normalize_scores(scores, keep, normalize)
 
         def choose(unit_fraction: float | Mapping[str, float]) -> Keep:
-            chosen = select_units(scores, keep, unit_fraction, self.scope, self.min_keep)
+            floors = self.structure.floors if self.structure is not None else None
+            chosen = select_units(scores, keep, unit_fraction, self.scope, self.min_keep, floors)
             return round_kept(scores, keep, chosen, round_to) if round_to else chosen
 
         if budget == "units":
@@ -239,10 +234,13 @@ class Pruner:
         removal = {key: idx for key, idx in self.structure.removal(_current(keep, present)).items() if idx}
         kept: dict[str, torch.Tensor] = {}
         if removal:
-            kept = remove_units(self.model, self.example_input, removal, optimizers)
-            self.structure = NeuronStructure(self.model, self.example_input, self.layers)
-            self.macs = count_macs(self.model, self.example_input)
-            self.check_keep(keep, keep)
+            with Transaction(self.model, optimizers):  # removal, re-trace, MACs and checks: all or nothing
+                kept = remove_units(self.model, self.example_input, removal, optimizers)
+                structure = NeuronStructure(self.model, self.example_input, self.layers, verify=False,
+                                            refused=self.structure.refused)
+                macs = count_macs(self.model, self.example_input)
+                _check_fits(structure, keep, keep)
+            self.structure, self.macs = structure, macs
         return removal, kept
 
     def summary(self, keep: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
@@ -254,6 +252,24 @@ class Pruner:
         for name, mask in keep.items():
             stats[f"sparsity/{name}"] = 1.0 - float(mask.float().mean())
         return stats
+
+
+def _check_fits(
+    expected: NeuronStructure | Mapping[str, tuple[int, ...]],
+    keep: Mapping[str, torch.Tensor],
+    present: Mapping[str, torch.Tensor] | None,
+    granularity: str = "neuron",
+) -> None:
+    """Raise ``ValueError`` naming the groups/layers whose keep-masks do not fit ``expected`` shapes."""
+    if isinstance(expected, NeuronStructure):
+        expected = {key: (size,) for key, size in expected.sizes.items()}
+    found = {name: tuple(mask.shape) for name, mask in _current(keep, present).items()}
+    if dict(expected) != found:
+        diff = sorted(set(dict(expected).items()) ^ set(found.items()))
+        raise ValueError(
+            f"Pruning masks do not fit this model ({granularity} granularity): mismatched entries {diff[:4]}. "
+            "Was the checkpoint made with another architecture or other `layers`?"
+        )
 
 
 def _scatter(scores: torch.Tensor, present: torch.Tensor) -> torch.Tensor:

@@ -75,6 +75,7 @@ def select_units(
     fraction: float | Mapping[str, float],
     scope: str = "global",
     min_keep: float = 0.01,
+    floors: Mapping[str, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Choose the units to keep so that ``fraction`` of all units is pruned.
 
@@ -86,6 +87,9 @@ def select_units(
             name to that group's own fraction (every group named).
         scope: ``"global"`` or ``"layer"``.
         min_keep: Minimum fraction of each group's units that is kept.
+        floors: Group name to a minimum number of units it keeps on top of ``min_keep`` (e.g. 2 for a
+            group tied to a grouped convolution, which one unit per conv group would turn into a
+            depthwise one).
 
     Returns:
         New keep-masks, a subset of ``keep``. Ties break by group order, then index.
@@ -113,17 +117,18 @@ def select_units(
         ranked[name] = torch.where(keep[name].flatten().cpu(), flat, torch.tensor(-math.inf, dtype=flat.dtype))
 
     sizes = {name: value.numel() for name, value in ranked.items()}
+    least = {name: min(size, max(min_units(size, min_keep), (floors or {}).get(name, 1))) for name, size in sizes.items()}
     if scope == "layer":
         counts = {}
         for name, size in sizes.items():
             wanted = round((fraction[name] if isinstance(fraction, Mapping) else fraction) * size)
             already = size - int(keep[name].sum())
-            counts[name] = min(max(wanted, already), size - min_units(size, min_keep))
+            counts[name] = min(max(wanted, already), size - least[name])
             if counts[name] < already:
                 raise ValueError(f"Group {name!r} already has fewer units than `min_keep` allows.")
     else:
         total = round(fraction * sum(sizes.values()))
-        capacity = prunable_capacity(sizes, min_keep)
+        capacity = sum(size - least[name] for name, size in sizes.items())
         if total > capacity:
             raise ValueError(
                 f"Pruning {fraction:.4f} of {sum(sizes.values())} units ({total}) would leave a layer below "
@@ -134,7 +139,7 @@ def select_units(
         total = max(total, sum(size - int(keep[name].sum()) for name, size in sizes.items()))
         values, owners = [], []
         for index, (name, value) in enumerate(ranked.items()):
-            order = torch.sort(value, stable=True).indices[: sizes[name] - min_units(sizes[name], min_keep)]
+            order = torch.sort(value, stable=True).indices[: sizes[name] - least[name]]
             values.append(value[order])
             owners.append(torch.full_like(order, index))
         values_all, owners_all = torch.cat(values), torch.cat(owners)
@@ -182,3 +187,20 @@ def round_kept(
             mask = flat.reshape(mask.shape)
         result[name] = mask
     return result
+
+
+def lopsided(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor], most: float = 0.8) -> list[str]:
+    """Groups that lost more than ``most`` of their units while some other group lost none.
+
+    A global ranking whose scores are not on one scale across layers does this (one layer emptied,
+    others untouched); the caller warns with the names.
+
+    Args:
+        before: Keep-masks at the start of pruning (all units of each group).
+        after: Keep-masks now.
+        most: The fraction of a group's units above which its loss is reported.
+    """
+    lost = {name: 1.0 - float(after[name].float().mean()) for name in after}
+    if not any(loss == 0.0 for name, loss in lost.items() if before[name].numel() > 1):
+        return []
+    return [name for name, loss in lost.items() if loss > most]

@@ -19,61 +19,188 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import math
+
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from lightning_prune.layers import PRUNABLE_TYPES, PrunableLayer
+from lightning_prune.layers import PRUNABLE_TYPES, PrunableLayer, forward_order, is_prunable
 from lightning_prune.masks import Masks
-from lightning_prune.surgery import build_graph, remove_units, surviving_entries
+from lightning_prune.surgery import bounded_group_search, build_graph, detached_copy, remove_groups, remove_units, surviving_entries, to_dtype
+from lightning_prune.tracing import call, map_tensors, output_tensors
+
+
+#: Norm layers that mix channels: zeroing a channel that feeds one is not removing it (the zero
+#: still enters the mean and variance). Matched by type, or by class name for the many copies
+#: (timm's ``LayerNorm2d`` subclasses ``nn.LayerNorm``; Hugging Face's ``LlamaRMSNorm`` does not).
+CHANNEL_MIXING_NORMS: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+_NORM_NAMES = ("LayerNorm", "RMSNorm", "GroupNorm", "LayerNorm2d", "LayerNormChannel")
+
+
+def is_channel_mixing_norm(module: Any) -> bool:
+    """Whether ``module`` normalises over channels (LayerNorm, RMSNorm, GroupNorm and their copies)."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return False
+    return isinstance(module, CHANNEL_MIXING_NORMS) or type(module).__name__.endswith(_NORM_NAMES)
 
 
 @dataclass(frozen=True)
 class UnitGroup:
-    """Channels of one or more layers that are pruned together.
+    """Channels of one or more layers that are pruned together, partitioned into units.
+
+    A unit is usually one channel. In a group that feeds or leaves a grouped convolution with ``G``
+    groups, a unit is the same position in every one of the ``G`` channel blocks (removing it keeps
+    every conv group the same size, which is what the conv needs and what Torch-Pruning assumes).
 
     Attributes:
         key: The name of the group's root layer (used as the group's name).
-        size: Number of units (channels) in the group.
-        members: For each member layer (whose output units are the group's units), its name and the
-            permutation taking the member's unit order to the root's.
+        size: Number of units in the group.
+        members: For each member layer (whose output channels are the group's channels), its name and
+            the permutation taking the member's channel order to the root's.
+        unit_of: For each channel (root order), the index of its unit; ``None`` when every channel is
+            its own unit.
     """
 
     key: str
     size: int
     members: tuple[tuple[str, tuple[int, ...]], ...]
+    unit_of: tuple[int, ...] | None = None
+    grouped_conv: bool = False
+
+    @property
+    def floor(self) -> int:
+        """Units the group always keeps: two when it touches a grouped or depthwise conv, else one.
+
+        The engine tells a depthwise conv by ``groups == out_channels > 1``: a depthwise conv cut to
+        one channel, or a grouped conv cut to one channel per group, would change kind under it and
+        the next trace would couple other channels.
+        """
+        return min(self.size, 2) if self.grouped_conv else 1
+
+    @property
+    def channels(self) -> int:
+        """Number of channels (output units of the root layer)."""
+        return self.size if self.unit_of is None else len(self.unit_of)
+
+    def channel_keep(self, keep: torch.Tensor) -> torch.Tensor:
+        """A keep-mask over units expanded to the group's channels."""
+        return keep if self.unit_of is None else keep[torch.tensor(self.unit_of)]
+
+    def unit_scores(self, channel_scores: torch.Tensor) -> torch.Tensor:
+        """Per-unit scores: the mean of the unit's channel scores."""
+        if self.unit_of is None:
+            return channel_scores
+        index = torch.tensor(self.unit_of)
+        totals = torch.zeros(self.size, dtype=channel_scores.dtype).index_add_(0, index, channel_scores.cpu())
+        return totals / torch.bincount(index, minlength=self.size).to(channel_scores.dtype)
+
+
+def _keyed_by_first_member(
+    members: Mapping[str, tuple[int, ...]],
+    unit_of: tuple[int, ...] | None,
+    channels: int,
+    order: Mapping[str, int],
+    grouped_conv: bool,
+) -> UnitGroup:
+    """A group named after its member called first in forward order, in that member's channel order.
+
+    Torch-Pruning names a group after whichever layer it met first in its own bookkeeping, which can
+    change when the model is re-traced after a removal; the first member in forward order does not.
+    """
+    key = min(members, key=lambda name: (order.get(name, len(order)), name))
+    to_root = {channel: root for root, channel in enumerate(members[key])}  # key's channel -> root channel
+    roots = [to_root[channel] for channel in range(channels)]
+    aligned = {name: tuple(permutation[root] for root in roots) for name, permutation in members.items()}
+    units = None if unit_of is None else tuple(unit_of[root] for root in roots)
+    return UnitGroup(key, channels if units is None else max(units) + 1, tuple(aligned.items()), units, grouped_conv)
+
+
+def _tied_positions(group: Any, channels: int) -> tuple[tuple[int, ...] | None, str | None]:
+    """The unit of each channel when the group touches grouped convolutions, or why it cannot be pruned.
+
+    Returns:
+        ``(unit_of, None)`` (``unit_of`` is ``None`` when no grouped conv is involved) or
+        ``(None, reason)``.
+    """
+    blocks = 1
+    for item in group:
+        module = item.dep.target.module
+        if not isinstance(module, nn.modules.conv._ConvNd) or module.groups == 1:
+            continue
+        if module.groups == module.in_channels == module.out_channels:
+            continue  # depthwise: every channel is its own conv group, any subset can go
+        plain = [int(i) for i in tp._helpers.to_plain_idxs(item.idxs)]
+        roots = [int(i) for i in tp._helpers.to_root_idxs(item.idxs)]
+        if plain != roots or len(plain) != channels:
+            return None, f"its channels reach the grouped convolution {type(module).__name__}(groups={module.groups}) re-ordered or in part"
+        blocks = math.lcm(blocks, module.groups)
+    if blocks == 1:
+        return None, None
+    if channels % blocks:
+        return None, f"its {channels} channels do not split into the {blocks} groups of a grouped convolution"
+    period = channels // blocks
+    return tuple(channel % period for channel in range(channels)), None
 
 
 class NeuronStructure:
     """The neuron groups of a model and the parameter entries each unit owns.
 
+    A group is pruned only when masking its units is, exactly, removing them: the masked model
+    that a fit trains and judges must be the compact model it ends with. Groups where that cannot
+    hold are *refused* (left unpruned, with the reason): channels that feed a channel-mixing norm
+    (LayerNorm, RMSNorm, GroupNorm), channels that reach a grouped convolution re-ordered or in
+    part, and, found by trying it, any other group whose masked and removed models differ on the
+    example input or whose removal fails (a reshape or split the engine cannot follow).
+
     Args:
         model: The model, with the dense (unpruned) architecture.
         example_input: A batch the model accepts.
-        layers: The prunable layers. Groups that include the output layer's units or a layer not in
+        layers: The prunable layers. Groups that include an output layer's units or a layer not in
             ``layers`` are left out.
+        verify: Check every group by removing some of its units on a float32 copy (refusing the
+            groups that fail). ``False`` skips the check and refuses the groups named in ``refused``.
+        refused: Groups refused earlier (key to reason), e.g. by the verified structure of the dense
+            model, to refuse again without re-checking.
 
     Attributes:
         groups: The prunable groups, in the order Torch-Pruning's ``get_all_groups`` yields them
             (not forward order; look groups up by ``key``).
-        skipped: Names of layers in ``layers`` (other than the output layer) that belong to no
-            prunable group, so their units cannot be pruned.
+        refused: Group key (root layer name) to the reason it is not pruned.
+        skipped: Layer name to the reason its units cannot be pruned, for every layer in ``layers``
+            (other than the output layers) that is a member of no prunable group.
         sites: Layer name to the module whose output is the layer's pre-activation: the BatchNorm
             fed directly by the layer, if any, else the layer.
+
+    Raises:
+        TraceError: If the model's forward pass fails while tracing it.
     """
 
-    def __init__(self, model: nn.Module, example_input: Any, layers: Sequence[PrunableLayer]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: Any,
+        layers: Sequence[PrunableLayer],
+        verify: bool = True,
+        refused: Mapping[str, str] | None = None,
+    ) -> None:
         self.example_input = example_input
         names = {id(layer.module): layer.name for layer in layers}
+        module_names = {id(module): name for name, module in model.named_modules()}
         kept_out = [layer.module for layer in layers if layer.is_output]
-        unselected = [
-            module for module in model.modules() if type(module) in PRUNABLE_TYPES.values() and id(module) not in names
-        ]
+        unselected = [module for module in model.modules() if is_prunable(module) and id(module) not in names]
         graph = build_graph(model, example_input)
+        order = {name: index for index, name in enumerate(forward_order(model, example_input))}
         self.groups: list[UnitGroup] = []
-        grouped: set[str] = set()
-        for group in graph.get_all_groups(ignored_layers=kept_out + unselected, root_module_types=tuple(PRUNABLE_TYPES.values())):
+        self.refused: dict[str, str] = dict(refused or {})
+        grouped: dict[str, str | None] = {}  # member layer -> reason its group is refused (None: pruned)
+        with bounded_group_search(graph):
+            all_groups = list(graph.get_all_groups(ignored_layers=kept_out + unselected,
+                                                   root_module_types=tuple(PRUNABLE_TYPES.values())))
+        for group in all_groups:
             root = group[0].dep.target.module
+            if id(root) not in names:
+                continue
             size = len(group[0].idxs)
             members = []
             for item in group:
@@ -83,12 +210,43 @@ class NeuronStructure:
                     roots = [int(i) for i in tp._helpers.to_root_idxs(item.idxs)]
                     if len(plain) != size or sorted(roots) != list(range(size)):
                         continue
-                    order = [plain[roots.index(r)] for r in range(size)]
-                    members.append((names[id(module)], tuple(order)))
-                    grouped.add(names[id(module)])
-            if members:
-                self.groups.append(UnitGroup(names[id(root)], size, tuple(dict(members).items())))
-        self.skipped = [layer.name for layer in layers if not layer.is_output and layer.name not in grouped]
+                    members.append((names[id(module)], tuple(plain[roots.index(r)] for r in range(size))))
+            members_by_name = dict(members) or {names[id(root)]: tuple(range(size))}
+            key = min(members_by_name, key=lambda name: (order.get(name, len(order)), name))
+            reason = self.refused.get(key)
+            for item in group:
+                module = item.dep.target.module
+                if reason is None and is_channel_mixing_norm(module):
+                    reason = (f"its channels feed the channel-mixing norm {module_names.get(id(module), '?')!r} "
+                              f"({type(module).__name__}), where a zeroed channel is not a removed one")
+            unit_of, tie_reason = _tied_positions(group, size)
+            reason = reason or tie_reason
+            for name, _ in members:
+                grouped[name] = reason if grouped.get(name, "") is not None else None
+            if reason is not None:
+                self.refused[key] = reason
+            elif members:
+                grouped_conv = any(isinstance(item.dep.target.module, nn.modules.conv._ConvNd)
+                                   and item.dep.target.module.groups > 1 for item in group)
+                self.groups.append(_keyed_by_first_member(members_by_name, unit_of, size, order, grouped_conv))
+        if verify:
+            for key, reason in verify_groups(model, example_input, self).items():
+                self.refused[key] = reason
+                refused_members = dict(next(g for g in self.groups if g.key == key).members)
+                for name in refused_members:
+                    grouped[name] = reason
+                self.groups = [g for g in self.groups if g.key != key]
+        called = set(order)
+        self.skipped: dict[str, str] = {}
+        for layer in layers:
+            if layer.is_output or grouped.get(layer.name, "") is None:
+                continue
+            if layer.name not in called:
+                self.skipped[layer.name] = "it is never called by the model's forward pass"
+            elif grouped.get(layer.name):
+                self.skipped[layer.name] = grouped[layer.name]
+            else:
+                self.skipped[layer.name] = "its output channels are coupled to an output layer or to a layer not selected"
         self.sites = {}
         for layer in layers:
             node = graph.module2node.get(layer.module)
@@ -96,21 +254,29 @@ class NeuronStructure:
             self.sites[layer.name] = followers[0] if len(node.outputs if node else []) == 1 and followers else layer.module
 
     @property
+    def floors(self) -> dict[str, int]:
+        """Group key to the least number of units it keeps (see :attr:`UnitGroup.floor`)."""
+        return {group.key: group.floor for group in self.groups}
+
+    @property
     def sizes(self) -> dict[str, int]:
         """Group key to number of units."""
         return {group.key: group.size for group in self.groups}
 
     def group_scores(self, layer_scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Score each group's units by the mean of its member layers' unit scores."""
+        """Score each group's units: the mean over member layers and over the unit's channels of the
+        layers' per-channel scores."""
         result = {}
         for group in self.groups:
-            aligned = [layer_scores[name].flatten()[list(order)].double() for name, order in group.members]
-            result[group.key] = torch.stack(aligned).mean(dim=0)
+            aligned = [layer_scores[name].flatten()[list(order)].double().cpu() for name, order in group.members]
+            result[group.key] = group.unit_scores(torch.stack(aligned).mean(dim=0))
         return result
 
     def removal(self, keep: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
-        """The unit indices each group drops under ``keep``."""
-        return {group.key: (~keep[group.key].cpu()).nonzero().flatten().tolist() for group in self.groups}
+        """The channel indices (root layer's output units) each group drops under unit keep-masks ``keep``."""
+        return {
+            group.key: (~group.channel_keep(keep[group.key].cpu())).nonzero().flatten().tolist() for group in self.groups
+        }
 
     def remove_units(
         self, model: nn.Module, keep: Mapping[str, torch.Tensor], optimizers: Sequence[torch.optim.Optimizer] = ()
@@ -168,12 +334,14 @@ def remove_zeroed_units(
 
     structure = NeuronStructure(model, example_input, find_prunable_layers(model, example_input))
     params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
     removal: dict[str, list[int]] = {}
     for group in structure.groups:
-        zero = torch.ones(group.size, dtype=torch.bool)
+        zero_channels = torch.ones(group.channels, dtype=torch.bool)
         for name, order in group.members:
-            rows = params[f"{name}.weight"].detach().flatten(1).abs().sum(dim=1).cpu() == 0
-            zero &= rows[list(order)]
+            rows = PrunableLayer(name, modules[name]).unit_weight.detach().flatten(1).abs().sum(dim=1).cpu() == 0
+            zero_channels &= rows[list(order)]
+        zero = zero_channels if group.unit_of is None else group.unit_scores(zero_channels.double()) == 1.0
         if zero.all():
             zero[0] = False  # never empty a group
         if not zero.any():
@@ -182,7 +350,87 @@ def remove_zeroed_units(
         keep[group.key] = ~zero
         dropped = structure.parameter_masks(model, keep)
         if all(not params[name].detach()[~mask.to(params[name].device)].any() for name, mask in dropped.items()):
-            removal[group.key] = zero.nonzero().flatten().tolist()
+            removal[group.key] = structure.removal(keep)[group.key]
     if removal:
         remove_units(model, example_input, removal, optimizers)
     return removal
+
+
+#: How the check removes units of a group: a random third (fixed seed), and the last half (a
+#: contiguous block, which is what catches slices such as GhostNet's ``[:, :out_chs]``).
+PROBES = ("random", "tail")
+
+
+def _probe_keep(structure: NeuronStructure, keys: Sequence[str], probe: str = "random") -> dict[str, torch.Tensor]:
+    """Unit keep-masks that drop some units of the groups in ``keys`` (see :data:`PROBES`)."""
+    keep = {}
+    for group in structure.groups:
+        mask = torch.ones(group.size, dtype=torch.bool)
+        if group.key in keys and group.size > max(1, group.floor):
+            if probe == "random":
+                generator = torch.Generator().manual_seed(group.size)
+                mask[torch.randperm(group.size, generator=generator)[: max(1, group.size // 3)]] = False
+            else:
+                mask[max(group.floor, group.size // 2):] = False
+        keep[group.key] = mask
+    return keep
+
+
+def _masked_equals_removed(
+    model: nn.Module, example_input: Any, structure: NeuronStructure, keys: Sequence[str], probe: str = "random"
+) -> str | None:
+    """``None`` if masking and removing some units of the groups ``keys`` give the same outputs, else why not."""
+    keep = _probe_keep(structure, keys, probe)
+    x = to_dtype(map_tensors(example_input, lambda tensor: tensor.cpu()), torch.float32)
+    try:
+        masks = structure.parameter_masks(model, keep)
+        masked = detached_copy(model).to("cpu", torch.float32).eval()
+        with torch.no_grad():
+            for name, param in masked.named_parameters():
+                if name in masks:
+                    param.mul_(masks[name])
+            expected = output_tensors(call(masked, x))
+        del masked
+        removed = detached_copy(model).to("cpu", torch.float32).eval()
+        remove_groups(removed, x, {key: idx for key, idx in structure.removal(keep).items() if key in keys and idx})
+        with torch.no_grad():
+            found = output_tensors(call(removed, x))
+    except Exception as error:  # the engine cannot follow this group: refuse it, say why
+        cause = error.__cause__ or error
+        return f"removing its units fails ({type(cause).__name__}: {str(cause)[:200]})"
+    if len(found) != len(expected) or any(a.shape != b.shape for a, b in zip(found, expected)):
+        return "removing its units changes the shape of the model's output"
+    for a, b in zip(found, expected):
+        scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
+        difference = float((a - b).abs().max()) / scale if b.numel() else 0.0
+        if difference > 1e-4:  # float32 sums in another order differ by ~1e-7; a mixed-in zero by 1e-2 and more
+            return (f"masking its units is not removing them (outputs differ by {difference:.2e} relative): they reach "
+                    "an operation that mixes channels (a norm over channels, a reshape, a split)")
+    return None
+
+
+def verify_groups(model: nn.Module, example_input: Any, structure: NeuronStructure) -> dict[str, str]:
+    """Groups whose masked and removed models differ, or whose removal fails, each with the reason.
+
+    All groups are checked at once, once per pattern of :data:`PROBES` (units removed on a float32 copy);
+    when that fails, halves are checked recursively, so a model with ``k`` bad groups of ``n`` costs
+    about ``k log n`` checks.
+    """
+    failed: dict[str, str] = {}
+
+    def check(keys: list[str], probe: str) -> None:
+        reason = _masked_equals_removed(model, example_input, structure, keys, probe)
+        if reason is None:
+            return
+        if len(keys) == 1:
+            failed[keys[0]] = reason
+            return
+        middle = len(keys) // 2
+        check(keys[:middle], probe)
+        check(keys[middle:], probe)
+
+    for probe in PROBES:
+        keys = [group.key for group in structure.groups if group.size > 1 and group.key not in failed]
+        if keys:
+            check(keys, probe)
+    return failed

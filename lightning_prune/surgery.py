@@ -14,34 +14,64 @@ whose parameters hold their own flat indices.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
+from lightning_prune.layers import hf_conv1d_type
+from lightning_prune.tracing import call, map_tensors, output_tensors
+
 Removal = dict[str, list[int]]
 """Group key (root layer name) to the indices of its output units to remove, in current coordinates."""
 
 
 def to_dtype(value: Any, dtype: torch.dtype) -> Any:
-    """Cast the floating tensors of a (nested tuple/list of) tensors."""
-    if torch.is_tensor(value) and value.is_floating_point():
-        return value.to(dtype)
-    if isinstance(value, (tuple, list)):
-        return type(value)(to_dtype(item, dtype) for item in value)
-    return value
+    """Cast the floating tensors of a (nested tuple/list/dict of) tensors."""
+    return map_tensors(value, lambda tensor: tensor.to(dtype) if tensor.is_floating_point() else tensor)
 
 
 def _to_cpu(value: Any) -> Any:
-    if torch.is_tensor(value):
-        return value.cpu()
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to_cpu(item) for item in value)
-    return value
+    return map_tensors(value, lambda tensor: tensor.cpu())
+
+
+class TraceError(RuntimeError):
+    """The model's forward pass failed while tracing it; ``__cause__`` is the model's own error."""
+
+
+class UnsupportedModelError(ValueError):
+    """The engine (Torch-Pruning) cannot trace this model's structure; ``__cause__`` is its error."""
+
+
+class _HFConv1DPruner(tp.pruner.function.BasePruningFunc):
+    """Torch-Pruning handler for Hugging Face's ``Conv1D`` (GPT-2): a linear layer whose weight is
+    ``(in, out)``, so output units are columns. Torch-Pruning has none of its own."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        keep = sorted(set(range(layer.nf)) - set(idxs))
+        layer.nf = len(keep)
+        layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 1)
+        if layer.bias is not None:
+            layer.bias = self._prune_parameter_and_grad(layer.bias, keep, 0)
+        return layer
+
+    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        keep = sorted(set(range(layer.weight.shape[0])) - set(idxs))
+        if hasattr(layer, "nx"):
+            layer.nx = len(keep)
+        layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 0)
+        return layer
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.nf
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return layer.weight.shape[0]
 
 
 def detached_copy(model: nn.Module) -> nn.Module:
@@ -52,23 +82,93 @@ def detached_copy(model: nn.Module) -> nn.Module:
 
 
 def build_graph(model: nn.Module, example_input: Any) -> tp.DependencyGraph:
-    """Trace ``model`` with Torch-Pruning in eval mode, leaving its train/eval mode as it was."""
+    """Trace ``model`` with Torch-Pruning in eval mode, leaving its train/eval mode as it was.
+
+    The model is called by :func:`~lightning_prune.tracing.call` (a tensor, a tuple of arguments or
+    a dict of keyword arguments) and every floating tensor of its output is traced, so tuples,
+    dicts and ``ModelOutput``\ s with caches need no wrapper.
+
+    Raises:
+        TraceError: If the model's forward pass fails, with the model's own error as its cause.
+    """
     was_training = model.training
+    conv1d = hf_conv1d_type()  # registered only when present: a customized pruner changes how Torch-Pruning traces
+    uses_conv1d = conv1d is not None and any(isinstance(module, conv1d) for module in model.modules())
+    customized = {conv1d: _HFConv1DPruner()} if uses_conv1d else None
+
+    def forward(module: nn.Module, inputs: Any) -> Any:
+        try:
+            return call(module, inputs)
+        except Exception as error:
+            raise TraceError(f"The model's forward pass failed while tracing it: {type(error).__name__}: {error}") from error
+
     try:
-        inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
-        return tp.DependencyGraph().build_dependency(model, example_inputs=tuple(inputs), verbose=False)
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_input, forward_fn=forward, output_transform=output_tensors,
+                customized_pruners=customized, verbose=False,
+            )
+    except TraceError:
+        raise
+    except Exception as error:  # the engine's own failure: name it, keep its error as the cause
+        raise UnsupportedModelError(
+            f"Torch-Pruning could not build the dependency graph of {type(model).__name__} "
+            f"({type(error).__name__}: {str(error)[:200]}), so its coupled neurons cannot be found. Prune its weights "
+            "(granularity='weight') or select the layers it can follow with `layers=`/`ignore_layers=`."
+        ) from error
     finally:
         model.train(was_training)
 
 
-def remove_groups(model: nn.Module, example_input: Any, removal: Mapping[str, Sequence[int]]) -> None:
+@contextlib.contextmanager
+def bounded_group_search(graph: tp.DependencyGraph, per_node: int = 64) -> Iterator[None]:
+    """Stop Torch-Pruning's search for a group's dependencies when it does not terminate.
+
+    On some models (torchvision's Swin: window partitions, reshapes of reshapes) the index lists
+    grow by the flatten stride at every step and the search never ends in practice. A group that
+    needs more than ``per_node`` dependencies per node of the graph, or more indices for one
+    dependency than the model's largest parameter has entries, is not one the library can prune;
+    the search is stopped with :class:`UnsupportedModelError` instead of hanging the fit. Torch-Pruning offers
+    no limit of its own, so ``Group.add_dep`` is counted while the block runs (and restored after).
+    """
+    group_class = tp.dependency.group.Group
+    original = group_class.add_dep
+    limit = per_node * max(1, len(graph.module2node))
+    largest = max((p.numel() for p in graph.model.parameters()), default=1)  # no dimension has more entries
+
+    def counted(group: Any, dep: Any, idxs: Any) -> None:
+        group._lightning_prune_deps = getattr(group, "_lightning_prune_deps", 0) + 1
+        if group._lightning_prune_deps > limit or len(idxs) > largest:
+            raise UnsupportedModelError(
+                f"Torch-Pruning's search for coupled channels grows without bound on this model (a group past {limit} "
+                f"dependencies or {largest} indices: reshapes of reshapes, e.g. window partitions). Prune its weights "
+                "(granularity='weight') or select the layers it can follow with `layers=`/`ignore_layers=`."
+            )
+        original(group, dep, idxs)
+
+    group_class.add_dep = counted
+    try:
+        yield
+    finally:
+        group_class.add_dep = original
+
+
+def remove_groups(
+    model: nn.Module, example_input: Any, removal: Mapping[str, Sequence[int]], graph: tp.DependencyGraph | None = None
+) -> None:
     """Remove units in place, group by group (no optimizer involved).
+
+    Args:
+        model: The model (changed in place).
+        example_input: A batch the model accepts (unused when ``graph`` is given).
+        removal: Group key (a layer name) to the indices of its output channels to remove.
+        graph: A dependency graph already traced on ``model``.
 
     Raises:
         ValueError: If a key names no module or a group would lose all of its units.
     """
     modules = dict(model.named_modules())
-    graph = build_graph(model, example_input)
+    graph = graph if graph is not None else build_graph(model, example_input)
     for key, indices in removal.items():
         if not indices:
             continue
@@ -85,23 +185,73 @@ def remove_groups(model: nn.Module, example_input: Any, removal: Mapping[str, Se
 def surviving_entries(model: nn.Module, example_input: Any, removal: Mapping[str, Sequence[int]]) -> dict[str, torch.Tensor]:
     """Flat indices of the entries each changed parameter or floating buffer keeps when ``removal`` is done.
 
+    The removal is done for real on a CPU copy: traced in float32 (fast kernels), then every floating
+    parameter and buffer is replaced by its own flat indices in float64 (exact up to 2**53) and the
+    groups are removed; what is left are the surviving indices.
+
     Returns:
         State-dict name to a sorted ``long`` tensor of kept flat indices (changed tensors only:
         parameters, and buffers such as BatchNorm running statistics).
     """
-    probe = detached_copy(model).to("cpu", torch.float64)  # on the CPU whatever the model's device
+    probe = detached_copy(model).to("cpu", torch.float32)  # on the CPU whatever the model's device
+    graph = build_graph(probe, to_dtype(_to_cpu(example_input), torch.float32))
     shapes = {}
     with torch.no_grad():
         for name, tensor in itertools.chain(probe.named_parameters(), probe.named_buffers()):
             if tensor.is_floating_point():
                 shapes[name] = tensor.shape
                 tensor.data = torch.arange(tensor.numel(), dtype=torch.float64).reshape(tensor.shape)
-    remove_groups(probe, to_dtype(_to_cpu(example_input), torch.float64), removal)
+    remove_groups(probe, None, removal, graph=graph)
     return {
         name: tensor.detach().flatten().long()
         for name, tensor in itertools.chain(probe.named_parameters(), probe.named_buffers())
         if name in shapes and tensor.shape != shapes[name]
     }
+
+
+class Transaction:
+    """Puts a model's modules and its optimizers back as they were if anything in the block fails.
+
+    Torch-Pruning changes a module by swapping its attributes (new ``nn.Parameter``\ s, new
+    ``in_channels``...), so a shallow copy of every module's ``__dict__`` (and of its parameter and
+    buffer dicts) and of every optimizer's param lists and state map is a full, cheap snapshot of
+    what a removal can touch.
+
+    Example::
+
+        with Transaction(model, optimizers):
+            remove_groups(model, x, removal)
+            retrace(model)          # any failure here restores the model and optimizers
+    """
+
+    def __init__(self, model: nn.Module, optimizers: Iterable[torch.optim.Optimizer] = ()) -> None:
+        self.model = model
+        self.optimizers = list(optimizers)
+
+    def __enter__(self) -> "Transaction":
+        self._modules = {
+            module: ({key: copy.copy(value) for key, value in vars(module).items()}) for module in self.model.modules()
+        }
+        self._optimizers = [
+            ([list(group["params"]) for group in optimizer.param_groups], dict(optimizer.state)) for optimizer in self.optimizers
+        ]
+        return self
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if kind is not None:
+            self.restore()
+        return False
+
+    def restore(self) -> None:
+        """Put every module and optimizer back as it was at ``__enter__``."""
+        for module, attributes in self._modules.items():
+            vars(module).clear()
+            vars(module).update(attributes)
+        for optimizer, (params, state) in zip(self.optimizers, self._optimizers):
+            for group, saved in zip(optimizer.param_groups, params):
+                group["params"] = saved
+            optimizer.state.clear()
+            optimizer.state.update(state)
 
 
 def remove_units(
@@ -122,28 +272,22 @@ def remove_units(
         State-dict name to the kept flat indices, for every changed parameter and floating buffer.
 
     Raises:
-        Exception: Whatever the removal raised, after the model was put back as it was.
+        Exception: Whatever the removal raised, after the model and optimizers were put back as they were.
     """
     optimizers = list(optimizers)
     kept = surviving_entries(model, example_input, removal)
-    saved = {module: {key: copy.copy(value) for key, value in vars(module).items()} for module in model.modules()}
     before = dict(model.named_parameters())
-    try:
+    with Transaction(model, optimizers):
         remove_groups(model, example_input, removal)
         after = dict(model.named_parameters())
         replaced = {id(before[n]): (before[n], after[n], kept.get(n)) for n in before if after[n] is not before[n]}
         moved = [_moved_state(optimizer, replaced) for optimizer in optimizers]
-    except BaseException:
-        for module, attributes in saved.items():  # Torch-Pruning swaps attributes; swap them back
-            vars(module).clear()
-            vars(module).update(attributes)
-        raise
-    for optimizer, (groups, state) in zip(optimizers, moved):
-        for group, params in zip(optimizer.param_groups, groups):
-            group["params"] = params
-        for old, new, _ in replaced.values():
-            if optimizer.state.pop(old, None) is not None:
-                optimizer.state[new] = state[new]
+        for optimizer, (groups, state) in zip(optimizers, moved):
+            for group, params in zip(optimizer.param_groups, groups):
+                group["params"] = params
+            for old, new, _ in replaced.values():
+                if optimizer.state.pop(old, None) is not None:
+                    optimizer.state[new] = state[new]
     return kept
 
 

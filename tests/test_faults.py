@@ -78,9 +78,10 @@ def test_a_removal_failure_puts_the_model_and_optimizer_back(monkeypatch):
 
     original = surgery.remove_groups
 
-    def half_then_fail(model, example_input, removal):  # prune one group for real, then fail
-        first = dict(list(removal.items())[:1])
-        original(model, example_input, first)
+    def half_then_fail(target, example_input, removal, graph=None):  # on the real model: prune one group, then fail
+        if target is not model:
+            return original(target, example_input, removal, graph=graph)
+        original(target, example_input, dict(list(removal.items())[:1]))
         raise RuntimeError("surgery failed")
 
     monkeypatch.setattr(surgery, "remove_groups", half_then_fail)
@@ -127,3 +128,68 @@ def test_one_callback_instance_serves_several_fits():
         assert len(pruning.history) == 1 and pruning.history[0]["sparsity"] == pytest.approx(0.5, abs=1e-3)
         zero = sum(int((p == 0).sum()) for n, p in model.named_parameters() if n.endswith("weight"))
         assert zero >= 0.5 * sum(m.numel() for m in pruning.keep.values()) - 3
+
+
+def _digest(model, optimizer):
+    """Every tensor of the model and the optimizer state, with names and shapes: equal or not."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode() + str(tuple(tensor.shape)).encode() + tensor.detach().cpu().numpy().tobytes())
+    for index, param in enumerate(p for group in optimizer.param_groups for p in group["params"]):
+        digest.update(str(index).encode() + str(tuple(param.shape)).encode())
+        for key, value in sorted(optimizer.state.get(param, {}).items()):
+            digest.update(key.encode() + (value.detach().cpu().numpy().tobytes() if torch.is_tensor(value) else repr(value).encode()))
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("failing_step", ["retrace", "macs", "check"])
+def test_a_failure_after_the_removal_puts_model_optimizer_and_pruner_back(monkeypatch, failing_step):
+    # The removal itself succeeds; what follows it (re-tracing the compact model, counting its MACs,
+    # checking the masks fit) fails: the commit is all or nothing.
+    from lightning_prune import pruner as pruner_module
+    from lightning_prune.pruner import Pruner
+
+    torch.manual_seed(0)
+    model = build_model("resnet_small")
+    x = torch.randn(2, 1, 8, 8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model(x).sum().backward()
+    optimizer.step()
+    pruner = Pruner(model, x, Magnitude(2), granularity="neuron", scope="layer")
+    keep = pruner.plan(pruner.dense_keep(), 0.5, 0)
+    before = _digest(model, optimizer)
+    structure, macs = pruner.structure, pruner.macs
+    expected = model.eval()(x).detach()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError(f"{failing_step} failed")
+
+    target = {"retrace": "NeuronStructure", "macs": "count_macs", "check": "_check_fits"}[failing_step]
+    monkeypatch.setattr(pruner_module, target, fail)
+    with pytest.raises(RuntimeError, match=f"{failing_step} failed"):
+        pruner.commit(keep, optimizers=[optimizer])
+    assert _digest(model, optimizer) == before
+    assert pruner.structure is structure and pruner.macs is macs
+    assert torch.equal(model(x).detach(), expected)  # the dense model still computes what it did
+
+    monkeypatch.undo()
+    pruner.commit(keep, optimizers=[optimizer])  # and the same step then succeeds
+    assert _digest(model, optimizer) != before
+
+
+def test_the_model_s_own_forward_error_reaches_the_user_not_the_tracer_s_retry():
+    from lightning_prune.surgery import TraceError, build_graph
+
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            raise KeyError("the real cause")
+
+    with pytest.raises(TraceError, match="KeyError: 'the real cause'") as caught:
+        build_graph(Broken(), torch.randn(2, 4))
+    assert isinstance(caught.value.__cause__, KeyError)

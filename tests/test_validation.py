@@ -47,7 +47,7 @@ VALID = dict(criterion="l1", granularity="weight", scope="global", target=0.5)
         ({"scope": "layer", "layer_targets": {"*fc": 1.0}}, "`layer_targets['*fc']` must be a number in (0, 1), got 1.0"),
         ({"layer_targets": {"*fc": 0.5}}, "it needs scope='layer' and budget='units', got scope='global', budget='units'"),
         ({"control": "signed_constant"}, "`control`='signed_constant' changes the values rewound to; it needs `rewind`='init' or an epoch, got rewind=None"),
-        ({"normalize": "sum"}, "`normalize` must be one of ('mean', 'max', 'l2') or None, got 'sum'"),
+        ({"normalize": "sum"}, "`normalize` must be one of ('mean', 'max', 'l2'), 'auto' or None, got 'sum'"),
         ({"scope": "layer", "normalize": "l2"}, "with scope='layer' every layer is ranked on its own"),
     ],
 )

@@ -1,0 +1,217 @@
+"""The model zoo: third-party architectures users bring, at random init and tiny sizes.
+
+Each entry builds ``(model, example_input)``. Sizes are cut down (layers, widths, image size) so
+that the whole zoo traces, prunes and checks in seconds on a CPU, while keeping each family's
+structure: grouped and depthwise convolutions, squeeze-excitation, channel shuffle, dense
+concatenation, LayerNorm'd channels, attention heads, GPT-2's ``Conv1D``, rotary embeddings and
+grouped-query attention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _image(size: int = 16, channels: int = 3, batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def _tokens(vocab: int = 64, length: int = 8, batch: int = 2) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(0))
+
+
+# ----------------------------------------------------------------------------- torchvision
+def _tv(name: str, size: int = 32, **kwargs: Any) -> tuple[nn.Module, Any]:
+    import torchvision.models as tvm
+
+    return getattr(tvm, name)(weights=None, num_classes=10, **kwargs), _image(size)
+
+
+def _tv_resnet(block: str, layers: list[int], **kwargs: Any) -> tuple[nn.Module, Any]:
+    from torchvision.models import resnet
+
+    return resnet.ResNet(getattr(resnet, block), layers, num_classes=10, **kwargs), _image()
+
+
+def _tv_regnet(se: float | None) -> tuple[nn.Module, Any]:
+    from torchvision.models import regnet
+
+    params = regnet.BlockParams.from_init_params(depth=4, w_0=16, w_a=8.0, w_m=2.0, group_width=8, se_ratio=se)
+    return regnet.RegNet(params, num_classes=10, stem_width=16), _image()
+
+
+def _tv_convnext() -> tuple[nn.Module, Any]:
+    from torchvision.models import convnext
+
+    setting = [convnext.CNBlockConfig(16, 32, 1), convnext.CNBlockConfig(32, None, 1)]
+    return convnext.ConvNeXt(setting, num_classes=10), _image()
+
+
+def _tv_vit() -> tuple[nn.Module, Any]:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=10)
+    return model, _image()
+
+
+def _tv_swin() -> tuple[nn.Module, Any]:
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    model = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=[4, 4], num_classes=10)
+    return model, _image()
+
+
+def _tv_vgg() -> tuple[nn.Module, Any]:
+    import torchvision.models as tvm
+
+    model = tvm.vgg11_bn(weights=None, num_classes=10)  # its classifier (25088-4096-4096) cut to 64 wide
+    model.classifier = nn.Sequential(nn.Linear(512 * 7 * 7, 64), nn.ReLU(True), nn.Dropout(), nn.Linear(64, 64), nn.ReLU(True),
+                                     nn.Dropout(), nn.Linear(64, 10))
+    return model, _image(32)
+
+
+def _tv_shufflenet() -> tuple[nn.Module, Any]:
+    from torchvision.models.shufflenetv2 import ShuffleNetV2
+
+    return ShuffleNetV2([1, 1, 1], [8, 16, 32, 64, 128], num_classes=10), _image()
+
+
+def _tv_densenet() -> tuple[nn.Module, Any]:
+    from torchvision.models.densenet import DenseNet
+
+    return DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2, num_classes=10), _image()
+
+
+# ----------------------------------------------------------------------------- timm
+def _timm(name: str, size: int = 32, **kwargs: Any) -> tuple[nn.Module, Any]:
+    import timm
+
+    return timm.create_model(name, pretrained=False, num_classes=10, **kwargs), _image(size)
+
+
+def _timm_mixer() -> tuple[nn.Module, Any]:
+    from timm.models.mlp_mixer import MlpMixer
+
+    return MlpMixer(num_classes=10, img_size=16, patch_size=4, num_blocks=2, embed_dim=32), _image()
+
+
+# ----------------------------------------------------------------------------- Hugging Face
+def _hf_bert(classify: bool = False) -> tuple[nn.Module, Any]:
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                        max_position_embeddings=16, num_labels=3)
+    model = BertForSequenceClassification(config) if classify else BertModel(config)
+    return model, _tokens()
+
+
+def _hf_gpt2() -> tuple[nn.Module, Any]:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=4)
+    return GPT2LMHeadModel(config), _tokens()
+
+
+def _hf_llama() -> tuple[nn.Module, Any]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=16)
+    return LlamaForCausalLM(config), _tokens()
+
+
+def _hf_vit() -> tuple[nn.Module, Any]:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64, num_labels=10)
+    return ViTForImageClassification(config), _image()
+
+
+#: Family name to builder. Names say where the model comes from.
+ZOO: dict[str, Callable[[], tuple[nn.Module, Any]]] = {
+    "tv_resnet": partial(_tv_resnet, "BasicBlock", [1, 1, 1, 1]),
+    "tv_resnext": partial(_tv_resnet, "Bottleneck", [1, 1, 1, 1], groups=4, width_per_group=8),
+    "tv_wide_resnet": partial(_tv_resnet, "Bottleneck", [1, 1, 1, 1], width_per_group=128),
+    "tv_vgg": _tv_vgg,
+    "tv_densenet": _tv_densenet,
+    "tv_googlenet": partial(_tv, "googlenet", size=32, aux_logits=False, init_weights=True),
+    "tv_inception_v3": partial(_tv, "inception_v3", size=75, aux_logits=False, init_weights=True),
+    "tv_mobilenet_v2": partial(_tv, "mobilenet_v2", width_mult=0.25),
+    "tv_mobilenet_v3": partial(_tv, "mobilenet_v3_small"),
+    "tv_mnasnet": partial(_tv, "mnasnet0_5"),
+    "tv_efficientnet": partial(_tv, "efficientnet_b0"),
+    "tv_efficientnet_v2": partial(_tv, "efficientnet_v2_s"),
+    "tv_regnet_x": partial(_tv_regnet, None),
+    "tv_regnet_y": partial(_tv_regnet, 0.25),
+    "tv_shufflenet_v2": _tv_shufflenet,
+    "tv_squeezenet": partial(_tv, "squeezenet1_1"),
+    "tv_convnext": _tv_convnext,
+    "tv_vit": _tv_vit,
+    "tv_swin": _tv_swin,
+    "timm_resnet": partial(_timm, "resnet10t"),
+    "timm_regnet": partial(_timm, "regnetx_002"),
+    "timm_convnext": partial(_timm, "convnext_atto"),
+    "timm_efficientnet": partial(_timm, "efficientnet_b0"),
+    "timm_mobilenetv3": partial(_timm, "mobilenetv3_small_050"),
+    "timm_ghostnet": partial(_timm, "ghostnet_050"),
+    "timm_vit": partial(_timm, "vit_tiny_patch16_224", size=16, img_size=16, patch_size=4, depth=2),
+    "timm_deit": partial(_timm, "deit_tiny_patch16_224", size=16, img_size=16, patch_size=4, depth=2),
+    "timm_mixer": _timm_mixer,
+    "hf_bert": _hf_bert,
+    "hf_bert_classifier": partial(_hf_bert, classify=True),
+    "hf_gpt2": _hf_gpt2,
+    "hf_llama": _hf_llama,
+    "hf_vit": _hf_vit,
+}
+
+
+def report(names: list[str] | None = None) -> str:
+    """A markdown table: each zoo model pruned at a 30 % global unit target (L2, normalised), or refused."""
+    import copy
+    from collections import Counter
+
+    from lightning_prune.criteria import Magnitude
+    from lightning_prune.masks import apply_masks
+    from lightning_prune.pruner import Pruner
+    from lightning_prune.tracing import call, output_tensors
+
+    rows = ["| model | parameters | after 30 % of units | masked == compact | groups pruned / refused | why refused |",
+            "|---|---:|---:|---|---|---|"]
+    for name in names or list(ZOO):
+        torch.manual_seed(0)
+        model, x = ZOO[name]()
+        model.eval()
+        dense = sum(p.numel() for p in model.parameters())
+        try:
+            pruner = Pruner(model, x, Magnitude(2), granularity="neuron", scope="global")
+            keep = pruner.plan(pruner.dense_keep(), 0.3, 0, normalize="mean")
+            masked = copy.deepcopy(model)
+            apply_masks(masked, pruner.parameter_masks(keep))
+            refused = dict(pruner.structure.refused)
+            groups = len(pruner.structure.groups)
+            pruner.commit(keep)
+            with torch.no_grad():
+                a, b = output_tensors(call(model, x))[0], output_tensors(call(masked, x))[0]
+            exact = float((a - b).abs().max()) <= 1e-5 * max(1.0, float(b.abs().max()))
+            after = sum(p.numel() for p in model.parameters()) / dense
+            kinds = Counter(reason.split(" (")[0].split(":")[0][:90] for reason in refused.values())
+            why = "; ".join(f"{count}x {kind}" for kind, count in kinds.most_common(3)) or "-"
+            rows.append(f"| {name} | {dense:,} | {after:.2f} | {'yes' if exact else 'NO'} | {groups} / {len(refused)} | {why} |")
+        except Exception as error:  # a clean refusal: the model is untouched
+            rows.append(f"| {name} | {dense:,} | refused | - | - | {type(error).__name__}: {str(error)[:120]} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import sys
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    print(report(sys.argv[1:] or None))
