@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -170,7 +170,8 @@ assert sweep[0.9] < sweep[0.4], sweep
 # ## Over-parameterisation, part 2: many neurons are (almost) never active
 #
 # The lecture's neuron importance is "how often is this neuron's output non-zero on a data set".
-# Hu et al. (2016) call the complement APoZ, the *Average Percentage of Zeros* after the ReLU.
+# Hu et al. (2016) call the complement APoZ, the *Average Percentage of Zeros* after the ReLU
+# (平均零激活百分比).
 # `APoZ()` scores each neuron by its activation frequency `1 − APoZ`; it needs a calibration pass over
 # data, which `score_layers` runs (model in eval mode, no gradients). We use the validation images.
 

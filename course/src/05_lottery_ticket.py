@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -274,7 +274,7 @@ assert table["ticket"]["val"][-1] - table["random_mask"]["val"][-1] > 0.15
 # - **The mask alone.** Put each round's mask on the *initial, untrained* weights and test it. If the
 #   mask only selected weights that train well, this network should be at chance (10 %). Zhou et al.
 #   found it far above chance: pruning is itself a kind of training, and such a mask is a
-#   **supermask**.
+#   **supermask** (超级掩码).
 # - **Signs or magnitudes?** Keep the mask and replace the surviving initial weights by
 #   `sign(w) * std` of their layer (`signed_constant_state`: only the signs survive), or keep their
 #   magnitudes with random signs (`random_sign_state`). Zhou et al. found the signs are what matters.

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -288,8 +288,9 @@ assert step_acc < dense_acc - 0.2, step_acc                          # ... and, 
 # over to the narrower tensors). We train 4 dense epochs, then prune geometrically, 20 % of the
 # remaining channels per cycle, down to half of every group (4 cycles: 20 %, 36 %, 48.8 %, 50 %), with 2
 # epochs of fine-tuning after each cycle: 12 epochs, as many as the dense run. We run it twice, with
-# the L2 norm of the filters and with APoZ (the average percentage of zeros in a channel's post-ReLU
-# feature maps, over all positions of a few training batches: the channels that are mostly zero go first).
+# the L2 norm of the filters and with APoZ (平均零激活百分比, the average percentage of zeros in a
+# channel's post-ReLU feature maps, over all positions of a few training batches: the channels that are
+# mostly zero go first).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
