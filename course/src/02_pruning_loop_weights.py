@@ -157,13 +157,23 @@ no_finetune = {scope: [test_accuracy(pruned_copy(dense, s, scope)[0]) for s in s
 for scope, accs in no_finetune.items():
     print(f"{scope:6s}: " + "  ".join(f"{s:.0%}→{a:.3f}" for s, a in zip(sparsities, accs)))
 
+fig, ax = plt.subplots(figsize=(5, 3.2))
+for scope, accs in no_finetune.items():
+    ax.plot([100 * s for s in sparsities], accs, "o-", label=f"{scope} ranking")
+ax.axhline(dense_acc, color="gray", ls="--", label="dense")
+ax.set_xlabel("weights pruned (%)")
+ax.set_ylabel("test accuracy, no fine-tuning")
+ax.legend()
+fig.tight_layout()
+plt.show()
+
 # %%
 assert no_finetune["global"][0] > dense_acc - 0.05
 assert no_finetune["global"][-1] < dense_acc - 0.2  # 98 % without fine-tuning is far too much
 
 # %% [markdown]
-# The printed numbers show the drop grows fast past 70–80 % sparsity; which scope is better right
-# after pruning can be read off the table (it is not the same at every sparsity).
+# The printed numbers and the plot show the drop grows fast past 70–80 % sparsity; which scope is
+# better right after pruning can be read off them (it is not the same at every sparsity).
 #
 # ## Step 4: fine-tuning, with the masks enforced
 #
