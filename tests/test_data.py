@@ -251,7 +251,7 @@ def test_trainer_fits_and_tests_with_the_datamodule(datamodule_class) -> None:
 def test_lenet_300_100_learns_real_mnist_in_one_short_epoch() -> None:
     L.seed_everything(0, verbose=False)
     datamodule = MNISTDataModule(batch_size=64, seed=0)
-    model = Classifier("lenet_300_100", arch_kwargs={"in_features": 784}, input_shape=datamodule.input_shape)
+    model = Classifier("lenet_300_100", input_shape=datamodule.input_shape)  # 784 inputs from input_shape
     trainer = L.Trainer(max_epochs=1, limit_train_batches=20, accelerator="cpu", deterministic=True,
                         **QUIET_TRAINER)
     trainer.fit(model, datamodule)
