@@ -48,6 +48,7 @@ FINETUNE = 2
 TARGETS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 DATASETS = {"digits": DigitsDataModule, "mnist": MNISTDataModule}
 TITLES = {"digits": "digits", "mnist": "real MNIST (5,000-image subset)"}
+PLOT_TITLES = {"digits": "digits", "mnist": "the real-MNIST subset"}
 
 
 def _fit(model: Classifier, seed: int, epochs: int, callbacks: list, dataset: str = "digits") -> dict[str, Any]:
@@ -113,9 +114,30 @@ Test split: 357 examples, 1 example = 0.28 points.
 MNIST_COMMAND = ("python experiments/han_iterative.py --seeds 0 1 2 --dataset mnist --warmup 10 --finetune 1 "
                  "--targets 0.8 0.92 0.95 0.98")
 # Written after MNIST_COMMAND's run; rerunning regenerates the table, not this text.
-ANALYSIS_MNIST = """## Comparison with Han et al. (2015), as measured
+ANALYSIS_MNIST = """## Comparison with Han et al. (2015), as measured (3 seeds)
 
-(to be written after the run)
+Test split: 1,000 images (1 image = 0.1 points); std over 3 seeds 0.1-1.1 points. The model is the
+paper's LeNet-300-100 (784 inputs, 266,200 weights + 410 biases = 266,610 parameters), but it is
+trained on 3,500 images, not 60,000: the dense network reaches 93.80 ± 0.62 % here, against Han's
+1.64 % error (98.4 %; 1.59 % after pruning) on the full training set. Only the shape of the result
+can be compared.
+
+* **12x compression without accuracy loss: agrees.** Han et al.: 267K -> 22K parameters (8 %), no
+  loss. Here, at 8 % of the weights (12.5x, printed "13x" in the table; 21,296 weights + 410
+  biases = 21,706 parameters), iterative pruning reaches 94.27 ± 0.12 % and one-shot 93.80 ± 0.61 %, dense 93.80 ± 0.62 %: no loss for
+  either. Iterative pruning stays at dense accuracy down to 2 % of the weights (50x: 93.80 ± 0.26);
+  one-shot loses 2.1 points there (91.67 ± 0.50).
+* **Iterative beats one-shot: agrees at 2 % of the weights, not resolved above.** With the same
+  epochs, iterative minus one-shot is +2.13 ± 0.38 points at 2 %, and +0.4-0.5 (within 1-1.5
+  std) at 5 % and 8 %; at 20 % they are equal. Han et al. show the iterative advantage on AlexNet
+  (9x vs about 5x without loss), not for LeNet; on digits this script found the same pattern
+  (iterative ahead only at <= 5 %).
+* **Caveats.** The dense baseline trains 10 epochs, the pruned runs 18-28 (10 + one fine-tuning
+  epoch per iterative cycle; one-shot gets the same total), so "pruned at or slightly above dense"
+  partly reflects the longer training. The schedule was cut to fit the machine (10 dense epochs,
+  one fine-tuning epoch per cycle, four targets; digits used 20 and 2). Other differences from the
+  paper: Adam (lr 3e-3) instead of SGD, a global magnitude ranking instead of per-layer thresholds
+  (quality x std), no L2 regularisation or dropout adjustment, biases not pruned.
 """
 
 
@@ -166,7 +188,10 @@ def plot(rows: list[dict[str, Any]], path: Path, targets: tuple[float, ...] = TA
     ax.invert_xaxis()
     ax.set_xlabel("weights remaining (%)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"LeNet-300-100 on {TITLES[dataset]}: one-shot vs iterative (global L1)", fontsize=10)
+    ax.set_title(f"LeNet-300-100 on {PLOT_TITLES[dataset]}: one-shot vs iterative (global L1)", fontsize=10)
+    ticks = [100 * (1 - t) for t in targets]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.set_xticks([], minor=True)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
