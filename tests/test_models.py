@@ -162,6 +162,24 @@ def test_hyperparameters_and_example_input() -> None:
     assert Classifier().example_input_array is None
 
 
+def test_lenet_in_features_follow_input_shape(tmp_path: Path) -> None:
+    """LeNet-300-100 sizes its first layer from ``input_shape`` (784 for MNIST) unless ``arch_kwargs`` says otherwise."""
+    module = Classifier("lenet_300_100", input_shape=(1, 28, 28))
+    assert module.model.features[0].in_features == 784
+    assert module.hparams.arch_kwargs is None  # the default is derived, not written into the hyper-parameters
+    assert module(module.example_input_array).shape == (2, 10)
+    assert Classifier("lenet_300_100", input_shape=(1, 40)).model.features[0].in_features == 40
+    assert Classifier("lenet_300_100").model.features[0].in_features == 64  # no input_shape: the old default
+    explicit = Classifier("lenet_300_100", arch_kwargs={"in_features": 100}, input_shape=(1, 28, 28))
+    assert explicit.model.features[0].in_features == 100  # arch_kwargs wins
+    trainer = _trainer(tmp_path)
+    trainer.fit(module, _loader((1, 28, 28)), _loader((1, 28, 28)))  # failed before: 784 inputs into a 64-input layer
+    path = tmp_path / "mnist.ckpt"
+    trainer.save_checkpoint(path)
+    restored = Classifier.load_from_checkpoint(path, map_location="cpu")
+    assert restored.model.features[0].in_features == 784
+
+
 def _loader(shape: tuple[int, ...], n: int = 32, classes: int = 10) -> DataLoader:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, *shape, generator=g)

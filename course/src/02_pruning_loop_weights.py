@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -133,6 +133,7 @@ print("mean |w| per layer: " + ", ".join(f"{layer.name.split('.', 1)[1]} {layer.
 #
 # ## Step 3: masking, and the drop right after pruning
 #
+# A mask (掩码) is a boolean tensor of the weight's shape: `True` keeps an entry, `False` prunes it.
 # `apply_masks(model, masks)` zeroes the pruned entries in place (masks are keyed by parameter name).
 # We prune copies of the dense model to several sparsities and measure the test accuracy *before any
 # fine-tuning*.
@@ -156,13 +157,23 @@ no_finetune = {scope: [test_accuracy(pruned_copy(dense, s, scope)[0]) for s in s
 for scope, accs in no_finetune.items():
     print(f"{scope:6s}: " + "  ".join(f"{s:.0%}→{a:.3f}" for s, a in zip(sparsities, accs)))
 
+fig, ax = plt.subplots(figsize=(5, 3.2))
+for scope, accs in no_finetune.items():
+    ax.plot([100 * s for s in sparsities], accs, "o-", label=f"{scope} ranking")
+ax.axhline(dense_acc, color="gray", ls="--", label="dense")
+ax.set_xlabel("weights pruned (%)")
+ax.set_ylabel("test accuracy, no fine-tuning")
+ax.legend()
+fig.tight_layout()
+plt.show()
+
 # %%
 assert no_finetune["global"][0] > dense_acc - 0.05
 assert no_finetune["global"][-1] < dense_acc - 0.2  # 98 % without fine-tuning is far too much
 
 # %% [markdown]
-# The printed numbers show the drop grows fast past 70–80 % sparsity; which scope is better right
-# after pruning can be read off the table (it is not the same at every sparsity).
+# The printed numbers and the plot show the drop grows fast past 70–80 % sparsity; which scope is
+# better right after pruning can be read off them (it is not the same at every sparsity).
 #
 # ## Step 4: fine-tuning, with the masks enforced
 #
@@ -220,9 +231,10 @@ assert nonzero_weights(unmasked) > 0.5 * total_weights
 # `Pruning` runs the loop inside `Trainer.fit`: `warmup_epochs` of dense training, then cycles of
 # *score → rank → mask → fine-tune for `finetune_epochs`*. The schedule says how much is pruned per cycle:
 #
-# - `"oneshot"`: one cycle straight to the target;
-# - `"geometric"`: each cycle removes `per_cycle` of what remains (Han et al. 2015 prune iteratively;
-#   they report that iterative pruning beats one-shot, e.g. 9× versus 5× on AlexNet).
+# - `"oneshot"`: one-shot pruning (一次性剪枝), one cycle straight to the target;
+# - `"geometric"`: iterative pruning (迭代剪枝), each cycle removes `per_cycle` of what remains
+#   (Han et al. 2015 prune iteratively; they report that iterative pruning beats one-shot, e.g. 9×
+#   versus 5× on AlexNet).
 #
 # For a fair comparison both get the same total number of epochs: 10 of warm-up and then 14 of pruning
 # and fine-tuning (one-shot: 1 cycle × 14 epochs; geometric with `per_cycle=0.5`: its cycles × 2 epochs,

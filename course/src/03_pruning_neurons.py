@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -18,8 +18,8 @@
 #
 # **Lecture concept:** neuron pruning (神经元剪枝). Weight pruning leaves an irregular network: the
 # matrices keep their shapes, full of zeros. Removing whole *neurons* instead gives a network that is
-# simply narrower: smaller matrices, fewer parameters and fewer multiply-accumulates (MACs), with no
-# special kernels needed.
+# simply narrower: smaller matrices, fewer parameters and fewer multiply-accumulate operations (MACs,
+# 乘加运算), with no special kernels needed.
 #
 # **Learning goals**
 #
@@ -72,7 +72,11 @@ def accuracy(module, x, y):
 #
 # Train LeNet-300-100 (64 → 300 → 100 → 10) and score its 400 hidden neurons three ways:
 #
-# - **APoZ** (`APoZ()`): how often the neuron's ReLU output is non-zero over the validation images;
+# - **APoZ**, the *Average Percentage of Zeros* (平均零激活百分比, Hu et al. 2016): the fraction of the
+#   validation images on which the neuron's ReLU output is zero. A neuron with a high APoZ is almost
+#   never active, so it is unimportant. `APoZ()` scores each neuron by the complement, its activation
+#   frequency `1 − APoZ` (how often the output is non-zero), so that, as for every criterion, a higher
+#   score means more important; the rows below are labelled `1-APoZ`;
 # - **L1 / L2** (`Magnitude(1)`, `Magnitude(2)` with `granularity="neuron"`): the norm of the neuron's
 #   incoming weights (its row of the weight matrix).
 
@@ -89,7 +93,7 @@ assert lenet_acc > 0.93, lenet_acc
 layers = find_prunable_layers(lenet, lenet.example_input_array)
 hidden = [layer for layer in layers if not layer.is_output]
 scores = {
-    "APoZ": score_layers(APoZ(), hidden, "neuron", 0, model=lenet, batches=datamodule.val_dataloader()),
+    "1-APoZ": score_layers(APoZ(), hidden, "neuron", 0, model=lenet, batches=datamodule.val_dataloader()),
     "L1": score_layers(Magnitude(1), hidden, "neuron", 0),
     "L2": score_layers(Magnitude(2), hidden, "neuron", 0),
 }
@@ -115,15 +119,15 @@ halves = {name: pruned_half(s) for name, s in scores.items()}
 for layer in hidden:
     n = layer.name
     print(f"{n} ({layer.num_units} neurons)")
-    for a, b in (("APoZ", "L1"), ("APoZ", "L2"), ("L1", "L2")):
+    for a, b in (("1-APoZ", "L1"), ("1-APoZ", "L2"), ("L1", "L2")):
         common = len(halves[a][n] & halves[b][n])
-        print(f"  {a:4s} vs {b:2s}: rank correlation {rank_correlation(scores[a][n], scores[b][n]):+.2f}, "
+        print(f"  {a:6s} vs {b:2s}: rank correlation {rank_correlation(scores[a][n], scores[b][n]):+.2f}, "
               f"same neuron in both pruned halves: {common}/{len(halves[a][n])}")
 
 # %%
 fig, axes = plt.subplots(1, len(hidden), figsize=(10, 3.2))
 for ax, layer in zip(axes, hidden):
-    ax.scatter(scores["L2"][layer.name], scores["APoZ"][layer.name], s=8)
+    ax.scatter(scores["L2"][layer.name], scores["1-APoZ"][layer.name], s=8)
     ax.set_title(layer.name)
     ax.set_xlabel("L2 norm of incoming weights")
 axes[0].set_ylabel("activation frequency (1 − APoZ)")
@@ -279,7 +283,7 @@ for criterion, run in runs.items():
 #
 # ## Summary
 #
-# - Neuron importance by activation frequency (APoZ) and by incoming-weight norm agree only loosely;
+# - Neuron importance by activation frequency (1 − APoZ) and by incoming-weight norm agree only loosely;
 #   L1 and L2 norms agree closely but, unlike for single weights, not exactly.
 # - A hidden neuron owns a row of W1, an entry of b1 and a column of W2. Removing a neuron that is
 #   never active leaves the logits unchanged up to rounding; removing an active one does not.

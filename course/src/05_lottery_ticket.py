@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -241,7 +241,7 @@ assert table["ticket"]["val"][-1] - table["random_mask"]["val"][-1] > 0.15
 #   *Which* weights are kept matters, not only how many: this agrees with the paper's random-pruning
 #   control, and with the 3-seed experiment (random masks at 61 ± 6 % test at 5.5 % remaining).
 # - **The ticket holds up much longer, but does not quite match dense here.** In this run it loses
-#   about 2.5-3 test points by 22-13 % remaining and about 5 at 7.8 % (on validation only 1.6 points:
+#   about 2-4 test points by 22-13 % remaining and about 5 at 7.8 % (on validation only about 2 points:
 #   the dense model's 0.975 on test is a lucky high). The 3-seed experiment, with 15 epochs per round
 #   and 20 % per round, finds the ticket within noise of dense down to 13-21 % remaining and 2.3
 #   points below at 5.5 %; our 10-epoch rounds and 40 % steps are harsher. The paper's "matches dense
@@ -274,7 +274,7 @@ assert table["ticket"]["val"][-1] - table["random_mask"]["val"][-1] > 0.15
 # - **The mask alone.** Put each round's mask on the *initial, untrained* weights and test it. If the
 #   mask only selected weights that train well, this network should be at chance (10 %). Zhou et al.
 #   found it far above chance: pruning is itself a kind of training, and such a mask is a
-#   **supermask**.
+#   **supermask** (超级掩码).
 # - **Signs or magnitudes?** Keep the mask and replace the surviving initial weights by
 #   `sign(w) * std` of their layer (`signed_constant_state`: only the signs survive), or keep their
 #   magnitudes with random signs (`random_sign_state`). Zhou et al. found the signs are what matters.
@@ -318,6 +318,22 @@ print(f"{'remaining':>9s} " + " ".join(f"{kind:>16s}" for kind in supermask))
 for r, fraction in enumerate(remaining[1:]):
     print(f"{fraction:9.1%} " + " ".join(f"{supermask[kind][r]:16.3f}" for kind in supermask))
 
+fig, ax = plt.subplots(figsize=(6, 3.6))
+for kind, accs in supermask.items():
+    ax.plot([100 * f for f in remaining[1:]], accs, marker="o", label=kind)
+ax.axhline(0.1, color="gray", ls="--", label="chance")
+ax.set_xscale("log")
+ax.set_xticks([100 * f for f in remaining[1:]], [f"{100 * f:.1f}" for f in remaining[1:]])
+ax.minorticks_off()
+ax.invert_xaxis()
+ax.set_xlabel("% of weights remaining (log scale)")
+ax.set_ylabel("test accuracy, untrained")
+ax.set_title("the ticket's mask on untrained weights (seed 0)")
+ax.grid(alpha=0.3)
+ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+
 # %%
 assert max(supermask["initial weights"]) > 0.6, supermask      # the ticket's mask alone classifies
 assert max(supermask["signs only"]) > 0.6, supermask           # ... and so it does with only the signs
@@ -325,7 +341,7 @@ assert max(supermask["random mask"]) < 0.3, supermask          # a random mask o
 assert max(supermask["magnitudes only"]) < 0.3, supermask      # nor do the magnitudes with random signs
 
 # %% [markdown]
-# Read the table row by row. With the ticket's mask, the untrained initial weights already classify
+# Read the table row by row, or the plot. With the ticket's mask, the untrained initial weights already classify
 # most test digits at moderate sparsity, while a random mask with the same counts, or the same
 # magnitudes with random signs, stay near chance. Keeping only the signs (every weight of a layer
 # the same size) does about as well as the true initial values at moderate sparsity, and somewhat

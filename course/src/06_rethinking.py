@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -43,6 +43,7 @@
 # %%
 
 import lightning as L
+import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
@@ -53,6 +54,7 @@ from lightning_prune.data import DigitsDataModule
 from lightning_prune.lottery import scratch_epochs, scratch_model
 from lightning_prune.models import Classifier
 
+# %matplotlib inline
 quiet_setup(0)
 
 SEED = 0
@@ -167,11 +169,21 @@ for variant in acc:
     print(f"{variant:12s} {epochs[variant]:6d} {params[variant]:8,d} {acc[variant]:9.4f}  "
           f"{100 * (acc[variant] - acc['fine-tuned']):+.1f} points")
 
+fig, ax = plt.subplots(figsize=(6, 3.2))
+bars = ax.bar([f"{variant}\n{epochs[variant]} epochs" for variant in acc], list(acc.values()),
+              yerr=1 / len(y_test), capsize=4, color=["tab:gray", "tab:blue", "tab:orange", "tab:green"])
+ax.bar_label(bars, fmt="%.3f")
+ax.set_ylim(min(acc.values()) - 0.03, 1.0)
+ax.set_ylabel("test accuracy")
+ax.set_title(f"one seed; error bars: one test example of {len(y_test)}")
+fig.tight_layout()
+plt.show()
+
 # %%
 assert all(value > 0.85 for value in acc.values()), acc
 
 # %% [markdown]
-# The test split has 357 examples, so one example is 0.28 points: differences of one or two examples
+# The test split has 357 examples, so one example is 0.28 points (the error bars of the plot): differences of one or two examples
 # are noise. This is **one seed**. The repository's experiment (`experiments/results/rethinking.md`,
 # 3 seeds, the same 20 + 10 epochs, Scratch-B not capped: 86 epochs) finds, on digits, dense 97.1, fine-tuned 97.0, Scratch-E 97.2 and
 # Scratch-B 97.0: all within one test example, as Liu et al. predict, but the task is so easy that the

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -41,6 +41,7 @@
 
 # %%
 import csv
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -63,9 +64,12 @@ from lightning_prune.models import Classifier
 
 # %matplotlib inline
 quiet_setup(0)
+# A warning names the file that raised it, a path on this machine; print only its category and message.
+warnings.formatwarning = lambda message, category, *_: f"{category.__name__}: {message}\n"
 
 workdir = tempfile.TemporaryDirectory()
 root = Path(workdir.name)
+start_dir = Path.cwd()
 datamodule = DigitsDataModule(batch_size=64, seed=0)
 datamodule.setup("fit")
 x_test = torch.cat([xb for xb, _ in datamodule.test_dataloader()])
@@ -108,16 +112,19 @@ print(config_path().read_text())
 config = yaml.safe_load(config_path().read_text())
 config["trainer"]["max_epochs"] = 12
 config["trainer"]["callbacks"][0]["init_args"].update(warmup_epochs=4, per_cycle=0.5)
-short_config = root / "short.yaml"
-short_config.write_text(yaml.safe_dump(config, sort_keys=False))
-args = ["fit", "--config", str(short_config), f"--trainer.logger.init_args.save_dir={root / 'runs'}"]
-print("lightning-prune " + " ".join(args[:3]) + " --trainer.logger.init_args.save_dir=runs")
+(root / "short.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+args = ["fit", "--config", "short.yaml", "--trainer.logger.init_args.save_dir=runs"]  # relative to `root`
+print("lightning-prune " + " ".join(args))
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 with warnings.catch_warnings():  # the notebook kernel has command-line arguments of its own; `args` is what counts
     warnings.filterwarnings("ignore", ".*args parameter is intended.*")
-    main(args)
+    os.chdir(root)  # run the command from the temporary directory, as a shell would: its paths are relative
+    try:
+        main(args)
+    finally:
+        os.chdir(start_dir)
 
 # %% [markdown]
 # The run left its files in the logger's directory: the `CSVLogger`'s `metrics.csv`, the resolved
@@ -244,8 +251,10 @@ L.seed_everything(0, verbose=False)
 resumed = Classifier("lenet_300_100", lr=3e-3, input_shape=(1, 8, 8))
 resumed_pruning = Pruning(**pruning_args)
 resumed_checkpoints = ModelCheckpoint(dirpath=root / "checkpoints", filename="{epoch}", save_top_k=-1)  # as before
-quiet_trainer(max_epochs, [resumed_pruning, resumed_checkpoints], enable_checkpointing=True).fit(
-    resumed, datamodule, ckpt_path=middle)
+with warnings.catch_warnings():  # expected: the same `ModelCheckpoint` overwrites the later checkpoints
+    warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+    quiet_trainer(max_epochs, [resumed_pruning, resumed_checkpoints], enable_checkpointing=True).fit(
+        resumed, datamodule, ckpt_path=middle)
 difference = max((a - b).abs().max().item() for a, b in zip(model.parameters(), resumed.parameters()))
 print(f"resumed from epoch 5: widths {widths(resumed)}, test accuracy {accuracy(resumed, x_test, y_test):.4f}")
 print(f"largest weight difference from the uninterrupted run: {difference:.2e}")

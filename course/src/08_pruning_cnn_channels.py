@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -44,6 +44,7 @@ import statistics
 import time
 
 import lightning as L
+import matplotlib.pyplot as plt
 import torch
 
 from lightning_prune.teaching import quiet_setup, quiet_trainer
@@ -55,6 +56,7 @@ from lightning_prune.layers import find_prunable_layers
 from lightning_prune.models import Classifier, ResNetSmall, VGGSmall
 from lightning_prune.ranking import select_units
 
+# %matplotlib inline
 quiet_setup(0)
 
 datamodule = DigitsDataModule(batch_size=64, seed=0)
@@ -288,8 +290,9 @@ assert step_acc < dense_acc - 0.2, step_acc                          # ... and, 
 # over to the narrower tensors). We train 4 dense epochs, then prune geometrically, 20 % of the
 # remaining channels per cycle, down to half of every group (4 cycles: 20 %, 36 %, 48.8 %, 50 %), with 2
 # epochs of fine-tuning after each cycle: 12 epochs, as many as the dense run. We run it twice, with
-# the L2 norm of the filters and with APoZ (the average percentage of zeros in a channel's post-ReLU
-# feature maps, over all positions of a few training batches: the channels that are mostly zero go first).
+# the L2 norm of the filters and with APoZ (平均零激活百分比, the average percentage of zeros in a
+# channel's post-ReLU feature maps, over all positions of a few training batches: the channels that are
+# mostly zero go first).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -316,6 +319,22 @@ print(f"pruned: {counts['dense'][0] / counts['pruned, L2'][0]:.2f}× fewer param
       f"{counts['dense'][1] / counts['pruned, L2'][1]:.2f}× fewer MACs")
 print(runs["l2"]["model"].model.layers[1])
 
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+positions = torch.arange(len(table)).tolist()
+for offset, (label, index) in zip((-0.2, 0.2), (("parameters", 0), ("MACs per image", 1))):
+    axes[0].bar([p + offset for p in positions], [counts[name][index] / counts["dense"][index] for name in table],
+                width=0.4, label=label)
+axes[0].set_ylabel("fraction of the dense model")
+axes[0].legend()
+bars = axes[1].bar(positions, [accuracy(m, x_test, y_test) for m in table.values()], color="tab:green")
+axes[1].bar_label(bars, fmt="%.3f")
+axes[1].set_ylim(0.8, 1.0)
+axes[1].set_ylabel("test accuracy")
+for ax in axes:
+    ax.set_xticks(positions, list(table))
+fig.tight_layout()
+plt.show()
+
 # %%
 for criterion, run in runs.items():
     assert run["cycles"] == 4, run
@@ -329,8 +348,8 @@ assert counts["pruned, L2"] == (19810, 193344)
 # `nn.Conv2d`/`nn.BatchNorm2d` modules (the block printed above). Half the channels means about a
 # quarter of the parameters and MACs (3.9× fewer): a conv's cost is `out_channels × in_channels × k²`
 # per position, and both factors were halved. With fine-tuning the test accuracy stays within about a
-# point of the dense network (the table; over seeds 0–4 both pruned networks were at most 1.4 points
-# below their dense run, and sometimes above it). With 357 test images a point is 3–4
+# point of the dense network (the table and the plot; over seeds 0–4 both pruned networks were at most
+# 1.4 points below their dense run, and sometimes above it). With 357 test images a point is 3–4
 # images: do not read much into which criterion wins.
 #
 # A remark on APoZ in a ResNet: for the convs that end a block (`conv2`, the shortcut conv) the
@@ -363,6 +382,13 @@ median_ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
 for name, ms in median_ms.items():
     print(f"{name:>8}: {ms:6.2f} ms per batch of 256, {median_ms['dense'] / ms:.2f}× the speed of dense")
 print(f"MAC reduction of compact: {counts['dense'][1] / counts['pruned, L2'][1]:.2f}×")
+
+fig, ax = plt.subplots(figsize=(5, 3.2))
+ax.bar(list(median_ms), list(median_ms.values()), color=["tab:gray", "tab:orange", "tab:blue"])
+ax.set_ylabel("median ms per batch of 256")
+ax.set_title(f"CPU, 1 thread; compact has {counts['dense'][1] / counts['pruned, L2'][1]:.1f}× fewer MACs")
+fig.tight_layout()
+plt.show()
 
 # %%
 assert median_ms["compact"] * 1.3 < median_ms["dense"], median_ms  # loose: the machine is shared and noisy
