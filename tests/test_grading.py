@@ -31,6 +31,7 @@ pytest.importorskip("nbgrader")
 from nbgrader.api import Gradebook  # noqa: E402
 
 from course.tooling import calibrate, checks  # noqa: E402
+from course.tooling.__main__ import main as tooling_main  # noqa: E402
 from course.tooling.nbgrader_plugins import REPORT  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -240,7 +241,7 @@ def _cell(kind: str, source: str, grade_id: str, points: float | None = None, ce
     return make(source, metadata=meta)
 
 
-def test_tiny_assignment_time_limit_outside_writes_pending_manual_points_and_feedback(tmp_path):
+def test_tiny_assignment_time_limit_outside_writes_pending_manual_points_and_feedback(tmp_path, capsys):
     name = "tiny"
     outside = tmp_path / "outside.txt"
     cells = [
@@ -279,6 +280,10 @@ def test_tiny_assignment_time_limit_outside_writes_pending_manual_points_and_fee
     report = json.loads((tmp_path / "autograded" / "solution" / name / REPORT).read_text())[name]
     assert report["time_limit_hit"] and report["total_timeout"] == 5 and report["cell_timeout"] == 120
     assert any(str(outside) in write for write in report["writes_outside"]), report
+    capsys.readouterr()
+    assert tooling_main(["report", str(tmp_path / "autograded")]) == 1
+    listed = capsys.readouterr().out
+    assert f"solution {name}/{name}" in listed and "over the limit of 5 s" in listed and str(outside) in listed
     autograded = _read(tmp_path / "autograded" / "solution" / name / f"{name}.ipynb")
     assert [c.source for c in autograded.cells] == [c.source for c in cells], "the grader's prelude left no trace"
     assert any(o.get("ename") == "NotebookTimeLimit" for o in autograded.cells[-1].outputs)
