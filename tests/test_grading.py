@@ -25,16 +25,16 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from nbgrader.api import Gradebook
 
-pytest.importorskip("nbgrader")
-
-from nbgrader.api import Gradebook  # noqa: E402
+REPOSITORY = Path(__file__).resolve().parents[1]
+if str(REPOSITORY) not in sys.path:  # the course tooling is not installed: it is imported from the repository
+    sys.path.insert(0, str(REPOSITORY))
 
 from course.tooling import calibrate, checks  # noqa: E402
 from course.tooling.__main__ import main as tooling_main  # noqa: E402
 from course.tooling.nbgrader_plugins import REPORT  # noqa: E402
 
-REPOSITORY = Path(__file__).resolve().parents[1]
 TEACHER = REPOSITORY / "course" / "teacher"
 SOURCE = TEACHER / "source"
 STUDENTS = REPOSITORY / "course" / "assignments"
