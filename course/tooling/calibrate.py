@@ -1,12 +1,13 @@
-"""Thresholds from the solution's worst result over seeds, minus a margin.
+"""The bars of the hidden tests: the solution's worst result over several seeds, minus a margin.
 
-``calibrate source/<name> --seeds 5`` runs the source notebook (solutions and hidden tests) once per
-seed, with ``SEED = <seed>`` inserted after the cell tagged ``parameters`` (papermill's convention)
-and :data:`~lightning_prune.grading.checks.ENV_RECORD` set, so that every
-:func:`~lightning_prune.grading.checks.check_at_least` / ``check_at_most`` records its value instead of
-comparing it. Every other cell must pass on every seed. The thresholds (``worst - margin``, or
-``worst + margin`` for ``at_most``, rounded outwards to 3 decimals) go to ``calibration.json``, and a
-readable table to ``calibration.md``, with the command, the versions and the machine.
+``python -m course.tooling calibrate <name> --seeds 5`` runs the teacher's notebook
+(``course/teacher/source/<name>/<name>.ipynb``, solutions and hidden tests) once per seed, with
+``SEED = <seed>`` inserted after the cell tagged ``parameters`` (papermill's convention) and
+:data:`~course.tooling.checks.ENV_RECORD` set, so every ``check_at_least`` / ``check_at_most`` records its
+value instead of comparing it. Every other cell must pass on every seed. The bars (``worst - margin``, or
+``worst + margin`` for ``at_most``, rounded outwards to 3 decimals) go to
+``course/assignments/calibration.json``, and a table to ``calibration.md``, with the command, the
+versions and the machine.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import platform
 import shutil
 import tempfile
@@ -23,12 +25,14 @@ from pathlib import Path
 
 import nbformat
 
-from lightning_prune.grading import checks, notebooks
-from lightning_prune.grading.runner import run_notebook
+from course.tooling import checks
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+SOURCE = REPOSITORY / "course" / "teacher" / "source"
 
 
 class CalibrationFailed(RuntimeError):
-    """The solution failed on a seed (a cell raised, timed out, or the kernel died)."""
+    """The solution failed on a seed (a cell raised or timed out)."""
 
 
 def _versions() -> dict[str, str]:
@@ -42,49 +46,56 @@ def _versions() -> dict[str, str]:
 
 
 def seeded_notebook(source: nbformat.NotebookNode, seed: int) -> nbformat.NotebookNode:
-    """The source notebook with ``SEED = seed`` inserted after its ``parameters`` cell.
-
-    Raises:
-        ValueError: If no cell is tagged ``parameters``.
-    """
-    nb = notebooks.clear_outputs(copy.deepcopy(source))
+    """The source notebook without outputs, with ``SEED = seed`` inserted after its ``parameters`` cell."""
+    nb = copy.deepcopy(source)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
     for index, cell in enumerate(nb.cells):
         if "parameters" in cell.metadata.get("tags", []):
             nb.cells.insert(index + 1, nbformat.v4.new_code_cell(f"SEED = {seed}  # injected by calibrate"))
-            for number, each in enumerate(nb.cells):
-                each["id"] = f"cell-{number}"
             return nb
     raise ValueError("the source notebook has no cell tagged 'parameters' (it should define SEED)")
 
 
-def run_seed(folder: Path, seed: int, cell_timeout: float | None, total_timeout: float | None) -> tuple[list[dict], float]:
-    """Run the solution of ``folder`` with ``seed``; return the recorded checks and the seconds taken.
+def run_seed(folder: Path, seed: int, cell_timeout: int = 300) -> tuple[list[dict], float]:
+    """Run the solution in ``folder`` with ``seed``; return the recorded checks and the seconds taken.
 
     Raises:
         CalibrationFailed: Naming the cell and the error when anything but a recorded check fails.
     """
+    from nbclient import NotebookClient
+
     name = folder.name
-    nb = seeded_notebook(notebooks.read_notebook(folder / f"{name}.ipynb"), seed)
-    scratch = Path(tempfile.mkdtemp(prefix="lp-calibrate-"))
+    nb = seeded_notebook(nbformat.read(folder / f"{name}.ipynb", as_version=4), seed)
+    scratch = Path(tempfile.mkdtemp(prefix="course-calibrate-"))
+    saved = {key: os.environ.get(key) for key in (checks.ENV_RECORD, "PYTHONPATH", "MPLBACKEND")}
     try:
-        workdir = scratch / "work" / name
-        notebooks.copy_assignment_folder(folder, workdir)
+        workdir = scratch / name
+        shutil.copytree(folder, workdir, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "*.ipynb"))
         record = scratch / "record.jsonl"
         record.touch()
-        execution = run_notebook(nb, workdir, scratch / "runner", cell_timeout=cell_timeout, total_timeout=total_timeout,
-                                 env={checks.ENV_RECORD: str(record)}, audit=False)
-        if execution.runner_error or execution.kernel_died or execution.total_timeout or execution.notebook is None:
-            raise CalibrationFailed(f"{name}, seed {seed}: the run failed (runner error {execution.runner_error!r}, "
-                                    f"kernel died {execution.kernel_died}, total timeout {execution.total_timeout}); "
-                                    f"log: {execution.log_tail[-1500:]}")
-        for index, cell in enumerate(execution.notebook.cells):
+        os.environ[checks.ENV_RECORD] = str(record)
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPOSITORY), saved["PYTHONPATH"]) if p)
+        os.environ.setdefault("MPLBACKEND", "Agg")
+        start = time.monotonic()
+        NotebookClient(nb, timeout=cell_timeout, kernel_name="python3", allow_errors=True,
+                       resources={"metadata": {"path": str(workdir)}}).execute()
+        seconds = time.monotonic() - start
+        for index, cell in enumerate(nb.cells):
             for output in cell.get("outputs", []):
                 if output.get("output_type") == "error":
-                    raise CalibrationFailed(f"{name}, seed {seed}: cell {index} ({notebooks.grade_id(cell)}) failed: "
+                    grade_id = cell.metadata.get("nbgrader", {}).get("grade_id", index)
+                    raise CalibrationFailed(f"{name}, seed {seed}: cell {grade_id} failed: "
                                             f"{output.get('ename')}: {output.get('evalue')}")
         entries = [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return entries, execution.seconds
+        return entries, seconds
     finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -98,8 +109,7 @@ def aggregate(runs: Sequence[list[dict]], seeds: Sequence[int]) -> dict[str, dic
     for seed, entries in zip(seeds, runs):
         for entry in entries:
             item = quantities.setdefault(entry["quantity"], {
-                "assignment": entry["assignment"], "label": entry["label"], "direction": entry["direction"],
-                "margin": entry["margin"], "values": {}})
+                "label": entry["label"], "direction": entry["direction"], "margin": entry["margin"], "values": {}})
             if (item["direction"], item["margin"]) != (entry["direction"], entry["margin"]):
                 raise CalibrationFailed(f"{entry['quantity']}: direction/margin differ between checks")
             item["values"][str(seed)] = round(entry["value"], 6)
@@ -117,26 +127,18 @@ def aggregate(runs: Sequence[list[dict]], seeds: Sequence[int]) -> dict[str, dic
     return quantities
 
 
-def calibrate(folder: str | Path, seeds: Sequence[int], calibration_path: str | Path, command: str,
-              cell_timeout: float | None = 300, total_timeout: float | None = 1200, log=print) -> dict:
-    """Calibrate one assignment and update ``calibration.json`` and ``calibration.md``.
-
-    Returns:
-        The assignment's new calibration entry.
-    """
-    folder = Path(folder).resolve()
-    name = folder.name
+def calibrate(name: str, seeds: Sequence[int], command: str, calibration_path: str | Path | None = None,
+              source: str | Path = SOURCE, log=print) -> dict:
+    """Calibrate one assignment and update ``calibration.json`` and ``calibration.md``; return its entry."""
+    folder = Path(source) / name
     if not (folder / f"{name}.ipynb").is_file():
         raise FileNotFoundError(f"{folder / (name + '.ipynb')} does not exist")
     runs, seconds = [], []
     for seed in seeds:
-        entries, elapsed = run_seed(folder, seed, cell_timeout, total_timeout)
+        entries, elapsed = run_seed(folder, seed)
         runs.append(entries)
         seconds.append(round(elapsed, 1))
         log(f"{name} seed {seed}: {elapsed:.1f} s; " + ", ".join(f"{e['quantity']}={e['value']:.4f}" for e in entries))
-    quantities = aggregate(runs, list(seeds))
-    for item in quantities.values():
-        item.pop("assignment", None)
     entry = {
         "command": command,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -144,13 +146,12 @@ def calibrate(folder: str | Path, seeds: Sequence[int], calibration_path: str | 
         "seconds_per_run": seconds,
         "versions": _versions(),
         "machine": f"{platform.machine()}, {platform.system()} {platform.release()}",
-        "quantities": dict(sorted(quantities.items())),
+        "quantities": dict(sorted(aggregate(runs, list(seeds)).items())),
     }
-    path = Path(calibration_path)
+    path = Path(calibration_path) if calibration_path else checks.calibration_file()
     record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    record["about"] = ("Thresholds of the assignments' hidden tests: the solution's worst value over the seeds, "
-                       "minus the margin (plus, for at_most). Written by `python -m lightning_prune.grading calibrate`; "
-                       "do not edit by hand.")
+    record["about"] = ("Bars of the assignments' hidden tests: the solution's worst value over the seeds, minus the "
+                       "margin (plus, for at_most). Written by `python -m course.tooling calibrate`; do not edit by hand.")
     record.setdefault("assignments", {})[name] = entry
     record["assignments"] = dict(sorted(record["assignments"].items()))
     path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

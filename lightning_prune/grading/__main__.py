@@ -1,3 +1,0 @@
-from lightning_prune.grading.cli import main
-
-raise SystemExit(main())
