@@ -207,6 +207,16 @@ class _FrozenSplitDataModule(L.LightningDataModule):
         return self._loader("test")
 
 
+def _indexed_image_splits(name: str, scale: int) -> dict[str, TensorDataset]:
+    """Train/val/test of a frozen image file holding ``x``, ``y`` and ``{split}_idx``: grey levels
+    divided by ``scale``, one channel added."""
+    data = load_frozen(name)
+    x = torch.from_numpy(data["x"]).float().div(scale).unsqueeze(1)
+    y = torch.from_numpy(data["y"])
+    return {split: TensorDataset(x[idx], y[idx]) for split in ("train", "val", "test")
+            for idx in [torch.from_numpy(data[f"{split}_idx"])]}
+
+
 class DigitsDataModule(_FrozenSplitDataModule):
     """UCI handwritten digits, 8x8, as float32 ``[N, 1, 8, 8]`` in [0, 1] with int64 labels.
 
@@ -216,14 +226,7 @@ class DigitsDataModule(_FrozenSplitDataModule):
     input_shape = (1, 8, 8)
 
     def _load_splits(self) -> dict[str, TensorDataset]:
-        data = load_frozen("digits")
-        x = torch.from_numpy(data["x"]).float().div(16).unsqueeze(1)
-        y = torch.from_numpy(data["y"])
-        splits = {}
-        for split in ("train", "val", "test"):
-            indices = torch.from_numpy(data[f"{split}_idx"])
-            splits[split] = TensorDataset(x[indices], y[indices])
-        return splits
+        return _indexed_image_splits("digits", scale=16)
 
 
 class MNIST1DDataModule(_FrozenSplitDataModule):
@@ -268,11 +271,4 @@ class MNISTDataModule(_FrozenSplitDataModule):
     input_shape = (1, 28, 28)
 
     def _load_splits(self) -> dict[str, TensorDataset]:
-        data = load_frozen("mnist")
-        x = torch.from_numpy(data["x"]).float().div(255).unsqueeze(1)
-        y = torch.from_numpy(data["y"])
-        splits = {}
-        for split in ("train", "val", "test"):
-            indices = torch.from_numpy(data[f"{split}_idx"])
-            splits[split] = TensorDataset(x[indices], y[indices])
-        return splits
+        return _indexed_image_splits("mnist", scale=255)

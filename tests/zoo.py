@@ -174,6 +174,7 @@ ZOO: dict[str, Callable[[], tuple[nn.Module, Any]]] = {
 def report(names: list[str] | None = None) -> str:
     """A markdown table: each zoo model pruned at a 30 % global unit target (L2, normalised), or refused."""
     import copy
+    import re
     from collections import Counter
 
     from lightning_prune.criteria import Magnitude
@@ -200,7 +201,7 @@ def report(names: list[str] | None = None) -> str:
                 a, b = output_tensors(call(model, x))[0], output_tensors(call(masked, x))[0]
             exact = float((a - b).abs().max()) <= 1e-5 * max(1.0, float(b.abs().max()))
             after = sum(p.numel() for p in model.parameters()) / dense
-            kinds = Counter(reason.split(" (")[0].split(":")[0][:90] for reason in refused.values())
+            kinds = Counter(re.split(r" '| \(|:", reason)[0] for reason in refused.values())
             why = "; ".join(f"{count}x {kind}" for kind, count in kinds.most_common(3)) or "-"
             rows.append(f"| {name} | {dense:,} | {after:.2f} | {'yes' if exact else 'NO'} | {groups} / {len(refused)} | {why} |")
         except Exception as error:  # a clean refusal: the model is untouched
