@@ -27,7 +27,7 @@ from torch import nn
 
 from lightning_prune.layers import PRUNABLE_TYPES, PrunableLayer, forward_order, is_prunable
 from lightning_prune.masks import Masks
-from lightning_prune.surgery import bounded_group_search, build_graph, detached_copy, remove_groups, remove_units, surviving_entries, to_dtype
+from lightning_prune.surgery import attention_heads, bounded_group_search, build_graph, detached_copy, remove_groups, remove_units, surviving_entries, to_dtype
 from lightning_prune.tracing import call, map_tensors, output_tensors
 
 
@@ -116,6 +116,23 @@ def _keyed_by_first_member(
     return UnitGroup(key, channels if units is None else max(units) + 1, tuple(aligned.items()), units, grouped_conv)
 
 
+def _head_units(parents: Sequence[nn.Module | None], channels: int) -> tuple[int, ...] | None:
+    """Whole attention heads as units, when every member layer is a q/k/v projection of one attention module.
+
+    A head owns ``head_dim`` consecutive channels of each projection (of each third of a fused
+    ``qkv``); masking a head's rows (weights and bias) of q, k and v zeroes its output exactly, and
+    removing them removes the head (the module's head count is updated by the surgery).
+    """
+    parent = parents[0] if parents else None
+    heads = attention_heads(parent) if parent is not None and all(p is parent for p in parents) else None
+    if heads is None:
+        return None
+    _, count, size = heads
+    if channels not in (count * size, 3 * count * size):
+        return None
+    return tuple((channel % (count * size)) // size for channel in range(channels))
+
+
 def _tied_positions(group: Any, channels: int) -> tuple[tuple[int, ...] | None, str | None]:
     """The unit of each channel when the group touches grouped convolutions, or why it cannot be pruned.
 
@@ -191,6 +208,8 @@ class NeuronStructure:
         unselected = [module for module in model.modules() if is_prunable(module) and id(module) not in names]
         graph = build_graph(model, example_input)
         order = {name: index for index, name in enumerate(forward_order(model, example_input))}
+        modules = dict(model.named_modules())
+        parents = {layer.name: modules.get(layer.name.rpartition(".")[0]) for layer in layers}
         self.groups: list[UnitGroup] = []
         self.refused: dict[str, str] = dict(refused or {})
         grouped: dict[str, str | None] = {}  # member layer -> reason its group is refused (None: pruned)
@@ -221,6 +240,8 @@ class NeuronStructure:
                               f"({type(module).__name__}), where a zeroed channel is not a removed one")
             unit_of, tie_reason = _tied_positions(group, size)
             reason = reason or tie_reason
+            if unit_of is None and members:
+                unit_of = _head_units([parents.get(name) for name, _ in members], size)
             for name, _ in members:
                 grouped[name] = reason if grouped.get(name, "") is not None else None
             if reason is not None:

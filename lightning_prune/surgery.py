@@ -153,6 +153,52 @@ def bounded_group_search(graph: tp.DependencyGraph, per_node: int = 64) -> Itera
         group_class.add_dep = original
 
 
+#: Attribute names under which attention modules keep their head count and head size (Hugging Face
+#: BERT/ViT: ``num_attention_heads``/``attention_head_size``; timm and others: ``num_heads``/``head_dim``).
+HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_head", "n_heads")
+HEAD_DIM_ATTRS = ("attention_head_size", "head_dim", "head_size")
+#: Attributes that hold ``heads * head_dim`` and follow the head count.
+HEAD_WIDTH_ATTRS = ("all_head_size", "attn_dim", "inner_dim")
+
+
+def attention_heads(module: nn.Module) -> tuple[str, int, int] | None:
+    """``(count attribute, heads, head_dim)`` of an attention module, or ``None`` if it is not one."""
+    count = next((name for name in HEAD_COUNT_ATTRS if type(getattr(module, name, None)) is int), None)
+    size = next((name for name in HEAD_DIM_ATTRS if type(getattr(module, name, None)) is int), None)
+    if count is None or size is None or getattr(module, count) < 1 or getattr(module, size) < 1:
+        return None
+    return count, getattr(module, count), getattr(module, size)
+
+
+def _head_widths(model: nn.Module) -> dict[nn.Module, tuple[str, int, int, dict[nn.Module, int]]]:
+    """Each attention module with its head attributes and its direct prunable children's output widths."""
+    found = {}
+    for module in model.modules():
+        heads = attention_heads(module)
+        if heads is not None:
+            children = {child: child.weight.shape[0] for child in module.children()
+                        if isinstance(child, nn.Linear) and child.weight.ndim == 2}
+            found[module] = (*heads, children)
+    return found
+
+
+def _update_head_counts(before: Mapping[nn.Module, tuple[str, int, int, dict[nn.Module, int]]]) -> None:
+    """After a removal, set each attention module's head count (and ``heads * head_dim`` attributes)
+    from the width of its q/k/v projection, which lost whole heads."""
+    for module, (count, heads, size, children) in before.items():
+        for child, width in children.items():
+            new = child.weight.shape[0]
+            segments = width // (heads * size) if width % (heads * size) == 0 else 0
+            if new == width or segments not in (1, 3) or new % (segments * size):
+                continue
+            new_heads = new // (segments * size)
+            setattr(module, count, new_heads)
+            for name in HEAD_WIDTH_ATTRS:
+                if type(getattr(module, name, None)) is int and getattr(module, name) == heads * size:
+                    setattr(module, name, new_heads * size)
+            break
+
+
 def remove_groups(
     model: nn.Module, example_input: Any, removal: Mapping[str, Sequence[int]], graph: tp.DependencyGraph | None = None
 ) -> None:
@@ -179,7 +225,9 @@ def remove_groups(
         units = pruner.get_out_channels(module)
         if len(set(indices)) >= units or max(indices) >= units or min(indices) < 0:
             raise ValueError(f"Cannot remove units {sorted(indices)[:8]}... of layer {key!r}, which has {units}.")
+        heads = _head_widths(model)
         graph.get_pruning_group(module, pruner.prune_out_channels, sorted(set(indices))).prune()
+        _update_head_counts(heads)
 
 
 def surviving_entries(model: nn.Module, example_input: Any, removal: Mapping[str, Sequence[int]]) -> dict[str, torch.Tensor]:

@@ -32,7 +32,7 @@ class Recorder(Callback):
 
 
 def _fit(pruning, max_epochs, optimizer="adam", batches=6, seed=0, **trainer_kwargs):
-    from conftest import make_trainer
+    from trainers import make_trainer
 
     L.seed_everything(seed)
     model = Classifier("lenet_300_100", optimizer=optimizer, lr=1e-2 if optimizer == "sgd" else 1e-3, input_shape=(1, 8, 8))
@@ -102,7 +102,7 @@ def test_rollback_restores_the_last_accepted_weights_and_stops():
             if trainer.current_epoch == 1:
                 self.accepted = {k: v.clone() for k, v in pl_module.state_dict().items()}
 
-    from conftest import make_trainer
+    from trainers import make_trainer
 
     probe = AtRollback()
     model = DensityModule("lenet_300_100", input_shape=(1, 8, 8))
@@ -153,7 +153,7 @@ def test_resume_mid_schedule_reaches_the_same_masks_and_weights(
 
 
 def _fit_with(pruning, max_epochs, extra, ckpt_path=None):
-    from conftest import make_trainer
+    from trainers import make_trainer
 
     L.seed_everything(0)
     model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
@@ -168,7 +168,7 @@ def test_each_cycle_is_logged_to_the_trainers_loggers(tmp_path):
 
     from lightning.pytorch.loggers import CSVLogger
 
-    from conftest import make_trainer
+    from trainers import make_trainer
 
     L.seed_everything(0)
     pruning = Pruning(criterion="l2", target=0.75, schedule="geometric", per_cycle=0.5, warmup_epochs=1,
@@ -206,7 +206,7 @@ def test_the_readme_snippet_prunes_90_percent_within_half_a_point(tmp_path):
 
 @pytest.mark.parametrize("resume_epoch", [2, 4])  # before and after the rollback (start of epoch 3)
 def test_resume_around_a_rollback_equals_the_uninterrupted_run(tmp_path, resume_epoch):
-    from conftest import make_trainer
+    from trainers import make_trainer
 
     def run(ckpt_path=None, extra=()):
         L.seed_everything(0)
@@ -248,7 +248,7 @@ def test_resume_from_a_best_k_checkpoint_equals_the_uninterrupted_run(tmp_path):
 def test_global_ranking_with_normalized_scores_does_not_empty_a_small_scale_layer(normalize):
     # The second hidden layer's weights are 1000x smaller, so its raw L2 scores are too: one raw global
     # ranking takes it down to `min_keep` first; normalised scores give it a fair share.
-    from conftest import make_trainer
+    from trainers import make_trainer
 
     L.seed_everything(0, verbose=False)
     model = Classifier("lenet_300_100", input_shape=(1, 8, 8), lr=1e-4)
@@ -268,7 +268,7 @@ def test_global_ranking_with_normalized_scores_does_not_empty_a_small_scale_laye
 def test_normalized_global_neuron_ranking_across_removals_reaches_the_target():
     # After each cycle the removed units are gone from the model (scores -inf in dense coordinates):
     # the normalising statistic must only see the units still kept.
-    from conftest import make_trainer
+    from trainers import make_trainer
 
     L.seed_everything(0, verbose=False)
     model = Classifier("lenet_300_100", input_shape=(1, 8, 8))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from conftest import make_trainer
+from trainers import make_trainer
 from lightning_prune import Pruning
 from lightning_prune import surgery
 from lightning_prune.criteria import Magnitude

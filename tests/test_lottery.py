@@ -5,7 +5,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from conftest import make_trainer
+from trainers import make_trainer
 from lightning_prune import Pruning
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.lottery import (

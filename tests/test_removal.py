@@ -9,7 +9,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from conftest import make_trainer
+from trainers import make_trainer
 from lightning_prune import Pruning
 from lightning_prune.checkpoint import PLAN_KEY, export_program, load_compact, save_compact
 from lightning_prune.data import DigitsDataModule, MNIST1DDataModule

@@ -33,8 +33,8 @@ pytest.importorskip("transformers")
 #: (the README's table says the same).
 PARTIAL: dict[str, str] = {
     "tv_convnext": "channels feed LayerNorm (refused); only the blocks' MLP hidden units are pruned",
-    "tv_vit": "the residual stream feeds LayerNorm and attention heads are not units yet; FFN units only",
-    "hf_bert": "the residual stream feeds LayerNorm and attention heads are not units yet; FFN units only",
+    "tv_vit": "the residual stream feeds LayerNorm; nn.MultiheadAttention keeps q/k/v in one parameter: FFN units only",
+    "hf_bert": "the residual stream feeds LayerNorm (refused): attention heads and FFN units only",
     "hf_bert_classifier": "as hf_bert",
     "hf_vit": "as hf_bert",
     "timm_convnext": "as tv_convnext",
