@@ -104,7 +104,7 @@ for name, model in (("VGGSmall", vgg), ("ResNetSmall", resnet)):
 
 # %% [markdown]
 # `NeuronStructure` traces one forward pass with Torch-Pruning's `DependencyGraph` and returns the
-# **groups** of channels that must be pruned together. Each group has a key (its root layer), a size
+# **groups** of channels that must be pruned together. Each group has a key (its member layer that the forward pass calls first), a size
 # (number of channels) and its member layers: the layers whose output channels *are* the group's
 # channels.
 
@@ -124,8 +124,8 @@ assert len(resnet_structure.groups) == 6                                # 9 conv
 coupled = {group.key: [member for member, _ in group.members] for group in resnet_structure.groups
            if len(group.members) > 1}
 assert coupled == {
-    "layers.2.shortcut.0": ["layers.2.shortcut.0", "layers.2.conv2"],
-    "layers.1.shortcut.0": ["layers.1.shortcut.0", "layers.1.conv2"],
+    "layers.2.conv2": ["layers.2.shortcut.0", "layers.2.conv2"],
+    "layers.1.conv2": ["layers.1.shortcut.0", "layers.1.conv2"],
     "stem.0": ["stem.0", "layers.0.conv2"],
 }, coupled
 
