@@ -63,13 +63,19 @@ def test_a_scoring_failure_leaves_the_model_and_checkpoint_intact(tmp_path, gran
     assert error is None and [row["cycle"] for row in resumed_pruning.history] == [0, 1, 2]
 
 
-def test_a_removal_failure_puts_the_model_and_optimizer_back(monkeypatch):
+def _stepped(arch):
+    """A model of ``arch`` after one Adam step (so the optimizer has state to carry over), its input, the optimizer."""
     torch.manual_seed(0)
-    model = build_model("vgg_small")
+    model = build_model(arch)
     x = torch.randn(2, 1, 8, 8)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     model(x).sum().backward()
     optimizer.step()
+    return model, x, optimizer
+
+
+def test_a_removal_failure_puts_the_model_and_optimizer_back(monkeypatch):
+    model, x, optimizer = _stepped("vgg_small")
     structure = NeuronStructure(model, x, find_prunable_layers(model, x))
     keep = {g.key: torch.arange(g.size) % 2 == 0 for g in structure.groups}
     shapes = {n: p.shape for n, p in model.named_parameters()}
@@ -151,12 +157,7 @@ def test_a_failure_after_the_removal_puts_model_optimizer_and_pruner_back(monkey
     from lightning_prune import pruner as pruner_module
     from lightning_prune.pruner import Pruner
 
-    torch.manual_seed(0)
-    model = build_model("resnet_small")
-    x = torch.randn(2, 1, 8, 8)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model(x).sum().backward()
-    optimizer.step()
+    model, x, optimizer = _stepped("resnet_small")
     pruner = Pruner(model, x, Magnitude(2), granularity="neuron", scope="layer")
     keep = pruner.plan(pruner.dense_keep(), 0.5, 0)
     before = _digest(model, optimizer)
