@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -58,11 +60,23 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
 
 
-def _check_fraction(name: str, value: Any, low_open: bool = True) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and (0.0 < value < 1.0 if low_open else 0.0 <= value < 1.0)
-    if not ok:
+def _as_float(value: Any) -> float | None:
+    """A real number (Python, NumPy or a one-element tensor) as a ``float``; ``None`` for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if torch.is_tensor(value) and value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool:
+        return float(value)
+    return None
+
+
+def _check_fraction(name: str, value: Any, low_open: bool = True) -> float:
+    """The fraction as a plain ``float`` (so it checkpoints as one), or a ``ValueError`` naming it."""
+    number = _as_float(value)
+    if number is None or not (0.0 < number < 1.0 if low_open else 0.0 <= number < 1.0):
         raise ValueError(f"`{name}` must be a number in {'(0, 1)' if low_open else '[0, 1)'}, got {value!r}.")
+    return number
 
 
 def _check_ranks_agree(trainer: L.Trainer, keep: Keep) -> None:
@@ -228,7 +242,7 @@ class Pruning(Callback):
                     f"scope={scope!r} every layer is ranked on its own and it would change nothing. Use "
                     "scope='global' or normalize=None."
                 )
-        _check_fraction("target", target)
+        target = _check_fraction("target", target)
         if layer_targets is not None:
             if not isinstance(layer_targets, Mapping) or not all(isinstance(k, str) for k in layer_targets):
                 raise ValueError(f"`layer_targets` must map module-name patterns to fractions, got {layer_targets!r}.")
@@ -247,7 +261,7 @@ class Pruning(Callback):
             raise ValueError(f"`cycles`={cycles!r} applies to schedule='cubic' only, got schedule={schedule!r}.")
         if schedule == "geometric":
             per_cycle = 0.2 if per_cycle is None else per_cycle
-            _check_fraction("per_cycle", per_cycle)
+            per_cycle = _check_fraction("per_cycle", per_cycle)
         if schedule == "cubic":
             cycles = 10 if cycles is None else cycles
             _check_int("cycles", cycles, 1)
@@ -258,8 +272,9 @@ class Pruning(Callback):
         if mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}.")
         if max_drop is not None:
-            if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or max_drop < 0:
-                raise ValueError(f"`max_drop` must be a number >= 0 or None, got {max_drop!r}.")
+            if _as_float(max_drop) is None or not math.isfinite(_as_float(max_drop)) or _as_float(max_drop) < 0:
+                raise ValueError(f"`max_drop` must be a finite number >= 0 or None, got {max_drop!r}.")
+            max_drop = _as_float(max_drop)
             if monitor is None:
                 raise ValueError(f"`max_drop`={max_drop!r} needs `monitor`, the metric it applies to; got monitor=None.")
             if warmup_epochs < 1:
@@ -270,11 +285,15 @@ class Pruning(Callback):
         for name, patterns in (("layers", layers), ("ignore_layers", ignore_layers)):
             if patterns is not None and (isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns)):
                 raise ValueError(f"`{name}` must be a list of module-name patterns or None, got {patterns!r}.")
-        _check_fraction("min_keep", min_keep, low_open=False)
+        min_keep = _check_fraction("min_keep", min_keep, low_open=False)
         _check_int("calibration_batches", calibration_batches, 1)
         if calibration_loss is not None and not callable(calibration_loss):
             raise ValueError(f"`calibration_loss` must be callable as loss(pl_module, batch) or None, got {calibration_loss!r}.")
         _check_int("seed", seed, 0)
+        if seed >= 2**32:  # seeds torch.Generator as seed * 1_000_003 + cycle, which must stay below 2**64
+            raise ValueError(f"`seed` must be an integer in [0, 2**32), got {seed!r}.")
+        if not isinstance(verbose, bool):
+            raise ValueError(f"`verbose` must be True or False, got {verbose!r}.")
 
         self.granularity, self.scope, self.target, self.schedule = granularity, scope, target, schedule
         self.monitor, self.mode, self.max_drop = monitor, mode, max_drop

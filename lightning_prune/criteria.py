@@ -190,6 +190,10 @@ def make_criterion(criterion: str | Criterion, seed: int = 0) -> Criterion:
         if criterion not in CRITERIA:
             raise ValueError(f"`criterion` must be one of {sorted(CRITERIA)} or a Criterion object, got {criterion!r}.")
         return CRITERIA[criterion](seed)
+    if isinstance(criterion, type):
+        raise ValueError(
+            f"`criterion` must be a Criterion instance, got the class {criterion.__name__}: pass {criterion.__name__}(...)."
+        )
     if not callable(getattr(criterion, "scores", None)):
         raise ValueError(
             f"`criterion` object {criterion!r} has no `scores(layers, granularity, cycle)` method; "

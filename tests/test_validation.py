@@ -3,10 +3,12 @@
 import re
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
 from lightning_prune import Pruning
+from lightning_prune.criteria import Magnitude
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import Classifier
 
@@ -34,7 +36,12 @@ VALID = dict(criterion="l1", granularity="weight", scope="global", target=0.5)
         ({"finetune_epochs": 1.5}, "`finetune_epochs` must be an integer >= 1, got 1.5"),
         ({"monitor": ""}, "`monitor` must be the name of a logged metric or None, got ''"),
         ({"mode": "up"}, "`mode` must be one of ('max', 'min'), got 'up'"),
-        ({"monitor": "val_acc", "max_drop": -0.1, "warmup_epochs": 1}, "`max_drop` must be a number >= 0 or None, got -0.1"),
+        ({"monitor": "val_acc", "max_drop": -0.1, "warmup_epochs": 1}, "`max_drop` must be a finite number >= 0 or None, got -0.1"),
+        ({"monitor": "val_acc", "max_drop": float("nan"), "warmup_epochs": 1}, "`max_drop` must be a finite number >= 0 or None, got nan"),
+        ({"criterion": Magnitude}, "`criterion` must be a Criterion instance, got the class Magnitude: pass Magnitude(...)"),
+        ({"verbose": "yes"}, "`verbose` must be True or False, got 'yes'"),
+        ({"seed": 2**44}, "`seed` must be an integer in [0, 2**32), got 17592186044416"),
+        ({"target": torch.tensor([0.5, 0.5])}, "`target` must be a number in (0, 1), got tensor([0.5000, 0.5000])"),
         ({"max_drop": 0.01}, "`max_drop`=0.01 needs `monitor`, the metric it applies to; got monitor=None"),
         ({"monitor": "val_acc", "max_drop": 0.01}, "`warmup_epochs` must be >= 1, got 0"),
         ({"layers": "fc1"}, "`layers` must be a list of module-name patterns or None, got 'fc1'"),
@@ -54,6 +61,14 @@ VALID = dict(criterion="l1", granularity="weight", scope="global", target=0.5)
 def test_invalid_argument_raises_at_construction(changes, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         Pruning(**{**VALID, **changes})
+
+
+@pytest.mark.parametrize("target", [np.float32(0.5), np.float64(0.5), torch.tensor(0.5), 0.5])
+def test_numpy_and_tensor_fractions_are_accepted_as_plain_floats(target):
+    pruning = Pruning(**{**VALID, "target": target, "min_keep": np.float32(0.0)})
+    assert type(pruning.target) is float and pruning.target == 0.5
+    assert type(pruning.min_keep) is float and pruning.min_keep == 0.0
+    assert pruning.fractions[-1] == pytest.approx(0.5)
 
 
 def _fit(pruning, max_epochs=2, model=None):
