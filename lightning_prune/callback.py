@@ -610,7 +610,7 @@ class Pruning(Callback):
         self._state["history"].append(row)
         self._log(trainer, {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         emptied = lopsided({key: torch.ones_like(mask) for key, mask in keep.items()}, keep)
-        if emptied and self.scope == "global" and self.target < 0.8:
+        if emptied and self.scope == "global":
             rank_zero_warn(
                 f"Pruning: a global ranking removed most units of {emptied[:5]} while other layers lost none. Their scores "
                 "are probably on another scale: use `normalize='mean'` or `scope='layer'`, or protect them with `min_keep`."

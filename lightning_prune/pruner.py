@@ -239,7 +239,7 @@ class Pruner:
                 structure = NeuronStructure(self.model, self.example_input, self.layers, verify=False,
                                             refused=self.structure.refused)
                 macs = count_macs(self.model, self.example_input)
-                _check_fits(structure, keep, keep)
+                _check_fits({key: (size,) for key, size in structure.sizes.items()}, keep, keep)
             self.structure, self.macs = structure, macs
         return removal, kept
 
@@ -255,14 +255,12 @@ class Pruner:
 
 
 def _check_fits(
-    expected: NeuronStructure | Mapping[str, tuple[int, ...]],
+    expected: Mapping[str, tuple[int, ...]],
     keep: Mapping[str, torch.Tensor],
     present: Mapping[str, torch.Tensor] | None,
     granularity: str = "neuron",
 ) -> None:
     """Raise ``ValueError`` naming the groups/layers whose keep-masks do not fit ``expected`` shapes."""
-    if isinstance(expected, NeuronStructure):
-        expected = {key: (size,) for key, size in expected.sizes.items()}
     found = {name: tuple(mask.shape) for name, mask in _current(keep, present).items()}
     if dict(expected) != found:
         diff = sorted(set(dict(expected).items()) ^ set(found.items()))

@@ -182,7 +182,7 @@ class NeuronStructure:
     Attributes:
         groups: The prunable groups, in the order Torch-Pruning's ``get_all_groups`` yields them
             (not forward order; look groups up by ``key``).
-        refused: Group key (root layer name) to the reason it is not pruned.
+        refused: Group key (its member layer called first in forward order) to the reason it is not pruned.
         skipped: Layer name to the reason its units cannot be pruned, for every layer in ``layers``
             (other than the output layers) that is a member of no prunable group.
         sites: Layer name to the module whose output is the layer's pre-activation: the BatchNorm

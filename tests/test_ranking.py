@@ -132,3 +132,15 @@ def test_normalizing_zero_or_removed_scores_leaves_them_alone():
 def test_normalizing_scores_of_the_wrong_shape_is_named():
     with pytest.raises(ValueError, match=r"Scores for 'a' have shape \(3,\), its mask \(4,\)"):
         normalize_scores({"a": torch.ones(3)}, {"a": torch.ones(4, dtype=torch.bool)}, "mean")
+
+
+def test_lopsided_names_a_group_emptied_while_another_is_untouched():
+    from lightning_prune.ranking import lopsided
+
+    before = {"a": torch.ones(10, dtype=torch.bool), "b": torch.ones(10, dtype=torch.bool)}
+    emptied = {"a": torch.tensor([True] + [False] * 9), "b": torch.ones(10, dtype=torch.bool)}
+    balanced = {"a": torch.arange(10) < 5, "b": torch.arange(10) < 5}
+    assert lopsided(before, emptied) == ["a"]
+    assert lopsided(before, balanced) == []
+    both_emptied = {"a": emptied["a"], "b": emptied["a"]}
+    assert lopsided(before, both_emptied) == []  # everything went: not lopsided, just a high target

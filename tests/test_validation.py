@@ -163,3 +163,9 @@ def test_checkpoints_from_before_an_argument_existed_still_resume():
     Pruning(target=0.5).load_state_dict(state)  # the default applies
     with pytest.raises(ValueError, match="resume with the same arguments"):
         Pruning(target=0.5, normalize="mean").load_state_dict(state)
+
+
+@pytest.mark.parametrize(("granularity", "scope", "expected"),
+                         [("neuron", "global", "mean"), ("neuron", "layer", None), ("weight", "global", None)])
+def test_normalize_auto_balances_a_global_neuron_ranking_only(granularity, scope, expected):
+    assert Pruning(granularity=granularity, scope=scope, target=0.5).normalize == expected
