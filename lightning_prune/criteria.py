@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_prune.layers import PrunableLayer
+from lightning_prune.layers import PrunableLayer, is_transposed
 from lightning_prune.statistics import WeightGradientProduct, ZeroActivationRate
 
 GRANULARITIES = ("weight", "neuron")
@@ -27,6 +27,11 @@ GRANULARITIES = ("weight", "neuron")
 def _per_unit(values: torch.Tensor) -> torch.Tensor:
     """Sum a weight-shaped tensor over everything but the output-unit dimension."""
     return values.flatten(1).sum(dim=1)
+
+
+def _units_first(layer: PrunableLayer, values: torch.Tensor) -> torch.Tensor:
+    """A weight-shaped tensor with the layer's output units in dimension 0 (HF ``Conv1D`` stores them in 1)."""
+    return values.transpose(0, 1) if is_transposed(layer.module) else values
 
 
 class Criterion:
@@ -82,7 +87,7 @@ class Magnitude(Criterion):
             if granularity == "weight":
                 result[layer.name] = weight.abs() ** self.p
             else:
-                result[layer.name] = torch.linalg.vector_norm(weight.flatten(1), ord=self.p, dim=1)
+                result[layer.name] = torch.linalg.vector_norm(layer.unit_weight.detach().flatten(1), ord=self.p, dim=1)
         return result
 
 
@@ -167,7 +172,7 @@ class Taylor(Criterion):
         totals = {layer.name: self._stats[layer.name].compute() for layer in layers}
         if granularity == "weight":
             return {name: total.abs() for name, total in totals.items()}
-        return {name: _per_unit(total).abs() for name, total in totals.items()}
+        return {layer.name: _per_unit(_units_first(layer, totals[layer.name])).abs() for layer in layers}
 
 
 #: Criterion names accepted by :class:`~lightning_prune.Pruning`, each with its factory.

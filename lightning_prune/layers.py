@@ -65,7 +65,7 @@ class PrunableLayer:
 
     @property
     def weight(self) -> torch.nn.Parameter:
-        """The layer's weight; its first dimension indexes output units."""
+        """The layer's weight (output units in dimension 0, except for HF ``Conv1D``: see :attr:`unit_weight`)."""
         return self.module.weight
 
     @property

@@ -26,7 +26,14 @@ from torch import nn
 
 from lightning_prune.layers import PRUNABLE_TYPES, PrunableLayer, forward_order, is_prunable
 from lightning_prune.masks import Masks
-from lightning_prune.surgery import attention_heads, bounded_group_search, build_graph, remove_units, surviving_entries
+from lightning_prune.attention import attention_heads, kv_group_attention
+from lightning_prune.surgery import (
+    UnsupportedModelError,
+    bounded_group_search,
+    build_graph,
+    remove_units,
+    surviving_entries,
+)
 from lightning_prune.verification import verify_groups
 
 
@@ -159,6 +166,64 @@ def _tied_positions(group: Any, channels: int) -> tuple[tuple[int, ...] | None, 
     return tuple(channel % period for channel in range(channels)), None
 
 
+def _searched_groups(graph: tp.DependencyGraph, ignored: Sequence[nn.Module]) -> tuple[list[Any], dict[nn.Module, str]]:
+    """Every group Torch-Pruning finds from a prunable root layer's output channels, one search per
+    root, and the roots whose search grows without bound (with the reason).
+
+    Torch-Pruning's ``get_all_groups`` does the same walk but lets one unbounded search hang (or, with
+    :func:`~lightning_prune.surgery.bounded_group_search`, fail) the whole model; here only that root
+    is refused: on HF LLaMA the residual stream's search explodes while the FFN groups are ordinary.
+    A group that contains an ignored layer's output channels (an output layer, a layer not selected)
+    is left out, as Torch-Pruning does.
+    """
+    ignored_ids = {id(module) for module in [*ignored, *graph.IGNORED_LAYERS_IN_TRACING]}
+    visited: set[int] = set()
+    groups, unbounded = [], {}
+    for module in list(graph.module2node):
+        if id(module) in ignored_ids or id(module) in visited or not isinstance(module, tuple(PRUNABLE_TYPES.values())):
+            continue
+        pruner = graph.get_pruner_of_module(module)
+        channels = pruner.get_out_channels(module) if pruner is not None else None
+        if channels is None:
+            continue
+        try:
+            with bounded_group_search(graph):
+                group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
+        except UnsupportedModelError as error:
+            visited.add(id(module))
+            unbounded[module] = str(error).split(". ")[0].replace("on this model ", "from this layer ")
+            continue
+        outs = [item.dep.target.module for item in group if graph.is_out_channel_pruning_fn(item.dep.handler)]
+        visited.update(id(out) for out in outs)
+        if not any(id(out) in ignored_ids for out in outs):
+            groups.append(group)
+    return groups, unbounded
+
+
+def _kv_layers(q_name: str) -> list[str]:
+    parent = q_name.rpartition(".")[0]
+    return [f"{parent}.{name}" for name in ("q_proj", "k_proj", "v_proj")]
+
+
+def _kv_groups(modules: Mapping[str, nn.Module], unbounded: Mapping[nn.Module, str], names: Mapping[int, str]) -> list[UnitGroup]:
+    """Groups of grouped-query attention modules (HF LLaMA), where Torch-Pruning's search from the
+    q/k/v projections grows without bound: one unit per key/value group, scored by its query
+    channels, removed by :func:`~lightning_prune.attention.remove_kv_groups`."""
+    found = []
+    searched = {id(module) for module in unbounded}
+    for name, module in modules.items():
+        attention = kv_group_attention(module)
+        if attention is None or not all(id(p) in searched for p in (attention.q, attention.k, attention.v)):
+            continue
+        if id(attention.o) not in names:  # an output projection the user did not select, or an output layer
+            continue
+        q_name = names[id(attention.q)]
+        channels = attention.q.out_features
+        unit_of = tuple(channel // attention.channels_per_unit for channel in range(channels))
+        found.append(UnitGroup(q_name, attention.kv_heads, ((q_name, tuple(range(channels))),), unit_of, False))
+    return found
+
+
 class NeuronStructure:
     """The neuron groups of a model and the parameter entries each unit owns.
 
@@ -212,9 +277,15 @@ class NeuronStructure:
         self.groups: list[UnitGroup] = []
         self.refused: dict[str, str] = dict(refused or {})
         grouped: dict[str, str | None] = {}  # member layer -> reason its group is refused (None: pruned)
-        with bounded_group_search(graph):
-            all_groups = list(graph.get_all_groups(ignored_layers=kept_out + unselected,
-                                                   root_module_types=tuple(PRUNABLE_TYPES.values())))
+        all_groups, unbounded = _searched_groups(graph, kept_out + unselected)
+        for module, reason in unbounded.items():
+            self.refused[module_names[id(module)]] = reason
+            grouped[module_names[id(module)]] = reason
+        for group in _kv_groups(modules, unbounded, names):
+            self.groups.append(group)
+            for name in _kv_layers(group.key):
+                self.refused.pop(name, None)
+                grouped[name] = None
         for group in all_groups:
             root = group[0].dep.target.module
             if id(root) not in names:

@@ -24,6 +24,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from lightning_prune.attention import kv_group_attention, qkv_widths, remove_kv_groups, update_head_counts
 from lightning_prune.layers import hf_conv1d_type
 from lightning_prune.tracing import call, map_tensors, output_tensors
 
@@ -121,13 +122,15 @@ def build_graph(model: nn.Module, example_input: Any) -> tp.DependencyGraph:
 
 
 @contextlib.contextmanager
-def bounded_group_search(graph: tp.DependencyGraph, per_node: int = 64) -> Iterator[None]:
+def bounded_group_search(graph: tp.DependencyGraph, per_node: int = 64, per_target: int = 16) -> Iterator[None]:
     """Stop Torch-Pruning's search for a group's dependencies when it does not terminate.
 
     On some models (torchvision's Swin: window partitions, reshapes of reshapes) the index lists
     grow by the flatten stride at every step and the search never ends in practice. A group that
-    needs more than ``per_node`` dependencies per node of the graph, or more indices for one
-    dependency than the model's largest parameter has entries, is not one the library can prune;
+    needs more than ``per_node`` dependencies per node of the graph, reaches one node more than
+    ``per_target`` times (a search that ends reaches each node once or twice on every model of the
+    zoo), or needs more indices for one dependency than the model's largest parameter has entries,
+    is not one the library can prune;
     the search is stopped with :class:`UnsupportedModelError` instead of hanging the fit. Torch-Pruning offers
     no limit of its own, so ``Group.add_dep`` is counted while the block runs (and restored after).
     """
@@ -137,11 +140,14 @@ def bounded_group_search(graph: tp.DependencyGraph, per_node: int = 64) -> Itera
     largest = max((p.numel() for p in graph.model.parameters()), default=1)  # no dimension has more entries
 
     def counted(group: Any, dep: Any, idxs: Any) -> None:
+        seen = vars(group).setdefault("_lightning_prune_seen", {})  # target node -> times reached
+        seen[dep.target] = seen.get(dep.target, 0) + 1
         group._lightning_prune_deps = getattr(group, "_lightning_prune_deps", 0) + 1
-        if group._lightning_prune_deps > limit or len(idxs) > largest:
+        if group._lightning_prune_deps > limit or len(idxs) > largest or seen[dep.target] > per_target:
             raise UnsupportedModelError(
                 f"Torch-Pruning's search for coupled channels grows without bound on this model (a group past {limit} "
-                f"dependencies or {largest} indices: reshapes of reshapes, e.g. window partitions). Prune its weights "
+                f"dependencies, {per_target} visits of one layer or {largest} indices: reshapes of reshapes, e.g. "
+                "window partitions). Prune its weights "
                 "(granularity='weight') or select the layers it can follow with `layers=`/`ignore_layers=`."
             )
         original(group, dep, idxs)
@@ -151,52 +157,6 @@ def bounded_group_search(graph: tp.DependencyGraph, per_node: int = 64) -> Itera
         yield
     finally:
         group_class.add_dep = original
-
-
-#: Attribute names under which attention modules keep their head count and head size (Hugging Face
-#: BERT/ViT: ``num_attention_heads``/``attention_head_size``; timm and others: ``num_heads``/``head_dim``).
-HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_head", "n_heads")
-HEAD_DIM_ATTRS = ("attention_head_size", "head_dim", "head_size")
-#: Attributes that hold ``heads * head_dim`` and follow the head count.
-HEAD_WIDTH_ATTRS = ("all_head_size", "attn_dim", "inner_dim")
-
-
-def attention_heads(module: nn.Module) -> tuple[str, int, int] | None:
-    """``(count attribute, heads, head_dim)`` of an attention module, or ``None`` if it is not one."""
-    count = next((name for name in HEAD_COUNT_ATTRS if type(getattr(module, name, None)) is int), None)
-    size = next((name for name in HEAD_DIM_ATTRS if type(getattr(module, name, None)) is int), None)
-    if count is None or size is None or getattr(module, count) < 1 or getattr(module, size) < 1:
-        return None
-    return count, getattr(module, count), getattr(module, size)
-
-
-def _head_widths(model: nn.Module) -> dict[nn.Module, tuple[str, int, int, dict[nn.Module, int]]]:
-    """Each attention module with its head attributes and its direct prunable children's output widths."""
-    found = {}
-    for module in model.modules():
-        heads = attention_heads(module)
-        if heads is not None:
-            children = {child: child.weight.shape[0] for child in module.children()
-                        if isinstance(child, nn.Linear) and child.weight.ndim == 2}
-            found[module] = (*heads, children)
-    return found
-
-
-def _update_head_counts(before: Mapping[nn.Module, tuple[str, int, int, dict[nn.Module, int]]]) -> None:
-    """After a removal, set each attention module's head count (and ``heads * head_dim`` attributes)
-    from the width of its q/k/v projection, which lost whole heads."""
-    for module, (count, heads, size, children) in before.items():
-        for child, width in children.items():
-            new = child.weight.shape[0]
-            segments = width // (heads * size) if width % (heads * size) == 0 else 0
-            if new == width or segments not in (1, 3) or new % (segments * size):
-                continue
-            new_heads = new // (segments * size)
-            setattr(module, count, new_heads)
-            for name in HEAD_WIDTH_ATTRS:
-                if type(getattr(module, name, None)) is int and getattr(module, name) == heads * size:
-                    setattr(module, name, new_heads * size)
-            break
 
 
 def remove_groups(
@@ -225,9 +185,13 @@ def remove_groups(
         units = pruner.get_out_channels(module)
         if len(set(indices)) >= units or max(indices) >= units or min(indices) < 0:
             raise ValueError(f"Cannot remove units {sorted(indices)[:8]}... of layer {key!r}, which has {units}.")
-        heads = _head_widths(model)
+        attention = kv_group_attention(modules.get(key.rpartition(".")[0]), module)
+        if attention is not None:  # grouped-query attention: Torch-Pruning cannot follow repeat_kv
+            remove_kv_groups(attention, sorted(set(indices)))
+            continue
+        heads = qkv_widths(model)
         graph.get_pruning_group(module, pruner.prune_out_channels, sorted(set(indices))).prune()
-        _update_head_counts(heads)
+        update_head_counts(heads)
 
 
 def surviving_entries(model: nn.Module, example_input: Any, removal: Mapping[str, Sequence[int]]) -> dict[str, torch.Tensor]:

@@ -10,21 +10,44 @@ would replace it with a misleading ``TypeError``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 
+@contextlib.contextmanager
+def kv_cache_off(model: nn.Module) -> Iterator[None]:
+    """Set ``config.use_cache = False`` on every Hugging Face (sub)model while the block runs.
+
+    A key/value cache is a copy of the keys and values kept for generation. The library calls a
+    model to find its structure, never to generate: with the cache on, the key and value
+    projections would reach the output (and so look like output layers whose units must be kept),
+    and the cache's concatenation with an empty past breaks Torch-Pruning's index mapping (GPT-2).
+    """
+    configs = {id(config): config for module in model.modules()
+               if type(getattr(config := getattr(module, "config", None), "use_cache", None)) is bool}
+    saved = {key: config.use_cache for key, config in configs.items()}
+    for config in configs.values():
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        for key, config in configs.items():
+            config.use_cache = saved[key]
+
+
 def call(model: nn.Module, example_input: Any) -> Any:
-    """``model(x)``, ``model(*x)`` for a tuple/list, ``model(**x)`` for a dict."""
-    if isinstance(example_input, Mapping):
-        return model(**example_input)
-    if isinstance(example_input, (tuple, list)):
-        return model(*example_input)
-    return model(example_input)
+    """``model(x)``, ``model(*x)`` for a tuple/list, ``model(**x)`` for a dict, with any KV cache off."""
+    with kv_cache_off(model):
+        if isinstance(example_input, Mapping):
+            return model(**example_input)
+        if isinstance(example_input, (tuple, list)):
+            return model(*example_input)
+        return model(example_input)
 
 
 def output_tensors(output: Any) -> list[torch.Tensor]:

@@ -99,3 +99,34 @@ def test_removing_zeroed_units_keeps_the_outputs(arch):
     assert torch.allclose(model(x), before, atol=1e-5)
     modules = dict(model.named_modules())
     assert all(modules[key].weight.shape[0] == int(mask.sum()) for key, mask in keep.items())
+
+
+def test_a_graph_the_engine_cannot_build_is_refused_before_anything_changes(monkeypatch):
+    import torch_pruning as tp
+
+    from lightning_prune.criteria import Magnitude
+    from lightning_prune.pruner import Pruner
+    from lightning_prune.surgery import UnsupportedModelError
+
+    def broken(*args, **kwargs):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")  # GPT-2's KV-cache concat, before
+
+    model = build_model("lenet_300_100")
+    before = copy.deepcopy(model.state_dict())
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", broken)
+    with pytest.raises(UnsupportedModelError, match="could not build the dependency graph of") as caught:
+        Pruner(model, torch.randn(2, 64), Magnitude(2), granularity="neuron")
+    assert isinstance(caught.value.__cause__, TypeError)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_unbounded_search_refuses_only_the_layers_it_starts_from():
+    pytest.importorskip("torchvision")
+    from zoo import ZOO
+
+    torch.manual_seed(0)
+    model, x = ZOO["tv_swin"]()  # window partitions: the search along the residual stream never ends
+    structure = NeuronStructure(model.eval(), x, find_prunable_layers(model, x))
+    unbounded = [key for key, reason in structure.refused.items() if "grows without bound from this layer" in reason]
+    assert unbounded and not any(key.endswith("mlp.0") for key in unbounded)
+    assert sorted(structure.sizes) == ["features.1.0.mlp.0", "features.3.0.mlp.0"]  # MLP hidden units still pruned
