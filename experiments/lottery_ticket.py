@@ -132,7 +132,7 @@ def run(variant: str, seed: int, dataset: str = "digits", rounds: int = 14, epoc
         last = epochs[-1]
         best = min(epochs, key=lambda e: (recorder.val_loss[e], e))  # earliest epoch of the lowest val loss
         if r == 0:
-            remaining, params = 1.0, pruning._state["dense"]["params"]
+            remaining, params = 1.0, pruning.dense["params"]
         else:
             history = pruning.history[r - 1]
             remaining, params = 1.0 - history["sparsity"], history["params"]  # sparsity over all weights

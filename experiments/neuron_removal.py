@@ -134,7 +134,7 @@ def run(experiment: str, seed: int, setting: str | None = "chosen", epochs: int 
             "cycles": len(callback.history),
             "sparsity": last["sparsity"],
             "macs": last["macs"],
-            "dense_macs": callback._state["dense"]["macs"],
+            "dense_macs": callback.dense["macs"],
             "params_fraction": last["params_fraction"],
             "macs_fraction": last["macs_fraction"],
             "widths": {name: [dense_widths[name], widths[name]] for name in widths},

@@ -101,7 +101,7 @@ def run(experiment: str, seed: int, lr_schedule: str = "constant") -> list[dict[
                       warmup_epochs=config["warmup"], finetune_epochs=config["finetune"], remove=True, verbose=False)
     row = _fit(model, config, seed, total, [pruning])
     last = pruning.history[-1]
-    dense_macs, pruned_macs = pruning._state["dense"]["macs"], last["macs"]
+    dense_macs, pruned_macs = pruning.dense["macs"], last["macs"]
     assert row["params"] == int(last["params"]), (row["params"], last["params"])
     widths = {name: int(m.weight.shape[0]) for name, m in model.named_modules()
               if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d))}

@@ -48,11 +48,16 @@ from lightning_prune.masks import MaskEnforcer, apply_masks
 from lightning_prune.pruner import BUDGETS, Keep, Pruner
 from lightning_prune.ranking import NORMALIZERS, SCOPES, lopsided, min_units, prunable_capacity
 from lightning_prune.schedules import SCHEDULES, Timeline, layer_exponents, layer_fraction, sparsity_schedule
+from lightning_prune.state import PruningState, config_differences, non_default
 
 MODES = ("max", "min")
 CONTROLS = ("reinit", "random_mask", "signed_constant")
-_ADDED_LATER = {"normalize": None}  # config keys newer than the first checkpoints, with their defaults
 UNSUPPORTED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+
+
+def _default_config() -> dict[str, Any]:
+    """The configuration of ``Pruning()`` with every argument at its default (what checkpoints omit)."""
+    return Pruning()._config()
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -309,30 +314,14 @@ class Pruning(Callback):
         self.calibration_loss = calibration_loss or cross_entropy_loss
         self.fractions = sparsity_schedule(schedule, target, per_cycle, cycles)
         self.timeline = Timeline(warmup_epochs, finetune_epochs, len(self.fractions))
+        self._timeline = self.timeline  # the one this fit follows (one prune at epoch 0 under fast_dev_run)
         self.pruner: Pruner | None = None
         self._enforcer: MaskEnforcer | None = None
         self._masks: dict[str, torch.Tensor] = {}
-        self._state = self._fresh_state()
-        self._restored: dict[str, Any] | None = None
+        self._state = PruningState()
+        self._restored: PruningState | None = None
 
     # ----------------------------------------------------------------------------- state
-    @staticmethod
-    def _fresh_state() -> dict[str, Any]:
-        return {
-            "cycle": 0,  # cycles done
-            "keep": None,  # unit keep-masks (Keep), dense coordinates
-            "present": None,  # neurons: units still physically in the model, dense coordinates
-            "plan": None,  # {"inputs", "steps"}: the removals done, replayable on the dense model
-            "dense": None,  # {"params", "macs"} of the model before pruning
-            "baseline": None,  # the dense model's monitored metric
-            "metrics": {},  # epoch -> monitored metric after that epoch's validation
-            "pending": None,  # {"cycle", "epoch"}: cycle awaiting judgement after `epoch`
-            "stopped": False,  # rolled back: no more pruning
-            "history": [],  # one row per cycle
-            "snapshot": None,  # last accepted {"model", "optimizers", "keep"} (with max_drop)
-            "rewind_point": None,  # {"model", "optimizers", "schedulers"} to rewind to after each prune
-        }
-
     def _config(self) -> dict[str, Any]:
         """Every argument that shapes the decisions: a run resumes only with the same ones."""
         return {
@@ -348,6 +337,8 @@ class Pruning(Callback):
             "max_drop": self.max_drop,
             "seed": self.seed,
             "scope": self.scope,
+            "target": self.target,
+            "schedule": self.schedule,
             "fractions": list(self.fractions),
             "remove": self.remove,
             "budget": self.budget,
@@ -360,51 +351,108 @@ class Pruning(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(granularity=self.granularity, target=self.target, schedule=self.schedule)
+        # Granularity only: a changed target or schedule must reach `load_state_dict` and fail there,
+        # by name, instead of Lightning dropping the state as another callback's (a silent restart).
+        return self._generate_state_key(granularity=self.granularity)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**clone_tensors(self._state), "config": self._config()}
+        return {**self._state.to_dict(), "config": non_default(self._config(), _default_config())}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose pruning state this callback cannot continue, naming why.
+
+        Raises:
+            ValueError: If the checkpoint holds another granularity's ``Pruning`` state, or none at all
+                while it resumes after this schedule's first prune (no cycle would ever run).
+        """
+        states = [key for key in checkpoint.get("callbacks", {}) if key.startswith(type(self).__qualname__ + "{")]
+        if self.state_key in states:
+            return
+        if states:
+            raise ValueError(
+                f"The checkpoint's pruning state was written by {states[0]}, this callback is {self.state_key}; "
+                "resume with the same granularity (or start a new fit from the weights)."
+            )
+        epoch = checkpoint.get("epoch", 0) + 1  # the epoch the resumed fit starts with
+        if epoch > self.timeline.warmup_epochs:
+            raise ValueError(
+                f"The checkpoint was written without a Pruning callback and resumes at epoch {epoch}, after this "
+                f"schedule's first prune (start of epoch warmup_epochs={self.timeline.warmup_epochs}), so no cycle "
+                "would run. Load its weights into the module and start a new fit (trainer.fit(module) without "
+                "ckpt_path), or raise warmup_epochs past the resume epoch."
+            )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        config = state_dict.get("config")
-        if isinstance(config, dict):  # arguments added later take their defaults in older checkpoints
-            config = {**_ADDED_LATER, **config}
-        if config != self._config():
+        """Take the checkpoint's state, if it was made with this configuration.
+
+        Raises:
+            ValueError: Naming every setting that differs between the checkpoint and this callback.
+        """
+        state_dict = dict(state_dict)
+        saved = state_dict.pop("config", None)
+        if not isinstance(saved, dict):
+            raise ValueError("The checkpoint's Pruning state has no configuration; it was not written by this callback.")
+        differences = config_differences(saved, self._config(), _default_config())
+        if differences:
             raise ValueError(
-                f"Checkpointed Pruning state was made with {config}, this callback is configured with "
-                f"{self._config()}; resume with the same arguments."
+                "The checkpoint's pruning run was configured differently; resume with the same arguments "
+                "(or start a new fit from the weights). Differs: " + "; ".join(differences) + "."
             )
-        self._restored = {key: value for key, value in state_dict.items() if key != "config"}
+        self._restored = PruningState.from_dict(state_dict)
 
     @property
     def history(self) -> list[dict[str, Any]]:
         """One row per cycle: epoch, sparsity, kept parameters and MACs, metric, accepted."""
-        return self._state["history"]
+        return self._state.history
+
+    @property
+    def dense(self) -> dict[str, float] | None:
+        """``{"params", "macs"}`` of the model before pruning (set when training starts)."""
+        return dict(self._state.dense) if self._state.dense is not None else None
 
     @property
     def keep(self) -> Keep | None:
         """Current unit keep-masks."""
-        return self._state["keep"]
+        return self._state.keep
 
     @property
     def plan(self) -> dict[str, Any] | None:
         """The removals done so far, ``{"inputs", "steps"}`` (a copy): what ``scratch_model``,
         ``ticket_model``, ``save_compact`` and checkpoints replay on a freshly built dense model."""
-        return clone_tensors(self._state["plan"])
+        return clone_tensors(self._state.plan)
 
     # ----------------------------------------------------------------------------- hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.remove and not getattr(pl_module, "restores_pruned_architecture", False):
+            self._install_restore(pl_module)  # any stage may load a checkpoint (test(ckpt_path="best"))
         if stage != "fit":
             return
-        self._state, self._restored = self._fresh_state(), None
+        self._state, self._restored = PruningState(), None
         strategy = type(trainer.strategy).__name__
         if strategy in UNSUPPORTED_STRATEGIES:
             raise ValueError(
                 f"Pruning does not support the {strategy} strategy (sharded parameters cannot be masked or "
                 f"removed in place); use a single device, 'ddp' or 'ddp_spawn'."
             )
-        if self.remove and not getattr(pl_module, "restores_pruned_architecture", False):
-            self._install_restore(pl_module)
+        others = [c for c in trainer.callbacks if isinstance(c, Pruning) and c is not self]
+        if others:
+            raise ValueError(
+                f"This Trainer has {len(others) + 1} Pruning callbacks; use one (their scores, masks and removals would "
+                "act on the same layers). To prune some layers by weight and others by neuron, prune in two fits."
+            )
+        if self.remove and getattr(pl_module, "_compiler_ctx", None) is not None:
+            raise ValueError(
+                "Neuron removal reshapes the module, which a torch.compile'd module cannot follow. Fit the module "
+                "uncompiled (compile the compact model afterwards), or keep the neurons masked with remove=False."
+            )
+        self._timeline = self.timeline
+        if trainer.fast_dev_run:
+            self._timeline = Timeline(0, 1, 1)
+            rank_zero_info(
+                "Pruning: fast_dev_run: one prune at the start of the run, to the schedule's first fraction "
+                f"({self.fractions[0]:.3f}), without warm-up or judgement; a smoke test of the pruning step only."
+            )
+            return
         max_epochs = trainer.max_epochs
         if max_epochs is not None and 0 <= max_epochs < self.timeline.epochs_needed:
             raise ValueError(
@@ -433,8 +481,14 @@ class Pruning(Callback):
 
         pl_module.on_load_checkpoint = on_load_checkpoint
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.__dict__.pop("on_load_checkpoint", None)  # undo _install_restore: the checkpoint is loaded
+
+    on_test_start = on_predict_start = on_validation_start
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pl_module.__dict__.pop("on_load_checkpoint", None)  # undo _install_restore
+        self._check_max_steps(trainer)
         example = self._example_input(trainer, pl_module)
         self.pruner = Pruner(
             pl_module, example, self.criterion, self.granularity, self.scope, self.min_keep, self.layers, self.ignore_layers
@@ -448,33 +502,38 @@ class Pruning(Callback):
             )
         self._exponents = self._layer_exponents(self.pruner.dense_keep())
         self._check_reachable(self.pruner.dense_keep())
+        narrow = [key for key, mask in self.pruner.dense_keep().items() if self.round_to and mask.numel() <= self.round_to]
+        if narrow:
+            rank_zero_warn(
+                f"Pruning: `round_to`={self.round_to} is not below the width of {narrow[:5]}{'...' if len(narrow) > 5 else ''}: "
+                "their kept units round up to all of them, so they are never pruned. Use a smaller round_to."
+            )
         for name, reason in self.pruner.skipped_layers.items():
             rank_zero_warn(f"Pruning: the neurons of layer {name!r} are left unpruned: {reason}.")
         if self._restored is not None:
-            self._state.update(self._restored)
-            self._restored = None
-            self.pruner.check_keep(self._state["keep"], self._state["present"])
+            self._state, self._restored = self._restored, None
+            self.pruner.check_keep(self._state.keep, self._state.present)
         else:
-            self._state["keep"] = self.pruner.dense_keep()
-            self._state["present"] = self.pruner.dense_keep() if self.granularity == "neuron" else None
-            self._state["plan"] = {"inputs": input_spec(example), "steps": []}
-            self._state["dense"] = {"params": count_parameters(pl_module)[1], "macs": self.pruner.macs[""]}
-        self._apply(trainer, pl_module, self._state["keep"])
+            self._state.keep = self.pruner.dense_keep()
+            self._state.present = self.pruner.dense_keep() if self.granularity == "neuron" else None
+            self._state.plan = {"inputs": input_spec(example), "steps": []}
+            self._state.dense = {"params": count_parameters(pl_module)[1], "macs": self.pruner.macs[""]}
+        self._apply(trainer, pl_module, self._state.keep)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
         self._judge_pending(trainer, pl_module, before_epoch=epoch)
-        if self.rewind is not None and self._state["rewind_point"] is None and epoch == (
+        if self.rewind is not None and self._state.rewind_point is None and epoch == (
             0 if self.rewind == "init" else self.rewind
         ):
-            self._state["rewind_point"] = self._rewind_point(trainer, pl_module)
-        cycle = self.timeline.cycle_at(epoch)
-        if self._state["stopped"] or cycle is None or cycle != self._state["cycle"]:
+            self._state.rewind_point = self._rewind_point(trainer, pl_module)
+        cycle = self._timeline.cycle_at(epoch)
+        if self._state.stopped or cycle is None or cycle != self._state.cycle:
             return
         if cycle == 0 and self.monitor is not None:
-            self._state["baseline"] = self._state["metrics"].get(epoch - 1)
+            self._state.baseline = self._state.metrics.get(epoch - 1)
         if cycle == 0 and self.max_drop is not None:
-            self._state["snapshot"] = self._snapshot(trainer, pl_module)
+            self._state.snapshot = self._snapshot(trainer, pl_module)
         self._prune(trainer, pl_module, cycle, epoch)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -490,7 +549,7 @@ class Pruning(Callback):
                 f"`monitor`={self.monitor!r} was never logged. Logged metrics: {sorted(trainer.callback_metrics)}."
             )
         if not trainer.sanity_checking:
-            self._state["metrics"][trainer.current_epoch] = float(value)
+            self._state.metrics[trainer.current_epoch] = float(value)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # `current_epoch` counts the completed epochs here: a cycle cut short (early stop) is not judged.
@@ -503,20 +562,66 @@ class Pruning(Callback):
         if self.verbose:
             rank_zero_info(self.summary_table())
 
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Re-apply the masks if a callback wrote weights after the last step (``on_train_end``), as
+        StochasticWeightAveraging does with its averages, or an EMA callback listed after this one."""
+        params = dict(pl_module.named_parameters(remove_duplicate=False))
+        with torch.no_grad():
+            leaked = [name for name, mask in self._masks.items()
+                      if name in params and params[name].shape == mask.shape and bool(params[name][~mask].any())]
+        if leaked:
+            apply_masks(pl_module, self._masks)
+            rank_zero_warn(
+                f"Pruning: pruned weights of {leaked[:3]}{'...' if len(leaked) > 3 else ''} were non-zero when the fit "
+                "ended (a callback such as StochasticWeightAveraging or an EMA wrote weights after the last pruning step); "
+                "the masks were re-applied, so the model has the sparsity of the history. Start the averaging after the "
+                "last prune for averages of the pruned network only."
+            )
+
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        plan = self._state["plan"]
+        plan = self._state.plan
         if plan is not None and plan["steps"]:
             checkpoint[PLAN_KEY] = clone_tensors(plan)
 
+    def _check_max_steps(self, trainer: L.Trainer) -> None:
+        """Refuse a ``max_steps`` that ends the fit before the schedule (``max_epochs`` is checked at setup).
+
+        Raises:
+            ValueError: Naming ``max_steps``, the steps per epoch and the epochs the schedule needs.
+        """
+        batches = trainer.num_training_batches
+        if trainer.max_steps < 0 or trainer.fast_dev_run or not isinstance(batches, int) or batches < 1:
+            return
+        per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+        needed = self.timeline.epochs_needed
+        if trainer.max_steps < needed * per_epoch:  # as max_epochs >= epochs_needed: the last cycle fine-tunes too
+            raise ValueError(
+                f"`max_steps`={trainer.max_steps} ends the fit before this pruning schedule: it needs {needed} epochs "
+                f"(warmup_epochs={self.timeline.warmup_epochs} + {self.timeline.num_cycles} cycles x finetune_epochs="
+                f"{self.timeline.finetune_epochs}) of {per_epoch} optimizer steps, so max_steps >= {needed * per_epoch}."
+            )
+
     # ----------------------------------------------------------------------------- steps
     def _example_input(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Any:
-        if pl_module.example_input_array is not None:
-            return trainer.strategy.batch_to_device(pl_module.example_input_array)
-        loader = trainer.train_dataloader
-        if loader is None:
-            raise ValueError("Pruning needs `pl_module.example_input_array` or a train dataloader to trace the model.")
-        batch = next(iter(loader))
-        return batch_input(trainer.strategy.batch_to_device(batch))
+        """A batch of model input to trace, on the module's device and in its precision (``bf16-true``...).
+
+        Raises:
+            ValueError: If there is neither ``example_input_array`` nor a train dataloader, or the batches
+                are dicts (which of their entries is the model's input only the module knows).
+        """
+        example = pl_module.example_input_array
+        if example is None:
+            loader = trainer.train_dataloader
+            if loader is None:
+                raise ValueError("Pruning needs `pl_module.example_input_array` or a train dataloader to trace the model.")
+            batch = next(iter(loader))
+            if isinstance(batch, Mapping):
+                raise ValueError(
+                    f"The train batches are dicts (keys {sorted(batch)[:6]}); Pruning cannot tell which entries are the "
+                    "model's input. Set `self.example_input_array` in your LightningModule to an input its forward takes."
+                )
+            example = batch_input(batch)
+        return trainer.precision_plugin.convert_input(trainer.strategy.batch_to_device(example))
 
     def _calibration_batches(self, trainer: L.Trainer) -> list[Any]:
         if not (self.criterion.needs_activations or self.criterion.needs_gradients):
@@ -527,10 +632,23 @@ class Pruning(Callback):
                 f"`criterion`={self.criterion.name!r} needs calibration batches from one train DataLoader; "
                 f"got {type(loader).__name__}."
             )
-        return [trainer.strategy.batch_to_device(b) for b in itertools.islice(loader, self.calibration_batches)]
+        batches = [trainer.strategy.batch_to_device(b) for b in itertools.islice(loader, self.calibration_batches)]
+        if batches and isinstance(batches[0], Mapping):
+            if self.criterion.needs_activations:
+                raise ValueError(
+                    f"`criterion`={self.criterion.name!r} feeds each calibration batch's input to forward, and the train "
+                    "batches are dicts, whose model input only the module knows; use a weight criterion ('l1', 'l2') "
+                    "or batches that are (input, target) tuples."
+                )
+            if self.calibration_loss is cross_entropy_loss:
+                raise ValueError(
+                    f"`criterion`={self.criterion.name!r} needs the loss of each calibration batch, and the train batches "
+                    "are dicts: pass `calibration_loss=lambda module, batch: ...` computing it from one of them."
+                )
+        return [trainer.precision_plugin.convert_input(batch) for batch in batches]
 
     def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule, keep: Keep) -> None:
-        masks = self.pruner.parameter_masks(keep, self._state["present"])
+        masks = self.pruner.parameter_masks(keep, self._state.present)
         apply_masks(pl_module, masks)
         if self._enforcer is not None:
             self._enforcer.detach()
@@ -581,33 +699,33 @@ class Pruning(Callback):
         fraction = self.fractions[cycle]
         if not self._exponents:
             return fraction
-        return {key: self._cycle_fraction_of(key, fraction) for key in self._state["keep"]}
+        return {key: self._cycle_fraction_of(key, fraction) for key in self._state.keep}
 
     def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule, cycle: int, epoch: int) -> None:
         fraction = self._cycle_fraction(cycle)
         keep = self.pruner.plan(
-            self._state["keep"], fraction, cycle, self._calibration_batches(trainer), self.calibration_loss,
-            self._state["present"], self.budget, self._state["dense"], self.round_to, self.normalize,
+            self._state.keep, fraction, cycle, self._calibration_batches(trainer), self.calibration_loss,
+            self._state.present, self.budget, self._state.dense, self.round_to, self.normalize,
         )
         if self.control == "random_mask":
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + cycle)
-            keep = shuffle_within_groups(self._state["keep"], keep, generator)
+            keep = shuffle_within_groups(self._state.keep, keep, generator)
         _check_ranks_agree(trainer, keep)
         keep = trainer.strategy.broadcast(keep, src=0)  # bit-identical on every rank from here on
-        if self._state["rewind_point"] is not None:
-            rewind(pl_module, trainer.optimizers, self._schedulers(trainer), self._state["rewind_point"], {})
+        if self._state.rewind_point is not None:
+            rewind(pl_module, trainer.optimizers, self._schedulers(trainer), self._state.rewind_point, {})
         self._apply(trainer, pl_module, keep)
-        self._state["keep"] = keep
-        self._state["cycle"] = cycle + 1
+        self._state.keep = keep
+        self._state.cycle = cycle + 1
         if self._commit_during_fit and self.max_drop is None:
             self._commit(trainer, pl_module)
-        last = self.timeline.prune_epoch(cycle) + self.timeline.finetune_epochs - 1
-        self._state["pending"] = {"cycle": cycle, "epoch": last}
+        last = self._timeline.prune_epoch(cycle) + self._timeline.finetune_epochs - 1
+        self._state.pending = {"cycle": cycle, "epoch": last}
         stats = self.pruner.summary(keep, self._masks)
-        stats["params_fraction"] = stats["params"] / self._state["dense"]["params"]
-        stats["macs_fraction"] = stats["macs"] / self._state["dense"]["macs"] if self._state["dense"]["macs"] else 1.0
+        stats["params_fraction"] = stats["params"] / self._state.dense["params"]
+        stats["macs_fraction"] = stats["macs"] / self._state.dense["macs"] if self._state.dense["macs"] else 1.0
         row = {"cycle": cycle, "epoch": epoch, **stats, "metric": None, "accepted": None}
-        self._state["history"].append(row)
+        self._state.history.append(row)
         self._log(trainer, {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         emptied = lopsided({key: torch.ones_like(mask) for key, mask in keep.items()}, keep)
         if emptied and self.scope == "global":
@@ -623,18 +741,18 @@ class Pruning(Callback):
             )
 
     def _judge_pending(self, trainer: L.Trainer, pl_module: L.LightningModule, before_epoch: int) -> None:
-        pending = self._state["pending"]
+        pending = self._state.pending
         if pending is None or before_epoch <= pending["epoch"]:
             return
-        self._state["pending"] = None
+        self._state.pending = None
         if self.monitor is None:
             return
-        row = self._state["history"][pending["cycle"]]
-        row["metric"] = self._state["metrics"].get(pending["epoch"])
+        row = self._state.history[pending["cycle"]]
+        row["metric"] = self._state.metrics.get(pending["epoch"])
         self._log(trainer, {f"metric/{self.monitor}": row["metric"]} if row["metric"] is not None else {})
-        if self.max_drop is None:
+        if self.max_drop is None or trainer.fast_dev_run:
             return
-        baseline, value = self._state["baseline"], row["metric"]
+        baseline, value = self._state.baseline, row["metric"]
         if baseline is None or value is None:
             raise ValueError(f"`max_drop` needs `{self.monitor}` after warm-up and after each cycle; it was not logged.")
         drop = baseline - value if self.mode == "max" else value - baseline
@@ -642,10 +760,10 @@ class Pruning(Callback):
         if row["accepted"]:
             if self._commit_during_fit:
                 self._commit(trainer, pl_module)
-            self._state["snapshot"] = self._snapshot(trainer, pl_module)
+            self._state.snapshot = self._snapshot(trainer, pl_module)
             return
         self._rollback(trainer, pl_module)
-        self._state["stopped"] = True
+        self._state.stopped = True
         rank_zero_warn(
             f"Pruning: cycle {pending['cycle']} worsened `{self.monitor}` by {drop:.4f} (> max_drop={self.max_drop}); "
             f"rolled back to the last accepted model and stopped pruning."
@@ -656,14 +774,14 @@ class Pruning(Callback):
         names = {id(param): name for name, param in pl_module.named_parameters()}
         optimizer_names = [[names.get(id(p), "") for group in optimizer.param_groups for p in group["params"]]
                            for optimizer in trainer.optimizers]
-        removal, kept = self.pruner.commit(self._state["keep"], self._state["present"], trainer.optimizers)
+        removal, kept = self.pruner.commit(self._state.keep, self._state.present, trainer.optimizers)
         if removal:
-            if self._state["rewind_point"] is not None:  # rewinding now restores the compact shapes
+            if self._state.rewind_point is not None:  # rewinding now restores the compact shapes
                 shapes = {name: value.shape for name, value in pl_module.state_dict().items()}
-                self._state["rewind_point"] = slice_snapshot(self._state["rewind_point"], kept, shapes, optimizer_names)
-            self._state["plan"]["steps"].append(removal)
-            self._state["present"] = clone_tensors(self._state["keep"])
-            self._apply(trainer, pl_module, self._state["keep"])
+                self._state.rewind_point = slice_snapshot(self._state.rewind_point, kept, shapes, optimizer_names)
+            self._state.plan["steps"].append(removal)
+            self._state.present = clone_tensors(self._state.keep)
+            self._apply(trainer, pl_module, self._state.keep)
 
     @staticmethod
     def _schedulers(trainer: L.Trainer) -> list[Any]:
@@ -682,21 +800,21 @@ class Pruning(Callback):
         return {
             "model": clone_tensors(pl_module.state_dict()),
             "optimizers": [clone_tensors(optimizer.state_dict()["state"]) for optimizer in trainer.optimizers],
-            "keep": clone_tensors(self._state["keep"]),
-            "present": clone_tensors(self._state["present"]),
+            "keep": clone_tensors(self._state.keep),
+            "present": clone_tensors(self._state.present),
         }
 
     def _rollback(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        snapshot = self._state["snapshot"]
+        snapshot = self._state.snapshot
         pl_module.load_state_dict(snapshot["model"])
         for optimizer, saved in zip(trainer.optimizers, snapshot["optimizers"]):
             params = [p for group in optimizer.param_groups for p in group["params"]]
             optimizer.state.clear()
             for index, values in saved.items():
                 optimizer.state[params[index]] = clone_tensors(values)
-        self._state["keep"] = clone_tensors(snapshot["keep"])
-        self._state["present"] = clone_tensors(snapshot["present"])
-        self._apply(trainer, pl_module, self._state["keep"])
+        self._state.keep = clone_tensors(snapshot["keep"])
+        self._state.present = clone_tensors(snapshot["present"])
+        self._apply(trainer, pl_module, self._state.keep)
 
     def _log(self, trainer: L.Trainer, metrics: dict[str, float]) -> None:
         if not metrics:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_prune.surgery import remove_groups
+from lightning_prune.surgery import Transaction, remove_groups
 
 PLAN_KEY = "lightning_prune_plan"
 
@@ -67,30 +67,76 @@ def apply_plan(model: nn.Module, plan: Plan) -> None:
 
 
 def restore_pruned(module: nn.Module, checkpoint: Mapping[str, Any]) -> bool:
-    """Give ``module`` the pruned architecture of ``checkpoint`` before its weights load.
+    """Give ``module`` the architecture of ``checkpoint`` before its weights load.
 
-    Does nothing when the checkpoint has no plan or the module already has the checkpoint's shapes
-    (e.g. a model pruned in this process).
+    Does nothing when the module already has the checkpoint's shapes (e.g. a model pruned in this
+    process). A module pruned further than the checkpoint (``trainer.test(ckpt_path="best")`` after
+    a fit that removed units since the best epoch) is first rebuilt dense from its class and saved
+    hyperparameters, as ``load_from_checkpoint`` does (``type(module)(**module.hparams)``); then the
+    checkpoint's plan, if any, is replayed. All or nothing: on any error the module is as it was.
 
     Returns:
-        Whether the plan was replayed.
+        Whether the module's architecture was changed.
 
     Raises:
-        ValueError: If the plan is corrupted, or the module still does not fit the checkpoint's
-            weights after the replay (another architecture), naming the first mismatch.
+        ValueError: If the plan is corrupted, or the module does not fit the checkpoint's weights
+            after the replay (another architecture), naming the first mismatch; or if the module is
+            pruned further than the checkpoint and cannot be rebuilt dense (no saved hyperparameters).
     """
     plan = checkpoint.get(PLAN_KEY)
-    if plan is None:
-        return False
-    _check_plan(plan)
+    if plan is not None:
+        _check_plan(plan)
     state = checkpoint.get("state_dict", {})
-    if not plan["steps"] or _mismatch(module, state) is None:
-        return False
-    apply_plan(module, plan)
-    mismatch = _mismatch(module, state)
-    if mismatch is not None:
-        raise ValueError(f"The pruning plan does not fit this model: after replaying it, {mismatch}.")
+    steps = plan["steps"] if plan is not None else []
+    if _mismatch(module, state) is None or (not steps and not _is_pruned(module)):
+        return False  # the right shapes already, or an unrelated checkpoint: Lightning names the mismatch
+    with Transaction(module):
+        if _is_pruned(module):
+            dense = _dense_build(module)
+            if dense is None:
+                raise ValueError(
+                    f"{type(module).__name__} has had units removed since this checkpoint was written, and it cannot be "
+                    "rebuilt dense (it saved no hyperparameters: call self.save_hyperparameters() in __init__). Load the "
+                    f"checkpoint into a freshly built module instead: {type(module).__name__}.load_from_checkpoint(path)."
+                )
+            _adopt(module, dense)
+        if steps:
+            apply_plan(module, plan)
+            mark_pruned(module)
+        mismatch = _mismatch(module, state)
+        if mismatch is not None:
+            raise ValueError(f"The pruning plan does not fit this model: after replaying it, {mismatch}.")
     return True
+
+
+#: Set on a module by :func:`mark_pruned` when units were removed from it in this process.
+_PRUNED_FLAG = "_lightning_prune_removed_units"
+
+
+def mark_pruned(module: nn.Module) -> None:
+    """Record that units were physically removed from ``module`` (its shapes are no longer its class's)."""
+    setattr(module, _PRUNED_FLAG, True)
+
+
+def _is_pruned(module: nn.Module) -> bool:
+    return bool(getattr(module, _PRUNED_FLAG, False))
+
+
+def _dense_build(module: nn.Module) -> nn.Module | None:
+    """A fresh dense instance of ``module``'s class from its saved hyperparameters, or ``None``."""
+    hparams = getattr(module, "hparams", None)
+    if not isinstance(hparams, Mapping) or not hparams:
+        return None
+    reference = next(module.parameters(), None)
+    fresh = type(module)(**hparams)
+    return fresh.to(reference.device, reference.dtype) if reference is not None else fresh
+
+
+def _adopt(module: nn.Module, dense: nn.Module) -> None:
+    """Give ``module`` the submodules, parameters and buffers of ``dense`` (same class), in place."""
+    for attribute in ("_modules", "_parameters", "_buffers"):
+        setattr(module, attribute, getattr(dense, attribute))
+    setattr(module, _PRUNED_FLAG, False)
 
 
 def _mismatch(module: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:

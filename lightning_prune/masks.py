@@ -24,7 +24,7 @@ def check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     Raises:
         ValueError: Naming the first parameter that is missing or whose shape differs.
     """
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))  # tied weights under every name
     for name, mask in masks.items():
         if name not in params:
             raise ValueError(f"Mask for {name!r}, but the model has no such parameter. Parameters: {sorted(params)}")
@@ -38,7 +38,7 @@ def check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     """Zero the pruned entries of the model's parameters in place."""
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))  # tied weights under every name
     for name, mask in masks.items():
         params[name].mul_(mask.to(params[name].device))
 
@@ -72,7 +72,7 @@ class MaskEnforcer:
 
     def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
         check_masks(model, masks)
-        params = dict(model.named_parameters())
+        params = dict(model.named_parameters(remove_duplicate=False))  # tied weights under every name
         self._pairs = [
             (params[name], mask.to(device=params[name].device, dtype=params[name].dtype)) for name, mask in masks.items()
         ]

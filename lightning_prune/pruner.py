@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_prune.checkpoint import mark_pruned
 from lightning_prune.counting import count_macs, count_parameters, kept_macs
 from lightning_prune.criteria import GRANULARITIES, Criterion, cross_entropy_loss, score_layers
 from lightning_prune.layers import PrunableLayer, find_prunable_layers
@@ -83,9 +84,10 @@ class Pruner:
             members = {name for group in self.structure.groups for name, _ in group.members}
             self.scored_layers = [layer for layer in self.layers if layer.name in members]
             if not self.scored_layers:
+                reasons = "; ".join(f"{name!r}: {why}" for name, why in list(self.structure.skipped.items())[:5])
                 raise ValueError(
-                    f"No neuron can be pruned: every selected layer ({[layer.name for layer in self.layers]}) is "
-                    "the output layer or coupled to it."
+                    f"No neuron can be pruned: every selected layer ({[layer.name for layer in self.layers]}) is an "
+                    f"output layer or left unpruned ({reasons or 'coupled to an output layer'})."
                 )
         else:
             self.scored_layers = self.layers
@@ -241,6 +243,7 @@ class Pruner:
                 macs = count_macs(self.model, self.example_input)
                 _check_fits({key: (size,) for key, size in structure.sizes.items()}, keep, keep)
             self.structure, self.macs = structure, macs
+            mark_pruned(self.model)  # its shapes are no longer its class's (see checkpoint.restore_pruned)
         return removal, kept
 
     def summary(self, keep: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, float]:

@@ -200,6 +200,20 @@ def _searched_groups(graph: tp.DependencyGraph, ignored: Sequence[nn.Module]) ->
     return groups, unbounded
 
 
+def _tied_modules(model: nn.Module) -> dict[int, str]:
+    """``id(module)`` to the name of another module sharing one of its parameters (tied weights)."""
+    owners: dict[int, list[tuple[int, str]]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for param in module.parameters(recurse=False):
+            owners.setdefault(id(param), []).append((id(module), name))
+    tied = {}
+    for sharing in owners.values():
+        if len({module for module, _ in sharing}) > 1:
+            for module, _ in sharing:
+                tied[module] = next(name for other, name in sharing if other != module)
+    return tied
+
+
 def _kv_layers(q_name: str) -> list[str]:
     parent = q_name.rpartition(".")[0]
     return [f"{parent}.{name}" for name in ("q_proj", "k_proj", "v_proj")]
@@ -277,6 +291,7 @@ class NeuronStructure:
         self.groups: list[UnitGroup] = []
         self.refused: dict[str, str] = dict(refused or {})
         grouped: dict[str, str | None] = {}  # member layer -> reason its group is refused (None: pruned)
+        tied = _tied_modules(model)
         all_groups, unbounded = _searched_groups(graph, kept_out + unselected)
         for module, reason in unbounded.items():
             self.refused[module_names[id(module)]] = reason
@@ -305,6 +320,9 @@ class NeuronStructure:
             reason = self.refused.get(key)
             for item in group:
                 module = item.dep.target.module
+                if reason is None and id(module) in tied:
+                    reason = (f"its channels reach {module_names.get(id(module), '?')!r}, whose weight is tied to "
+                              f"{tied[id(module)]!r} (one shared tensor): removing them would break the tie")
                 if reason is None and is_channel_mixing_norm(module):
                     reason = (f"its channels feed the channel-mixing norm {module_names.get(id(module), '?')!r} "
                               f"({type(module).__name__}), where a zeroed channel is not a removed one")

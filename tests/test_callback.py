@@ -280,3 +280,46 @@ def test_normalized_global_neuron_ranking_across_removals_reaches_the_target():
     assert len(pruning.fractions) >= 3 and pruning.history[-1]["sparsity"] == pytest.approx(0.6, abs=1 / 400)
     assert 400 - sum(widths) == round(0.6 * 400)  # the units really left the model
     assert all(w >= min_units(size, 0.01) for w, size in zip(widths, (300, 100)))
+
+
+def _checkpointed(tmp_path, pruning, epochs, resume_epoch):
+    """Fit ``epochs`` epochs with ``pruning`` (or none), a checkpoint after each; the path of the one
+    a fit resumes from at ``resume_epoch``."""
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    _fit_with(pruning, epochs, [checkpoints]) if pruning is not None else _fit_without_pruning(epochs, checkpoints)
+    return str(tmp_path / f"epoch={resume_epoch - 1}.ckpt")
+
+
+def _fit_without_pruning(epochs, checkpoints):
+    from trainers import make_trainer
+
+    L.seed_everything(0)
+    trainer = make_trainer(epochs, [checkpoints], limit_train_batches=6, limit_val_batches=2, enable_checkpointing=True)
+    trainer.fit(Classifier("lenet_300_100", input_shape=(1, 8, 8)), DigitsDataModule(batch_size=32))
+
+
+@pytest.mark.parametrize(("changes", "named"), [
+    ({"target": 0.7}, "target: checkpoint 0.8, now 0.7"),
+    ({"schedule": "cubic", "per_cycle": None, "cycles": 4}, "schedule: checkpoint 'geometric', now 'cubic'"),
+])
+def test_a_resume_with_a_changed_target_or_schedule_is_refused_by_name(tmp_path, changes, named):
+    arguments = dict(target=0.8, schedule="geometric", per_cycle=0.4, warmup_epochs=1)
+    ckpt = _checkpointed(tmp_path, Pruning(**arguments), epochs=5, resume_epoch=2)
+    with pytest.raises(ValueError, match="configured differently") as caught:
+        _fit_with(Pruning(**{**arguments, **changes}), 5, [], ckpt_path=ckpt)
+    assert named in str(caught.value)
+
+
+def test_a_resume_with_another_granularity_is_refused(tmp_path):
+    ckpt = _checkpointed(tmp_path, Pruning(target=0.5, warmup_epochs=1), epochs=2, resume_epoch=2)
+    with pytest.raises(ValueError, match=r"written by Pruning\{'granularity': 'weight'\}, this callback is Pruning\{'granularity': 'neuron'\}"):
+        _fit_with(Pruning(target=0.5, warmup_epochs=1, granularity="neuron"), 4, [], ckpt_path=ckpt)
+
+
+def test_a_dense_checkpoint_resumed_past_the_first_prune_is_refused_and_before_it_prunes(tmp_path):
+    ckpt = _checkpointed(tmp_path, None, epochs=2, resume_epoch=2)  # written without Pruning
+    with pytest.raises(ValueError, match="written without a Pruning callback and resumes at epoch 2"):
+        _fit_with(Pruning(target=0.5, warmup_epochs=1), 4, [], ckpt_path=ckpt)
+    late = Pruning(target=0.5, warmup_epochs=3)  # its first prune is still ahead: the fit prunes
+    _fit_with(late, 4, [], ckpt_path=ckpt)
+    assert len(late.history) == 1 and late.history[0]["sparsity"] == pytest.approx(0.5, abs=0.01)

@@ -161,3 +161,33 @@ def test_corrupted_or_foreign_plans_are_named(tmp_path):
     torch.save(other_arch, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="pruning plan does not fit this model.*Cannot remove units"):
         Classifier.load_from_checkpoint(tmp_path / "other.ckpt")
+
+
+@pytest.mark.parametrize("epoch", [0, 2])  # 0: the dense warm-up (no plan); 2: after one of the two removals
+def test_testing_an_earlier_checkpoint_after_removal_rebuilds_its_architecture(tmp_path, epoch):
+    """The ordinary ModelCheckpoint flow: `trainer.test(ckpt_path=<an earlier, larger model>)` after a fit
+    that removed units since. The module is rebuilt dense from its hyperparameters, then the checkpoint's
+    plan is replayed, exactly as `load_from_checkpoint` does."""
+    model, pruning, trainer = _prune(tmp_path)
+    path = tmp_path / f"epoch={epoch}.ckpt"
+    saved = torch.load(path, weights_only=False)["state_dict"]
+    data = DigitsDataModule(batch_size=32)
+    found = trainer.test(model, data, ckpt_path=str(path), verbose=False)[0]
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in saved.items()}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+    fresh = Classifier.load_from_checkpoint(path)
+    expected = make_trainer(1, limit_test_batches=trainer.limit_test_batches).test(fresh, data, verbose=False)[0]
+    assert found == pytest.approx(expected)
+
+
+def test_a_pruned_module_without_hyperparameters_cannot_load_an_earlier_checkpoint_and_is_untouched(tmp_path):
+    from lightning_prune.checkpoint import restore_pruned
+
+    model, pruning, trainer = _prune(tmp_path)
+    model._hparams = type(model.hparams)()  # as if it never called save_hyperparameters()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    checkpoint = torch.load(tmp_path / "epoch=0.ckpt", weights_only=False)
+    with pytest.raises(ValueError, match=r"cannot be rebuilt dense .* Classifier.load_from_checkpoint\(path\)"):
+        restore_pruned(model, checkpoint)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

@@ -108,14 +108,23 @@ def test_selecting_an_unsupported_layer_names_its_type():
         _fit(pruning, model=WithEmbedding())
 
 
-@pytest.mark.parametrize("changes", [{"scope": "layer"}, {"warmup_epochs": 3}, {"finetune_epochs": 2},
-                                     {"criterion": "l2"}, {"min_keep": 0.1}, {"seed": 7}, {"normalize": "mean"}])
-def test_resuming_with_other_arguments_is_refused(changes):
-    pruning = Pruning(target=0.5)
-    state = pruning.state_dict()
+@pytest.mark.parametrize(("changes", "named"), [
+    ({"scope": "layer"}, "scope: checkpoint 'global', now 'layer'"),
+    ({"warmup_epochs": 3}, "warmup_epochs: checkpoint 0, now 3"),
+    ({"finetune_epochs": 2}, "finetune_epochs: checkpoint 1, now 2"),
+    ({"criterion": "l2"}, "criterion: checkpoint 'l1', now 'l2'"),
+    ({"min_keep": 0.1}, "min_keep: checkpoint 0.01, now 0.1"),
+    ({"seed": 7}, "seed: checkpoint 0, now 7"),
+    ({"normalize": "mean"}, "normalize: checkpoint None, now 'mean'"),
+    ({"target": 0.7}, "target: checkpoint 0.5, now 0.7"),
+    ({"schedule": "geometric", "per_cycle": 0.2}, "schedule: checkpoint 'oneshot', now 'geometric'"),
+])
+def test_resuming_with_other_arguments_is_refused_naming_each_difference(changes, named):
+    state = Pruning(target=0.5).state_dict()
     other = Pruning(**{"target": 0.5, **changes})
-    with pytest.raises(ValueError, match="resume with the same arguments"):
+    with pytest.raises(ValueError, match="resume with the same arguments") as caught:
         other.load_state_dict(state)
+    assert named in str(caught.value)
 
 
 def test_sharded_strategies_are_refused_at_setup():
@@ -157,12 +166,14 @@ def test_a_cycle_cut_short_by_early_stopping_is_not_judged():
     assert pruning.history[0]["sparsity"] == pytest.approx(0.5, abs=1e-3)
 
 
-def test_checkpoints_from_before_an_argument_existed_still_resume():
-    state = Pruning(target=0.5).state_dict()
-    del state["config"]["normalize"]  # written before `normalize` was added
-    Pruning(target=0.5).load_state_dict(state)  # the default applies
-    with pytest.raises(ValueError, match="resume with the same arguments"):
-        Pruning(target=0.5, normalize="mean").load_state_dict(state)
+def test_checkpoints_store_only_non_default_settings_so_older_ones_still_resume():
+    assert Pruning(target=0.5).state_dict()["config"] == {}  # every setting at its default
+    state = Pruning(target=0.7, control="reinit", rewind="init").state_dict()
+    assert state["config"] == {"target": 0.7, "fractions": [0.7], "control": "reinit", "rewind": "init"}
+    del state["config"]["control"]  # as if written before `control` existed: the run had the default
+    Pruning(target=0.7, rewind="init").load_state_dict(state)
+    with pytest.raises(ValueError, match="control: checkpoint None, now 'reinit'"):
+        Pruning(target=0.7, control="reinit", rewind="init").load_state_dict(state)
 
 
 @pytest.mark.parametrize(("granularity", "scope", "expected"),

@@ -1,0 +1,154 @@
+"""The training setups Lightning users have (issue 15): each one works, or is refused early by name."""
+
+from __future__ import annotations
+
+import re
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+from trainers import make_trainer
+from lightning_prune import Pruning
+from lightning_prune.data import DigitsDataModule
+from lightning_prune.models import Classifier
+
+
+def _fit(pruning, max_epochs=3, callbacks=(), model=None, data=None, **trainer_options):
+    L.seed_everything(0)
+    model = model if model is not None else Classifier("lenet_300_100", input_shape=(1, 8, 8))
+    options = dict(limit_train_batches=3, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer = make_trainer(max_epochs, [pruning, *callbacks], **{**options, **trainer_options})
+    trainer.fit(model, data or DigitsDataModule(batch_size=32))
+    return model, trainer
+
+
+def _zeros(model):
+    weights = [model.state_dict()[f"model.{name}.weight"] for name in ("features.0", "features.2", "classifier")]
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
+def test_max_steps_that_ends_before_the_schedule_is_refused_naming_the_steps_needed():
+    pruning = Pruning(target=0.6, schedule="geometric", per_cycle=0.4, warmup_epochs=1)  # 2 cycles: 3 epochs
+    with pytest.raises(ValueError, match=re.escape("`max_steps`=5 ends the fit before this pruning schedule") + ".*max_steps >= 9"):
+        _fit(pruning, max_epochs=-1, max_steps=5)
+
+
+def test_max_steps_long_enough_reaches_the_target():
+    pruning = Pruning(target=0.6, schedule="geometric", per_cycle=0.4, warmup_epochs=1)
+    _fit(pruning, max_epochs=-1, max_steps=9)
+    assert pruning.history[-1]["sparsity"] == pytest.approx(0.6, abs=0.01)
+
+
+def test_fast_dev_run_prunes_once_as_a_smoke_test():
+    pruning = Pruning(target=0.8, schedule="geometric", per_cycle=0.5, warmup_epochs=3, monitor="val_acc", max_drop=0.1)
+    model, _ = _fit(pruning, max_epochs=10, fast_dev_run=True)
+    assert len(pruning.history) == 1 and pruning.history[0]["epoch"] == 0
+    assert pruning.history[0]["sparsity"] == pytest.approx(0.5, abs=0.01)  # the schedule's first fraction
+    assert _zeros(model) >= 0.49
+
+
+def test_two_pruning_callbacks_in_one_trainer_are_refused():
+    with pytest.raises(ValueError, match="This Trainer has 2 Pruning callbacks; use one"):
+        _fit(Pruning(granularity="neuron", target=0.5), callbacks=[Pruning(target=0.5)])
+
+
+def test_neuron_removal_in_a_compiled_module_is_refused():
+    model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
+    with pytest.raises(ValueError, match="torch.compile'd module cannot follow"):
+        _fit(Pruning(granularity="neuron", target=0.5), model=torch.compile(model))
+
+
+def test_round_to_as_wide_as_a_layer_warns_that_it_is_never_pruned():
+    with pytest.warns(UserWarning, match=r"`round_to`=128 is not below the width of \['model.features.2'\]"):
+        _fit(Pruning(granularity="neuron", scope="layer", target=0.5, round_to=128), max_epochs=1)
+
+
+def test_weights_averaged_after_the_last_prune_are_masked_again_at_the_end():
+    """StochasticWeightAveraging writes its averages (of weights from before the prunes too) in
+    on_train_end, after Pruning's; the model must still have the sparsity the history reports."""
+    pruning = Pruning(target=0.6, schedule="geometric", per_cycle=0.4, warmup_epochs=1)
+    swa = StochasticWeightAveraging(swa_lrs=1e-3, swa_epoch_start=1)
+    with pytest.warns(UserWarning, match="were non-zero when the fit ended"):
+        model, _ = _fit(pruning, max_epochs=3, callbacks=[swa])
+    assert pruning.history[-1]["sparsity"] == pytest.approx(0.6, abs=0.01)
+    assert _zeros(model) >= 0.59
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "64-true"])
+def test_true_precision_fits_prune_neurons(precision):
+    pruning = Pruning(granularity="neuron", target=0.5, warmup_epochs=1)
+    model, _ = _fit(pruning, max_epochs=2, precision=precision)
+    dtype = torch.bfloat16 if precision == "bf16-true" else torch.float64
+    assert model.model.features[0].weight.dtype == dtype
+    assert model.model.features[0].weight.shape[0] < 300  # removed for real
+    assert pruning.history[0]["sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+class _DictBatches(L.LightningDataModule):
+    """Digits as ``{"pixels", "label"}`` batches, as Hugging Face datasets give them."""
+
+    def __init__(self):
+        super().__init__()
+        self.digits = DigitsDataModule(batch_size=32)
+
+    def setup(self, stage):
+        self.digits.setup(stage)
+
+    def train_dataloader(self):
+        def collate(items):
+            return {"pixels": torch.stack([x for x, _ in items]), "label": torch.tensor([int(y) for _, y in items])}
+
+        return torch.utils.data.DataLoader(self.digits.train_dataloader().dataset, batch_size=32, collate_fn=collate)
+
+
+def test_dict_batches_without_an_example_input_are_refused_naming_the_fix():
+    model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
+    model.example_input_array = None
+    with pytest.raises(ValueError, match=r"The train batches are dicts \(keys \['label', 'pixels'\]\).*example_input_array"):
+        _fit(Pruning(target=0.5, warmup_epochs=1), model=model, data=_DictBatches(), limit_val_batches=0)
+
+
+def test_activation_criteria_with_dict_batches_are_refused_naming_the_way_out():
+    model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
+    model.example_input_array = torch.zeros(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="'apoz' feeds each calibration batch's input to forward.*dicts"):
+        _fit(Pruning(criterion="apoz", granularity="neuron", target=0.5), model=model, data=_DictBatches(), limit_val_batches=0)
+
+
+class _TiedTokens(L.LightningModule):
+    """Digits' pixels as 17 tokens (values 0..16), reconstructed through an output layer whose weight
+    is the embedding's (tied, as in GPT-2 and BERT's language-model heads)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(17, 16)
+        self.hidden1, self.hidden2 = torch.nn.Linear(16, 32), torch.nn.Linear(32, 16)
+        self.out = torch.nn.Linear(16, 17, bias=False)
+        self.out.weight = self.embedding.weight
+        self.example_input_array = torch.zeros(2, 64, dtype=torch.long)
+
+    def forward(self, tokens):
+        return self.out(torch.relu(self.hidden2(torch.relu(self.hidden1(self.embedding(tokens))))))
+
+    def training_step(self, batch, _):
+        tokens = batch[0].flatten(1).round().long().clamp(0, 16)
+        return torch.nn.functional.cross_entropy(self(tokens).flatten(0, 1), tokens.flatten())
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+@pytest.mark.parametrize("granularity", ["weight", "neuron"])
+def test_tied_embedding_and_output_stay_tied(granularity):
+    model = _TiedTokens()
+    pruning = Pruning(granularity=granularity, target=0.4, warmup_epochs=1)
+    _fit(pruning, max_epochs=2, model=model, limit_val_batches=0)
+    assert model.out.weight is model.embedding.weight  # still one tensor
+    if granularity == "weight":  # the shared tensor is masked (no KeyError for the name named_parameters() hides)
+        pruned = ~pruning.keep["out"]
+        assert pruned.any() and bool((model.out.weight[pruned] == 0).all())
+    else:  # hidden2's units reach the tied output: refused, named; hidden1's are removed
+        assert model.hidden1.out_features < 32 and model.hidden2.out_features == 16
+        assert "tied to 'embedding'" in pruning.pruner.skipped_layers["hidden2"]
