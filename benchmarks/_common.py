@@ -1,5 +1,6 @@
-"""Shared pieces of the benchmark suite: machine and version records, device selection, timing
-summaries (interleaved repeats, medians with min-max), memory tracking, and report output.
+"""Shared pieces of the benchmark suite: machine and version records, device selection, the one way
+of timing contenders side by side (:func:`interleave`, ``torch.utils.benchmark.Timer`` inside),
+summaries (:mod:`benchmarks.stats`), memory tracking, and report output.
 
 Every benchmark of the suite (``benchmarks/*.py``) writes ``<name>.json`` and ``<name>.md`` into
 its output folder; ``benchmarks/run_all.py`` collects them into ``suite.json`` and ``RESULTS.md``.
@@ -12,11 +13,9 @@ import gc
 import importlib.metadata
 import json
 import logging
-import math
 import os
 import platform
 import random
-import statistics
 import sys
 import threading
 import time
@@ -27,8 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils import benchmark as torch_benchmark
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+
+from benchmarks.stats import loglog_slope, mean_std, spread, summarise  # noqa: F401  (re-exported for the parts)
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = BENCH_DIR / "results"
@@ -179,94 +181,99 @@ def epoch_timer(device: torch.device) -> Any:
     return EpochTimer()
 
 
-def spread(values: Sequence[float]) -> dict[str, float]:
-    """Median with min and max."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
-
-
 def fmt_spread(s: Mapping[str, float], fmt: str = "{:.2f}", suffix: str = "") -> str:
     """``median [min–max]``."""
     return f"{fmt.format(s['median'])}{suffix} [{fmt.format(s['min'])}–{fmt.format(s['max'])}]"
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+# ----------------------------------------------------------------------------------------- timing
+ORDER = "seeded shuffle"
+"""How :func:`interleave` orders the contenders within a repeat (recorded in the reports)."""
 
 
-def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Least-squares slope of ``log y`` on ``log x``: the growth exponent (``y ~ x^slope``)."""
-    pairs = [(math.log(a), math.log(b)) for a, b in zip(x, y) if a > 0 and b > 0]
-    if len(pairs) < 2:
-        return None
-    mx = statistics.mean(p[0] for p in pairs)
-    my = statistics.mean(p[1] for p in pairs)
-    sxx = sum((p[0] - mx) ** 2 for p in pairs)
-    return sum((p[0] - mx) * (p[1] - my) for p in pairs) / sxx if sxx else None
-
-
-def interleave(blocks: Mapping[str, Callable[[], float]], repeats: int, seed: int = 0,
+def interleave(contenders: Mapping[str, Callable[[], Any]], repeats: int, *, min_run_time: float | None = None,
+               number: int | None = None, self_timed: bool = False, warmup: int = 0, seed: int = 0,
                collect: bool = False) -> dict[str, list[float]]:
-    """Run each block (returning its seconds) once per repeat, in a new random order each repeat.
+    """Time every contender once per repeat, in a new seeded random order each repeat.
 
-    A fixed order gives every variant the same predecessor in every repeat; shuffling spreads the
-    cost of following a big model over all variants. Cyclic GC is off inside the blocks unless
-    ``collect`` (blocks that build Trainers leave cycles: collected between blocks then).
+    This is the suite's one way of timing things side by side. Each repeat runs every contender
+    once, in the order ``random.Random(seed)`` shuffles it to for that repeat: over the repeats each
+    contender follows each of the others about equally often, so the cost of following a big model
+    (cold caches, the allocator) is spread over all of them. (A rotation would not do that: in
+    ``abc, bca, cab`` ``a`` always follows ``c``.) The contenders' ``i``-th runs happened in the same
+    round, close together in time, which is what :func:`benchmarks.stats.summarise`'s per-repeat
+    ratios rely on.
+
+    How one run is measured (exactly one of):
+
+    * ``min_run_time``: ``torch.utils.benchmark.Timer(...).blocked_autorange(min_run_time=...)``.
+      For contenders whose calls do not change anything that matters (inference, a multiply that
+      is idempotent): the Timer warms up while it sizes its block, then times blocks for at least
+      ``min_run_time`` seconds. The run's time is the median per-call time over the blocks.
+    * ``number``: ``Timer(...).timeit(number)``, a fixed count. For calls that change state (training
+      steps): every contender takes the same number of steps per repeat, so they stay at the same
+      step, see the same batches and can be checked against each other afterwards (blocked_autorange
+      would give a fast contender more steps than a slow one). ``timeit`` runs
+      ``max(number // 100, 2)`` untimed calls first. The run's time is seconds per call.
+    * ``self_timed``: the contender times itself and returns seconds. Only for what a Timer cannot
+      time: a span between two hooks inside one call, e.g. the epochs of a ``Trainer.fit`` after the
+      first (:func:`epoch_timer`).
+
+    The Timer runs with the caller's ``torch.get_num_threads()`` (its own default is 1 thread) and,
+    when an accelerator is present, synchronises it around every timed block. Python's cyclic GC is
+    off inside the Timer's blocks (``timeit``); ``collect`` also runs ``gc.collect()`` before every
+    contender (for contenders that build Trainers and leave reference cycles behind).
+
+    Args:
+        contenders: Name to a callable taking no arguments.
+        repeats: Rounds; every contender runs once per round.
+        warmup: Untimed calls of each contender before the first round (in the given order).
+        seed: Seeds the order of every round.
+
+    Returns:
+        Per contender, one time per repeat (seconds per call; for ``self_timed``, what it returned).
     """
-    names = list(blocks)
+    if sum((min_run_time is not None, number is not None, self_timed)) != 1:
+        raise ValueError("pass exactly one of min_run_time, number and self_timed=True")
+    if number is not None and number < 1:
+        raise ValueError(f"number={number}: at least one call per run")
+    names = list(contenders)
+    for name in names:
+        for _ in range(warmup):
+            contenders[name]()
     times: dict[str, list[float]] = {n: [] for n in names}
     rng = random.Random(seed)
-    gc.collect()
-    if not collect:
-        gc.disable()
-    try:
-        for _ in range(repeats):
-            for n in rng.sample(names, len(names)):
-                if collect:
-                    gc.collect()
-                times[n].append(blocks[n]())
-    finally:
-        gc.enable()
+    gc.collect()  # once: a full collection costs ~0.3 s with torch + lightning imported
+    for _ in range(repeats):
+        for name in rng.sample(names, len(names)):
+            if collect:
+                gc.collect()
+            times[name].append(measure(contenders[name], min_run_time=min_run_time, number=number,
+                                       self_timed=self_timed))
     return times
 
 
-def calibrated_blocks(fns: Mapping[str, Callable[[], Any]], device: torch.device, block_s: float,
-                      warmup: int) -> tuple[dict[str, Callable[[], float]], dict[str, int]]:
-    """Warm each function up, then size its block (calls per repeat) to last about ``block_s``.
+def measure(fn: Callable[[], Any], *, min_run_time: float | None = None, number: int | None = None,
+            self_timed: bool = False) -> float:
+    """One run of one contender, as :func:`interleave` measures it (seconds per call)."""
+    if self_timed:
+        return float(fn())
+    timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    if number is not None:
+        return timer.timeit(number).median
+    return timer.blocked_autorange(min_run_time=min_run_time).median
 
-    Returns:
-        Blocks for :func:`interleave` (each returns seconds per call; its first call is untimed, as the
-        first call after another model pays for caches and allocations) and the calls per block.
-    """
-    calls = {}
-    for name, fn in fns.items():
-        for _ in range(warmup):
-            fn()
+
+def time_once(fn: Callable[[], Any], device: torch.device | None = None) -> tuple[Any, float]:
+    """``(fn(), seconds)`` for a one-off call that cannot be repeated: it changes its input (removing
+    units from a model) or is the run being reported (a whole fit). A Timer would call it again."""
+    if device is not None:
         sync(device)
-        start = time.perf_counter()
-        fn()
+    start = time.perf_counter()
+    value = fn()
+    if device is not None:
         sync(device)
-        once = max(time.perf_counter() - start, 1e-6)
-        calls[name] = int(min(1000, max(1, round(block_s / once))))
-
-    def block(fn: Callable[[], Any], n: int) -> Callable[[], float]:
-        def go() -> float:
-            fn()
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(n):
-                fn()
-            sync(device)
-            return (time.perf_counter() - start) / n
-
-        return go
-
-    return {name: block(fn, calls[name]) for name, fn in fns.items()}, calls
-
-
-def ratios(times: Mapping[str, Sequence[float]], baseline: str) -> dict[str, dict[str, float]]:
-    """Per variant, the per-repeat ratio ``time / baseline time`` summarised as median [min–max]."""
-    return {n: spread([t / b for t, b in zip(ts, times[baseline])]) for n, ts in times.items()}
+    return value, time.perf_counter() - start
 
 
 # ------------------------------------------------------------------------------------------ memory

@@ -14,8 +14,11 @@ ones does not change the time). The compact models and the dense one are then tr
     The same number of steps in a plain loop (forward, cross-entropy, backward, ``Adam.step``,
     ``zero_grad``) over the same batches already in memory: the compute alone.
 
-Fits and loops are interleaved over repeats in a new random order each repeat; the time fraction is
-the median of the per-repeat ratios to the dense model (min-max shown), next to the MAC fraction
+Fits and loops are interleaved over repeats in a new seeded random order each repeat
+(``benchmarks._common.interleave``): a loop epoch is ``torch.utils.benchmark.Timer.timeit(steps)``
+(a fixed count: every model takes one epoch of steps over the same batches), a fit's epochs are timed
+by a callback between Lightning's epoch hooks. The time fraction is the median of the per-repeat
+ratios to the dense model (min-max shown; ``benchmarks.stats.summarise``), next to the MAC fraction
 (``lightning_prune.counting.count_macs``, FlopCounterMode). Goal (the issue): training gets faster,
 not slower, at every fraction. The machine is shared and noisy: read the ranges.
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import statistics
 import sys
 import time
@@ -125,9 +129,7 @@ def compact_classifier(spec: Spec, keep_fraction: float) -> tuple[Any, dict[str,
             mask = torch.zeros(group.size, dtype=torch.bool)
             mask[torch.topk(group_scores[group.key], max(1, round(group.size * keep_fraction))).indices] = True
             keep[group.key] = mask
-        start = time.perf_counter()
-        structure.remove_units(net, keep)
-        info["remove_units_s"] = time.perf_counter() - start
+        _, info["remove_units_s"] = C.time_once(lambda: structure.remove_units(net, keep))
         info["kept_units"] = {k: int(m.sum()) for k, m in keep.items()}
         info["units"] = structure.sizes
     info["mac_fraction"] = count_macs(net, example)[""] / dense_macs
@@ -149,7 +151,7 @@ def bench_model(name: str, spec: Spec, device: torch.device, precision: str, rep
     autocast = device.type == "cuda" and precision.startswith("bf16")
 
     def fit_block(v: str) -> Callable[[], float]:
-        def go() -> float:
+        def go() -> float:  # seconds per timed epoch (after the first), timed by a callback
             timer = C.epoch_timer(device)
             trainer = L.Trainer(max_epochs=1 + timed_epochs, callbacks=[timer], limit_val_batches=0,
                                 **C.trainer_kwargs(device, precision))
@@ -161,42 +163,39 @@ def bench_model(name: str, spec: Spec, device: torch.device, precision: str, rep
     loop_models = {v: copy.deepcopy(m.model).to(device).train() for v, m in modules.items()}
     loop_opts = {v: torch.optim.Adam(m.parameters(), lr=LR) for v, m in loop_models.items()}
 
-    def loop_block(v: str) -> Callable[[], float]:
+    def loop_step(v: str) -> Callable[[], None]:
         model, opt = loop_models[v], loop_opts[v]
+        cycle = itertools.cycle(batches)
 
-        def go() -> float:
-            C.sync(device)
-            start = time.perf_counter()
-            for x, y in batches:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    loss = F.cross_entropy(model(x), y)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            C.sync(device)
-            return time.perf_counter() - start
+        def step() -> None:
+            x, y = next(cycle)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
-        return go
+        return step
 
-    for v in variants:  # warm-up of the plain loops (allocator, Adam state)
-        loop_block(v)()
     say(f"{name}: {repeats} repeats of {len(variants)} fits ({timed_epochs} timed epochs each) and loops")
     with C.quiet_lightning():
-        fit_times = C.interleave({v: fit_block(v) for v in variants}, repeats, seed=1, collect=True)
-    loop_times = C.interleave({v: loop_block(v) for v in variants}, repeats, seed=2)
-    fit_ratio, loop_ratio = C.ratios(fit_times, "dense"), C.ratios(loop_times, "dense")
+        fit = C.summarise(C.interleave({v: fit_block(v) for v in variants}, repeats, self_timed=True, seed=1,
+                                       collect=True), "dense", scale=1e3)
+    # one epoch of warm-up steps (allocator, Adam state), then Timer.timeit(one epoch of steps) per repeat
+    loop = C.summarise(C.interleave({v: loop_step(v) for v in variants}, repeats, number=len(batches),
+                                    warmup=len(batches), seed=2), "dense", scale=1e3 * len(batches))
     rows = {}
     for v in variants:
         info = infos[v]
         rows[v] = {
             **info,
-            "trainer_epoch_ms": C.spread([t * 1e3 for t in fit_times[v]]),
-            "trainer_time_fraction": fit_ratio[v],
-            "loop_epoch_ms": C.spread([t * 1e3 for t in loop_times[v]]),
-            "loop_time_fraction": loop_ratio[v],
+            "trainer_epoch_ms": fit[v]["value"],
+            "trainer_time_fraction": fit[v]["ratio"],
+            "loop_epoch_ms": loop[v]["value"],
+            "loop_time_fraction": loop[v]["ratio"],
             # speedup / MAC cut: 1.0 = time falls exactly as the MACs do
-            "trainer_efficiency": info["mac_fraction"] / fit_ratio[v]["median"],
-            "loop_efficiency": info["mac_fraction"] / loop_ratio[v]["median"],
+            "trainer_efficiency": info["mac_fraction"] / fit[v]["ratio"]["median"],
+            "loop_efficiency": info["mac_fraction"] / loop[v]["ratio"]["median"],
         }
     return {"architecture": spec.note, "arch": spec.arch, "arch_kwargs": spec.kwargs, "input_shape": list(spec.input_shape),
             "data": spec.data, "batches_per_epoch": len(batches), "batch": BATCH, "repeats": repeats,
@@ -243,7 +242,8 @@ def to_markdown(report: Mapping[str, Any]) -> str:
              "stated fraction of its units (removed by `NeuronStructure.remove_units`). *Trainer epoch*: a real "
              "`Trainer.fit` epoch (timed from `on_train_epoch_start` to `on_train_epoch_end`, after one untimed epoch; "
              "no validation); *plain loop*: the same steps without Lightning. Time fractions: median of per-repeat "
-             "ratios to dense [min–max]; repeats interleaved in random order. The last column is 1.0 when time falls "
+             "ratios to dense [min–max]; repeats interleaved in a new seeded random order each; plain-loop epochs timed by "
+             "`torch.utils.benchmark.Timer.timeit(steps)`. The last column is 1.0 when time falls "
              "exactly as the MACs do.", ""]
     lines += table(report)
     lines += ["", "Models: " + "; ".join(f"{n}: {r['architecture']} ({r['repeats']} repeats, {r['timed_epochs_per_fit']} timed epochs per fit)" for n, r in report["results"].items()) + ".",
@@ -316,7 +316,8 @@ def run(quick: bool = False, out: Path = C.DEFAULT_OUT, device: str | None = "au
             "config": {"quick": quick, "command": command or C.command_line(), "repeats": repeats or "per model",
                        "timed_epochs": timed_epochs or "per model", "keep_fractions": list(keep_fractions), "precision": precision,
                        "batch": BATCH, "optimizer": f"Adam(lr={LR})",
-                       "timing": "Trainer.fit epochs (on_train_epoch_start to on_train_epoch_end) and a plain loop"},
+                       "timing": "Trainer.fit epochs (on_train_epoch_start to on_train_epoch_end) and a plain loop "
+                                 "(torch.utils.benchmark.Timer.timeit(steps of one epoch))", "order": C.ORDER},
             "results": {},
         }
         for name, spec in specs.items():

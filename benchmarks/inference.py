@@ -38,11 +38,14 @@ Fine-tuning speed: one training step (forward, cross-entropy, backward, ``Adam.s
 made by ``remove_units`` *with* the dense model's Adam passed in (its state carried over), which is
 how the library is used while fine-tuning.
 
-Method: after a warm-up, the variants are interleaved: each repeat runs every variant once, in a new
-random order (seeded), as a block that starts with one untimed call (steady state, not the cost of
-switching from another model) and then times enough calls to last about ``block_s`` seconds. We report per variant the median
-time per call and, against ``dense``, the median of the per-repeat speedups with their min-max. The
-machine is shared and noisy: read the ranges, not only the medians.
+Method: after a warm-up, the variants are interleaved by ``benchmarks._common.interleave``: each
+repeat runs every variant once, in a new seeded random order, measured by
+``torch.utils.benchmark.Timer.blocked_autorange(min_run_time=block_s)`` (the Timer's untimed sizing
+calls put each variant back in its steady state after another model ran; the run's time is the
+median per-call time over its blocks). We report per variant the median time per call and, against
+``dense``, the median of the per-repeat speedups with their min-max (``benchmarks.stats.summarise``).
+The library timings are one call each (``C.time_once``): removal changes the model, so it cannot be
+repeated by a Timer. The machine is shared and noisy: read the ranges, not only the medians.
 
 Run::
 
@@ -56,9 +59,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
-import statistics
 import sys
 import time
 import warnings
@@ -72,7 +72,6 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-import lightning
 from lightning_prune.counting import count_macs, kept_macs
 from lightning_prune.layers import find_prunable_layers
 from lightning_prune.masks import apply_masks
@@ -84,7 +83,6 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _common as C  # noqa: E402
 
-_DEFAULT_THREADS = torch.get_num_threads()  # at import, before anyone changes it
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 SPARSITY = 0.9  # fraction of weights zeroed in ``masked`` / ``csr``
 ATOL = 1e-4
@@ -269,16 +267,19 @@ class CsrMLP(nn.Module):
 
 # ----------------------------------------------------------------------------------------- timing
 def _summarise(times: Mapping[str, list[float]], baseline: str = "dense") -> dict[str, dict[str, Any]]:
+    """:func:`benchmarks.stats.summarise` in this report's keys (ms; speedup and time fraction vs ``baseline``)."""
     out = {}
-    for name, ts in times.items():
-        speedups = [b / t for t, b in zip(ts, times[baseline])]
+    for name, s in C.summarise(times, baseline, scale=1e3).items():
         out[name] = {
-            "median_ms": statistics.median(ts) * 1e3,
-            "min_ms": min(ts) * 1e3,
-            "ms_per_repeat": [t * 1e3 for t in ts],
-            "speedup_median": statistics.median(speedups),
-            "speedup_min": min(speedups),
-            "speedup_max": max(speedups),
+            "median_ms": s["value"]["median"],
+            "min_ms": s["value"]["min"],
+            "ms_per_repeat": s["runs"],
+            "speedup_median": s["speedup"]["median"],
+            "speedup_min": s["speedup"]["min"],
+            "speedup_max": s["speedup"]["max"],
+            "time_fraction_median": s["ratio"]["median"],
+            "time_fraction_min": s["ratio"]["min"],
+            "time_fraction_max": s["ratio"]["max"],
         }
     return out
 
@@ -302,37 +303,28 @@ def bench_model(name: str, spec: ModelSpec, device: torch.device, repeats: int, 
     timings: dict[str, float] = {}
 
     # --- lightning_prune: structure, keep-masks, masked equivalent, removal
-    start = time.perf_counter()
-    layers = find_prunable_layers(dense, example)
-    timings["find_prunable_layers_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    structure = NeuronStructure(dense, example, layers)
-    timings["neuron_structure_s"] = time.perf_counter() - start
+    # One call each (C.time_once): tracing and removal are what a user pays once; removal changes the model.
+    layers, timings["find_prunable_layers_s"] = C.time_once(lambda: find_prunable_layers(dense, example))
+    structure, timings["neuron_structure_s"] = C.time_once(lambda: NeuronStructure(dense, example, layers))
     layer_names = [layer.name for layer in layers]
-    start = time.perf_counter()
-    ratio, _ = find_ratio(dense, example, structure, spec.mac_target)
-    timings["ratio_search_s"] = time.perf_counter() - start
+    (ratio, _), timings["ratio_search_s"] = C.time_once(lambda: find_ratio(dense, example, structure, spec.mac_target))
     keep = keep_masks(structure, structure.group_scores(l2_unit_scores(dense, layer_names)), ratio)
 
-    start = time.perf_counter()
-    unit_masks = structure.parameter_masks(dense, keep)
-    timings["parameter_masks_s"] = time.perf_counter() - start
+    unit_masks, timings["parameter_masks_s"] = C.time_once(lambda: structure.parameter_masks(dense, keep))
     units_masked = copy.deepcopy(dense)
     apply_masks(units_masked, unit_masks)
 
     compact_ours = copy.deepcopy(dense)
-    start = time.perf_counter()
-    structure.remove_units(compact_ours, keep)
-    timings["remove_units_s"] = time.perf_counter() - start
+    _, timings["remove_units_s"] = C.time_once(lambda: structure.remove_units(compact_ours, keep))
 
     # --- Torch-Pruning's compact model at the same ratio
     compact_tp = copy.deepcopy(dense)
-    start = time.perf_counter()
-    pruner = tp.pruner.MetaPruner(compact_tp, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                  pruning_ratio=ratio, ignored_layers=[compact_tp.classifier])
-    pruner.step()
-    timings["torch_pruning_metapruner_s"] = time.perf_counter() - start
-    del pruner
+
+    def metapruner() -> None:
+        tp.pruner.MetaPruner(compact_tp, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                             pruning_ratio=ratio, ignored_layers=[compact_tp.classifier]).step()
+
+    _, timings["torch_pruning_metapruner_s"] = C.time_once(metapruner)
 
     # --- weight pruning: masked (dense tensors)
     masked = copy.deepcopy(dense)
@@ -408,16 +400,13 @@ def bench_model(name: str, spec: ModelSpec, device: torch.device, repeats: int, 
         x = torch.randn(batch, *spec.input_shape, device=device)
         fns = {v: (lambda m=m: m(x)) for v, m in models.items() if m is not None}
         with torch.inference_mode():
-            blocks, calls = C.calibrated_blocks(fns, device, block_s, warmup)
-            times = C.interleave(blocks, repeats)
+            times = C.interleave(fns, repeats, min_run_time=block_s, warmup=warmup)
         summary = _summarise(times)
-        if "compact_torch_pruning" in times:
-            ratios = [a / b for a, b in zip(times["compact_ours"], times["compact_torch_pruning"])]
-            summary["compact_ours"]["time_vs_torch_pruning_median"] = statistics.median(ratios)
-            summary["compact_ours"]["time_vs_torch_pruning_min"] = min(ratios)
-            summary["compact_ours"]["time_vs_torch_pruning_max"] = max(ratios)
+        vs_tp = _summarise(times, "compact_torch_pruning")["compact_ours"]
+        summary["compact_ours"]["time_vs_torch_pruning_median"] = vs_tp["time_fraction_median"]
+        summary["compact_ours"]["time_vs_torch_pruning_min"] = vs_tp["time_fraction_min"]
+        summary["compact_ours"]["time_vs_torch_pruning_max"] = vs_tp["time_fraction_max"]
         for v, s in summary.items():
-            s["calls_per_block"] = calls[v]
             s["speedup_over_mac_reduction"] = s["speedup_median"] / macs[v]["reduction"]
         if csr is None:
             summary["csr"] = {"skipped": CSR_SKIPPED}
@@ -437,7 +426,7 @@ def bench_model(name: str, spec: ModelSpec, device: torch.device, repeats: int, 
         "architecture": spec.note,
         "input_shape": list(spec.input_shape),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": C.device_name(device),
         "mac_target": spec.mac_target,
         "pruning_ratio": ratio,
         "kept_units_per_group": widths,
@@ -490,9 +479,7 @@ def bench_training(dense: nn.Module, structure: NeuronStructure, keep: Mapping[s
         if device.type != "cpu":  # the structure's example input must be on the model's device
             ex = structure.example_input.to(device)
             structure = NeuronStructure(model, ex, find_prunable_layers(model, ex))
-        start = time.perf_counter()
-        structure.remove_units(model, keep, optimizers=[optimizer])
-        removal_s = time.perf_counter() - start
+        _, removal_s = C.time_once(lambda: structure.remove_units(model, keep, optimizers=[optimizer]), device)
     else:
         model = copy.deepcopy(dense).train()
         structure.remove_units(model, keep)
@@ -502,38 +489,15 @@ def bench_training(dense: nn.Module, structure: NeuronStructure, keep: Mapping[s
     model = copy.deepcopy(compact_tp).train()
     runs["compact_torch_pruning"] = trainer(model, torch.optim.Adam(model.parameters(), lr=LR))
 
-    blocks, calls = C.calibrated_blocks(runs, device, block_s, warmup)
-    times = C.interleave(blocks, repeats)
+    # blocked_autorange, not a fixed count: the models are independent and nothing is checked after the
+    # steps, so a faster model may take more of them; the figure is the steady-state time per step.
+    times = C.interleave(runs, repeats, min_run_time=block_s, warmup=warmup)
     summary = _summarise(times)
-    for v, s in summary.items():
-        s["calls_per_block"] = calls[v]
-        fractions = [t / b for t, b in zip(times[v], times["dense"])]
-        s["time_fraction_median"] = statistics.median(fractions)
-        s["time_fraction_min"] = min(fractions)
-        s["time_fraction_max"] = max(fractions)
     return {"batch": spec.train_batch, "optimizer": "Adam", "optimizer_carried_over_by_remove_units": carry_optimizer,
             "variants": summary, "remove_units_with_adam_s": removal_s}
 
 
 # ------------------------------------------------------------------------------------------ report
-def machine_info() -> dict[str, Any]:
-    return {
-        **C.machine_info("cpu"),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch_num_threads": torch.get_num_threads(),
-        "threads_setting": "default" if torch.get_num_threads() == _DEFAULT_THREADS else "set explicitly",
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
-        "torch_pruning": C.dist_version("torch-pruning", getattr(tp, "__version__", "unknown")),
-        "cuda_available": torch.cuda.is_available(),
-        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "load_average_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-
-
 def _fmt_macs(value: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if value >= scale:
@@ -578,15 +542,12 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         "",
         f"Command: `{c['command']}`",
         "",
-        f"Machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs, torch {m['torch']} "
-        f"({m['torch_num_threads']} threads, {m['threads_setting']}), lightning {m['lightning']}, "
-        f"torch-pruning {m['torch_pruning']}, CUDA available: {m['cuda_available']}"
-        + (f" ({m['cuda_device']})" if m["cuda_device"] else "") + f". Devices benchmarked: {', '.join(c['devices'])}. "
-        f"Load average at start {m['load_average_1_5_15min']}, at end {report.get('load_average_at_end')}.",
+        C.machine_line(m, report.get("load_average_at_end")) + f" CUDA available: {m['cuda_available']}"
+        + (f" ({m['cuda_device']})" if m["cuda_device"] else "") + f". Devices benchmarked: {', '.join(c['devices'])}.",
         "",
         (f"Precision: {c['precision']}. " if c.get("precision") else "")
-        + f"Quick mode: {c['quick']}. {c['repeats']} interleaved repeats (random order each repeat; each block = one untimed "
-        f"call, then ≈{c['block_s']} s timed). "
+        + f"Quick mode: {c['quick']}. {c['repeats']} interleaved repeats (seeded random order each repeat; each run = "
+        f"`torch.utils.benchmark.Timer.blocked_autorange(min_run_time={c['block_s']})`, its median per-call time). "
         "Speedup = dense time / variant time, median of the per-repeat ratios [min–max]. The machine is shared and "
         "noisy: read the ranges. MACs per example from `lightning_prune.counting.count_macs` (FlopCounterMode). "
         "*computed* = multiply-adds the kernel does; *effective* = MACs of kept weights; MAC reduction = dense ÷ effective. "
@@ -761,10 +722,11 @@ def _run(quick: bool, out: Path, repeats: int | None, devices: Sequence[str] | N
     ] + extra_notes
     started = time.perf_counter()
     report: dict[str, Any] = {
-        "machine": {**machine_info(), "device": ", ".join(devices),
+        "machine": {**C.machine_info("cpu"), "device": ", ".join(devices),
                     "device_name": ", ".join(C.device_name(torch.device(d)) for d in devices)},
         "config": {
             "quick": quick, "repeats": repeats, "block_s": block_s, "warmup_calls": warmup, "devices": list(devices),
+            "order": C.ORDER, "timer": "torch.utils.benchmark.Timer.blocked_autorange(min_run_time=block_s) per variant per repeat",
             "sparsity_of_masked": SPARSITY, "atol": ATOL, "goals_speedup_over_mac_reduction": GOALS,
             "command": command or C.command_line(), "notes": notes, "precision": "fp32",
         },

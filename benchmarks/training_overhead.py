@@ -11,11 +11,12 @@ are not masked) and trained with Adam on batches of 64:
 ``dense``
     Plain step: forward, cross-entropy, backward, ``Adam.step()``, ``zero_grad()``. Nothing masked.
 ``lightning_prune``
-    The same step with our :class:`~lightning_prune.masks.MaskEnforcer` used exactly as the
-    ``Pruning`` callback's ``_apply`` uses it: ``apply_masks``, ``MaskEnforcer(model, masks)``,
-    ``enforce([optimizer])`` (weights and Adam state, when the masks change), then
+    The same step with the library's public mask API called in the order the ``Pruning`` callback
+    calls it when its masks change (:func:`enforce_like_the_callback`): ``apply_masks``,
+    ``MaskEnforcer(model, masks)``, ``enforce([optimizer])`` (weights and Adam state), then
     ``attach([optimizer])``: a step post-hook that zeroes the pruned *weights only* after every
-    ``optimizer.step()`` (one fused multiply). The pruned entries of Adam's moments move between
+    ``optimizer.step()`` (one fused multiply). (The callback's own sequence is private; the library
+    has no public function for it, so this benchmark repeats the four public calls.) The pruned entries of Adam's moments move between
     enforcements but never reach a kept weight; the callback zeroes them with ``enforce`` once per
     epoch end (not timed here: once per epoch; the correctness check does it after the timed steps).
 ``lightning_prune_state``
@@ -51,9 +52,14 @@ report measures both). The step timings then measure that collapse, not mask enf
 
 Method: every variant runs on its own copy of the same initial model and the same synthetic random
 batches (random inputs are fine for timing; nothing here measures accuracy). After a warm-up the
-variants are interleaved round-robin (the order rotates every repeat) over R repeats of N steps
-each. We report the per-variant median ms/step and, against ``dense``, the median of the per-repeat
-ratios with their min-max. The machine is noisy: read the ranges, not only the medians.
+variants are interleaved by ``benchmarks._common.interleave`` (a new seeded random order every
+repeat) over R repeats; in each repeat ``torch.utils.benchmark.Timer.timeit(N)`` times N steps of
+each variant (a fixed count: steps change the weights and Adam's state, and every variant must take
+the same steps on the same batches). The enforcer's pieces and the ``sqrt`` probe, which change
+nothing, are timed with ``Timer.blocked_autorange``; ``Trainer.fit`` epochs by a callback (the span
+between two Lightning hooks). We report the per-variant median ms/step and, against ``dense``, the
+median of the per-repeat ratios with their min-max (``benchmarks.stats.summarise``). The machine
+is noisy: read the ranges, not only the medians.
 
 Run::
 
@@ -65,8 +71,8 @@ Run::
 from __future__ import annotations
 
 import argparse
-import gc
 import inspect
+import itertools
 import statistics
 import sys
 import time
@@ -100,14 +106,16 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 # what keeps the per-repeat ratios usable when other processes load the machine in bursts.
 MODELS: dict[str, dict[str, Any]] = {
     "lenet_300_100": dict(kwargs=dict(in_features=64, hidden=(300, 100)), quick=dict(in_features=64, hidden=(300, 100)),
-                          steps=25, repeats=40, warmup=100, trainer_batches=100, part_calls=50),
+                          steps=25, repeats=40, warmup=100, trainer_batches=100),
     "mlp_1024_2048_2048": dict(kwargs=dict(in_features=1024, hidden=(2048, 2048)),
                                quick=dict(in_features=128, hidden=(256, 256)),
-                               steps=4, repeats=30, warmup=10, trainer_batches=20, part_calls=4),
+                               steps=4, repeats=30, warmup=10, trainer_batches=20),
     "vgg_small": dict(kwargs=dict(arch="vgg_small", in_channels=1, widths=(32, 64, 128), input_shape=(1, 8, 8)),
                       quick=dict(arch="vgg_small", in_channels=1, widths=(8, 16, 16), input_shape=(1, 8, 8)),
-                      steps=8, repeats=30, warmup=20, trainer_batches=40, part_calls=50),
+                      steps=8, repeats=30, warmup=20, trainer_batches=40),
 }
+# Seconds per Timer.blocked_autorange run of an enforcer piece or the sqrt probe (full, quick).
+MIN_RUN_TIME = {False: 0.05, True: 0.005}
 # From the project's issue: what our variant should reach, and ModelPruning as measured elsewhere (the small
 # CNN has neither: it is compared with the floor).
 GOALS = {"lenet_300_100": 1.05, "mlp_1024_2048_2048": 1.15}
@@ -204,6 +212,17 @@ class GradMaskNonzeroSecondMoment:
                     value.mul_(1 - pruned).add_(pruned)
 
 
+def enforce_like_the_callback(model: nn.Module, masks: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+                              state: bool = False) -> MaskEnforcer:
+    """The public calls ``Pruning`` makes when its masks change: zero the weights, zero the optimizer state
+    at pruned entries, then keep the weights (and with ``state`` the optimizer state) zero after every step."""
+    apply_masks(model, masks)
+    enforcer = MaskEnforcer(model, masks)
+    enforcer.enforce([optimizer])
+    enforcer.attach([optimizer], state=state)
+    return enforcer
+
+
 class Variant:
     """One model + Adam + how its step differs from the dense step."""
 
@@ -223,11 +242,7 @@ class Variant:
             return
         assert masks is not None
         if name in ("lightning_prune", "lightning_prune_state"):
-            # lightning_prune: exactly what Pruning._apply does (weights only after every step).
-            apply_masks(self.model, masks)
-            self.enforcer = MaskEnforcer(self.model, masks)
-            self.enforcer.enforce([self.optimizer])
-            self.enforcer.attach([self.optimizer], state=name == "lightning_prune_state")
+            self.enforcer = enforce_like_the_callback(self.model, masks, self.optimizer, state=name == "lightning_prune_state")
         elif name == "proto_gradmask_nonzero_v":
             apply_masks(self.model, masks)
             proto = GradMaskNonzeroSecondMoment(self.model, masks)
@@ -308,45 +323,29 @@ and also reported separately from the quiet ones."""
 
 
 def _summarise(times: dict[str, list[float]], baseline: str = "dense") -> dict[str, dict[str, Any]]:
-    out = {}
+    """:func:`benchmarks.stats.summarise` of all repeats and of the quiet ones, in this report's keys."""
     fastest = min(times[baseline])
     quiet = [i for i, b in enumerate(times[baseline]) if b <= QUIET_FACTOR * fastest]
+    every = C.summarise(times, baseline, scale=1e3)
+    calm = C.summarise({n: [ts[i] for i in quiet] for n, ts in times.items()}, baseline, scale=1e3)
+    out = {}
     for name, ts in times.items():
-        ratios = [t / b for t, b in zip(ts, times[baseline])]
-        quiet_ratios = [ratios[i] for i in quiet]
+        s, q = every[name], calm[name]
         out[name] = {
-            "median_ms": statistics.median(ts) * 1e3,
-            "ms_per_repeat": [t * 1e3 for t in ts],
-            "ratio_median": statistics.median(ratios),
-            "ratio_min": min(ratios),
-            "ratio_max": max(ratios),
-            "min_ms": min(ts) * 1e3,
-            "ratio_of_min_times": min(ts) / min(times[baseline]),
+            "median_ms": s["value"]["median"],
+            "ms_per_repeat": s["runs"],
+            "ratio_median": s["ratio"]["median"],
+            "ratio_min": s["ratio"]["min"],
+            "ratio_max": s["ratio"]["max"],
+            "min_ms": s["value"]["min"],
+            "ratio_of_min_times": min(ts) / fastest,
             "quiet_repeats": len(quiet),
-            "quiet_median_ms": statistics.median([ts[i] for i in quiet]) * 1e3,
-            "quiet_ratio_median": statistics.median(quiet_ratios),
-            "quiet_ratio_min": min(quiet_ratios),
-            "quiet_ratio_max": max(quiet_ratios),
+            "quiet_median_ms": q["value"]["median"],
+            "quiet_ratio_median": q["ratio"]["median"],
+            "quiet_ratio_min": q["ratio"]["min"],
+            "quiet_ratio_max": q["ratio"]["max"],
         }
     return out
-
-
-def _interleave(blocks: dict[str, Callable[[], float]], repeats: int, collect: bool = False) -> dict[str, list[float]]:
-    """Run each block (returns seconds per step) once per repeat, round-robin, rotating the order."""
-    names = list(blocks)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    gc.collect()  # once: a full collection costs ~0.3 s with torch + lightning imported
-    gc.disable()  # no cyclic-GC pauses inside timed blocks (tensors are freed by refcount anyway)
-    try:
-        for r in range(repeats):
-            order = names[r % len(names):] + names[: r % len(names)]
-            for n in order:
-                if collect:  # blocks that time themselves inside (Trainer fits) and leave cycles behind
-                    gc.collect()
-                times[n].append(blocks[n]())
-    finally:
-        gc.enable()
-    return times
 
 
 def bench_steps(model_kwargs: dict[str, Any], variants: Iterable[str], repeats: int, steps: int, warmup: int,
@@ -363,20 +362,16 @@ def bench_steps(model_kwargs: dict[str, Any], variants: Iterable[str], repeats: 
         for _ in range(N_BATCHES)
     ]
 
-    def block(run: Variant, n: int) -> Callable[[], float]:
-        def go() -> float:
-            C.sync(device)
-            start = time.perf_counter()
-            for i in range(n):
-                run.step(*batches[i % N_BATCHES])
-            C.sync(device)
-            return (time.perf_counter() - start) / n
+    def stepper(run: Variant) -> Callable[[], None]:
+        cycle = itertools.cycle(batches)  # every variant takes the same steps, so sees the same batches
 
-        return go
+        def step() -> None:
+            run.step(*next(cycle))
 
-    for run in runs.values():  # warm-up: allocator, Adam state, one-time dispatch
-        block(run, warmup)()
-    times = _interleave({v: block(run, steps) for v, run in runs.items()}, repeats)
+        return step
+
+    # warm-up (allocator, Adam state, one-time dispatch), then R repeats of Timer.timeit(steps) per variant
+    times = C.interleave({v: stepper(run) for v, run in runs.items()}, repeats, number=steps, warmup=warmup)
     for run in runs.values():
         run.check_pruned_zero()
     state_nonzero = {v: run.pruned_state_nonzero_fraction for v, run in runs.items()
@@ -396,12 +391,14 @@ def bench_steps(model_kwargs: dict[str, Any], variants: Iterable[str], repeats: 
     }
 
 
-def bench_enforcer_parts(model_kwargs: dict[str, Any], repeats: int, calls: int, mask_scope: str = "layer",
+def bench_enforcer_parts(model_kwargs: dict[str, Any], repeats: int, min_run_time: float, mask_scope: str = "layer",
                          device: torch.device = torch.device("cpu")) -> dict[str, float]:
     """Microseconds per call of the enforcer and its pieces, once Adam state exists (no training).
 
     Cheaper to measure precisely than a whole step on a noisy machine; ``1 + part / dense step``
-    is an estimate of the step ratio that the enforcement alone implies.
+    is an estimate of the step ratio that the enforcement alone implies. The bare multiplies and
+    the list building are built here from the model, the masks and the optimizer (not from the
+    enforcer's private fields): they are what ``enforce`` does, without the enforcer.
     """
     torch.manual_seed(0)
     model = build(model_kwargs).to(device)
@@ -413,12 +410,14 @@ def bench_enforcer_parts(model_kwargs: dict[str, Any], repeats: int, calls: int,
     enforcer = MaskEnforcer(model, masks)
     enforcer.enforce([optimizer])
     proto = GradMaskNonzeroSecondMoment(model, masks)
-    weights, weight_factors = [p.data for p, _ in enforcer._pairs], [m for _, m in enforcer._pairs]
+    params = dict(model.named_parameters())
+    pairs = [(params[n], m.to(params[n].dtype)) for n, m in masks.items()]
+    weights, weight_factors = [p.data for p, _ in pairs], [m for _, m in pairs]
 
-    def collect() -> tuple[list[torch.Tensor], list[torch.Tensor]]:  # enforce([optimizer])'s list building
-        ts = [p.data for p, _ in enforcer._pairs]
-        fs = [m for _, m in enforcer._pairs]
-        for p, m in enforcer._pairs:
+    def collect() -> tuple[list[torch.Tensor], list[torch.Tensor]]:  # the list building of enforce([optimizer])
+        ts = [p.data for p, _ in pairs]
+        fs = [m for _, m in pairs]
+        for p, m in pairs:
             for v in optimizer.state.get(p, {}).values():
                 if torch.is_tensor(v) and v.shape == p.shape and v.is_floating_point():
                     ts.append(v)
@@ -435,23 +434,19 @@ def bench_enforcer_parts(model_kwargs: dict[str, Any], repeats: int, calls: int,
         "proto_gradient_multiply": proto.before_step,
     }
 
-    def block(fn: Callable[[], None]) -> Callable[[], float]:
-        def go() -> float:
-            C.sync(device)
-            start = time.perf_counter()
+    def no_grad(fn: Callable[[], None]) -> Callable[[], None]:
+        def call() -> None:
             with torch.no_grad():
-                for _ in range(calls):
-                    fn()
-            C.sync(device)
-            return (time.perf_counter() - start) / calls
+                fn()
 
-        return go
+        return call
 
-    times = _interleave({k: block(fn) for k, fn in parts.items()}, repeats)
-    return {k: statistics.median(v) * 1e6 for k, v in times.items()}
+    times = C.interleave({k: no_grad(fn) for k, fn in parts.items()}, repeats, min_run_time=min_run_time)
+    return {k: v["value"]["median"] for k, v in C.summarise(times, scale=1e6).items()}
 
 
-def bench_value_dependence(numel: int, repeats: int, device: torch.device = torch.device("cpu")) -> dict[str, float]:
+def bench_value_dependence(numel: int, repeats: int, min_run_time: float,
+                           device: torch.device = torch.device("cpu")) -> dict[str, float]:
     """Microseconds of ``sqrt`` (the op in Adam's denominator) over tensors of zeros, normal floats and
     denormals: CPU elementwise speed depends on the values, which is why masks that leave Adam's
     second moments at exactly zero (gradient masking, ``torch.nn.utils.prune``) or let them decay
@@ -462,19 +457,8 @@ def bench_value_dependence(numel: int, repeats: int, device: torch.device = torc
         "sqrt_of_denormals": torch.full((numel,), 1e-39, device=device),
     }
 
-    def block(t: torch.Tensor) -> Callable[[], float]:
-        def go() -> float:
-            C.sync(device)
-            start = time.perf_counter()
-            for _ in range(10):
-                torch.sqrt(t)
-            C.sync(device)
-            return (time.perf_counter() - start) / 10
-
-        return go
-
-    times = _interleave({k: block(t) for k, t in tensors.items()}, repeats)
-    return {"numel": numel, **{k: statistics.median(v) * 1e6 for k, v in times.items()}}
+    times = C.interleave({k: (lambda t=t: torch.sqrt(t)) for k, t in tensors.items()}, repeats, min_run_time=min_run_time)
+    return {"numel": numel, **{k: v["value"]["median"] for k, v in C.summarise(times, scale=1e6).items()}}
 
 
 # ------------------------------------------------------------------------------- Trainer (optional)
@@ -507,7 +491,7 @@ def bench_trainer(model_kwargs: dict[str, Any], repeats: int, batches: int, epoc
                                  verbose=0)]
         return []
 
-    def fit(kind: str) -> float:
+    def fit(kind: str) -> float:  # seconds per step of the timed epochs (a callback times them)
         torch.manual_seed(0)
         kwargs = {k: v for k, v in model_kwargs.items() if k not in ("arch", "input_shape")}
         module = Classifier(arch=model_kwargs.get("arch", "lenet_300_100"), arch_kwargs=kwargs, optimizer="adam", lr=LR)
@@ -528,16 +512,12 @@ def bench_trainer(model_kwargs: dict[str, Any], repeats: int, batches: int, epoc
 
     kinds = ("none", "lightning_prune", "modelpruning")
     zero_fraction: dict[str, float] = {}
-    times = _interleave({k: (lambda k=k: fit(k)) for k in kinds}, repeats, collect=True)
+    times = C.interleave({k: (lambda k=k: fit(k)) for k in kinds}, repeats, self_timed=True, collect=True)
     return {"repeats": repeats, "batches_per_epoch": batches, "timed_epochs_per_fit": epochs, "variants": _summarise(times, "none"),
             "zero_fraction_of_linear_weights_after_fit": zero_fraction}
 
 
 # ------------------------------------------------------------------------------------------ report
-def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
-    return C.machine_info(device)
-
-
 def modelpruning_mechanism() -> dict[str, Any]:
     """Confirm from the installed Lightning source how ModelPruning applies masks."""
     from lightning.pytorch.callbacks import pruning as lp
@@ -569,10 +549,6 @@ def _describe(res: Mapping[str, Any]) -> str:
     return (f"{kwargs['arch']} widths {tuple(kwargs['widths'])} on {'x'.join(map(str, kwargs['input_shape']))} inputs")
 
 
-def _load(values: list[float] | None) -> str:
-    return "n/a" if not values else "/".join(f"{v:.2f}" for v in values)
-
-
 def _ratio(v: Mapping[str, float], prefix: str = "") -> str:
     return f"{v[prefix + 'ratio_median']:.3f}x ({v[prefix + 'ratio_min']:.3f}-{v[prefix + 'ratio_max']:.3f})"
 
@@ -598,13 +574,11 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         "# Training-step overhead of weight-mask enforcement",
         "",
         *([f"Command: `{c['command']}`", ""] if c.get("command") else []),
-        f"Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_num_threads']} threads, "
-        f"{m['threads_setting']}), lightning {m['lightning']}, device {m['device']}"
-        + (f" ({m['device_name']})" if m.get("device_name") else "") + "; load average (1/5/15 min) "
-        f"{_load(m.get('load_average_1_5_15min'))} at start, {_load(m.get('load_average_at_end'))} at end.",
+        C.machine_line(m, m.get("load_average_at_end")),
         "",
-        f"Batch {c['batch']}, {c['optimizer']}, {c['masked']}, {c['data']}. Variants interleaved round-robin; per model "
-        "R repeats of N steps. Ratio = median of the per-repeat ratios to dense (min-max over repeats); "
+        f"Batch {c['batch']}, {c['optimizer']}, {c['masked']}, {c['data']}. Variants interleaved in a new seeded random "
+        "order each repeat; per model R repeats, each timing N steps of every variant with "
+        "`torch.utils.benchmark.Timer.timeit(N)`. Ratio = median of the per-repeat ratios to dense (min-max over repeats); "
         f"'best' = ratio of the fastest repeats. 'Quiet repeats' = those whose dense block took <= {QUIET_FACTOR}x "
         "the fastest dense block (the others ran while another process loaded the machine). "
         f"Quick mode: {c['quick']}. The machine is shared and noisy: read the ranges, not only the medians.",
@@ -707,10 +681,12 @@ def _run(quick: bool, repeats: int | None, steps: int | None, out: Path, trainer
     started = time.perf_counter()
     report: dict[str, Any] = {
         "name": "training_overhead",
-        "machine": machine_info(dev),
+        "machine": C.machine_info(dev),
         "config": {"quick": quick, "repeats": repeats, "steps": steps, "batch": BATCH, "sparsity": SPARSITY,
                    "optimizer": f"Adam(lr={LR})", "data": "synthetic random inputs and labels (timing only)",
-                   "mask_scope": mask_scope, "command": command, "device": str(dev), "precision": "fp32",
+                   "mask_scope": mask_scope, "command": command, "order": C.ORDER,
+                   "timer": "torch.utils.benchmark.Timer: timeit(steps) per repeat for training steps, "
+                            "blocked_autorange for the enforcer's pieces and sqrt; Trainer epochs timed by a callback", "device": str(dev), "precision": "fp32",
                    "masked": f"{SPARSITY:.0%} of the weights of every Linear/Conv layer masked by L1 magnitude of the "
                              f"initial weights, {'per layer' if mask_scope == 'layer' else 'one global ranking'} "
                              "(biases and BatchNorm not masked)"},
@@ -729,8 +705,9 @@ def _run(quick: bool, repeats: int | None, steps: int | None, out: Path, trainer
         report["results"][model] = res
         _progress(f"{model}: steps done ({time.perf_counter() - started:.0f} s); timing the enforcer's pieces")
         report["enforcer_parts"][model] = bench_enforcer_parts(
-            kwargs, repeats=3 if quick else 15, calls=5 if quick else spec["part_calls"], mask_scope=mask_scope, device=dev)
-    report["value_dependence"] = bench_value_dependence(10_000 if quick else 1_000_000, repeats=3 if quick else 9, device=dev)
+            kwargs, repeats=3 if quick else 15, min_run_time=MIN_RUN_TIME[quick], mask_scope=mask_scope, device=dev)
+    report["value_dependence"] = bench_value_dependence(10_000 if quick else 1_000_000, repeats=3 if quick else 9,
+                                                        min_run_time=MIN_RUN_TIME[quick], device=dev)
     if trainer:
         with C.quiet_lightning():
             report["trainer"] = {}

@@ -7,8 +7,9 @@ asks why, with the library's own pruning path (``Pruner.plan(..., round_to=...)`
 
 * every hidden layer keeps a fraction of its units (10 %, 20 %, 30 %, 50 %; L2 norm, per layer);
 * each fraction is taken as it falls (``round_to=None``) and rounded up to a multiple of 8 and of 16;
-* each compact model and the dense one are timed side by side at batch 256 (blocks of ~0.1 s,
-  interleaved in a new random order each repeat), and the speedup is divided by the MAC cut.
+* each compact model and the dense one are timed side by side at batch 256
+  (``benchmarks._common.interleave``: ``torch.utils.benchmark.Timer.blocked_autorange(min_run_time=0.1)``
+  per model per repeat, in a new seeded random order each repeat), and the speedup is divided by the MAC cut.
 
 On x86 CPUs the float32 GEMM kernels work on 8 (AVX2) or 16 (AVX-512) output columns at a time: a
 layer of 33 units pays for 48. The report shows where the ratio reaches the goal and where it cannot
@@ -110,13 +111,9 @@ def bench(dense: torch.nn.Module, input_shape: tuple[int, ...], keep_fractions: 
     x = torch.randn(batch, *input_shape)
     say(f"timing {len(models)} models at batch {batch}, {repeats} repeats")
     with torch.inference_mode():
-        blocks, calls = C.calibrated_blocks({n: (lambda m=m: m(x)) for n, m in models.items()}, torch.device("cpu"),
-                                            block_s, warmup=3)
-        times = C.interleave(blocks, repeats)
-    for name, ts in times.items():
-        speedups = [b / t for t, b in zip(ts, times["dense"])]
-        rows[name].update({"ms": C.spread([t * 1e3 for t in ts]), "speedup": C.spread(speedups),
-                           "calls_per_block": calls[name]})
+        times = C.interleave({n: (lambda m=m: m(x)) for n, m in models.items()}, repeats, min_run_time=block_s, warmup=3)
+    for name, s in C.summarise(times, "dense", scale=1e3).items():
+        rows[name].update({"ms": s["value"], "speedup": s["speedup"]})
         rows[name]["speedup_over_mac_cut"] = rows[name]["speedup"]["median"] / rows[name]["mac_cut"]
     for row in rows.values():
         if "same_as" in row:
@@ -149,11 +146,10 @@ def bench_layers(in_features: int, batch: int, repeats: int, block_s: float, qui
         fns[f"{a}->{b}"] = lambda layer=layer, h=h: layer(h)
         macs[f"{a}->{b}"] = batch * a * b
     with torch.inference_mode():
-        blocks, _ = C.calibrated_blocks(fns, torch.device("cpu"), block_s, warmup=3)
-        times = C.interleave(blocks, repeats, seed=1)
+        times = C.interleave(fns, repeats, min_run_time=block_s, warmup=3, seed=1)
     rows = {}
-    for name, ts in times.items():
-        us = C.spread([t * 1e6 for t in ts])
+    for name, s in C.summarise(times, scale=1e6).items():
+        us = s["value"]
         rows[name] = {"us": us, "macs": macs[name], "gmacs_per_s": macs[name] / (us["median"] * 1e-6) / 1e9}
     return rows
 
@@ -200,11 +196,12 @@ def to_markdown(report: Mapping[str, Any]) -> str:
              f"Quick mode: {c['quick']}. Model: {c['model']}. Batch {c['batch']}, fp32, inference mode. Each hidden layer "
              "keeps the stated fraction of its units (L2 norm; `Pruner.plan(..., round_to=...)` then `Pruner.commit`, the "
              "path `Pruning(granularity=\"neuron\", round_to=...)` takes), rounded up to a multiple of `round_to`. "
-             f"{c['repeats']} interleaved repeats of ~{c['block_s']} s blocks; speedup = median of per-repeat ratios to dense. "
+             f"{c['repeats']} interleaved repeats (seeded random order), each model timed by "
+             f"`torch.utils.benchmark.Timer.blocked_autorange(min_run_time={c['block_s']})`; speedup = median of per-repeat ratios to dense. "
              "Every compact model's outputs equal the dense model's with the same units masked "
              f"(max |diff| ≤ {ATOL}).", ""]
     lines += table(report)
-    lines += ["", "## Single layers", "", f"Each layer alone at batch {c['batch']} (median µs of interleaved blocks "
+    lines += ["", "## Single layers", "", f"Each layer alone at batch {c['batch']} (median µs of interleaved Timer runs "
               "[min–max]) and its multiply-accumulates per second:", ""] + layer_table(report)
     lines += ["", "## Diagnostic", "", "| subject | what | margin |", "|---|---|---|"]
     for g in report["goals"]:
@@ -271,7 +268,7 @@ def run(quick: bool = False, out: Path = C.DEFAULT_OUT, device: str | None = "au
             "config": {"quick": quick, "command": command or C.command_line(), "repeats": repeats, "batch": batch,
                        "block_s": block_s, "model": note, "model_short": "quick MLP" if quick else "LeNet-300-100",
                        "keep_fractions": list(QUICK_KEEP if quick else KEEP), "round_to": list(ROUND_TO),
-                       "device_requested": device, "precision": "fp32"},
+                       "device_requested": device, "precision": "fp32", "order": C.ORDER},
         }
         report["results"] = bench(dense, input_shape, report["config"]["keep_fractions"], batch, repeats, block_s, say)
         say("timing single layers by width")

@@ -1,4 +1,5 @@
-"""What the paper-reproduction scripts share: a quiet deterministic Trainer, the common options, summaries.
+"""What the paper-reproduction scripts share: a quiet deterministic Trainer, the common options, summaries
+(``mean_std`` comes from ``benchmarks/stats.py``, shared with the benchmark suite).
 
 The scripts run as ``python experiments/<name>.py`` (this folder is then on ``sys.path``) and are
 imported the same way by ``tests/test_experiments.py``.
@@ -8,13 +9,17 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # the repository root: `benchmarks.stats`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.stats import mean_std  # noqa: E402,F401  (one definition for benchmarks and experiments)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -27,11 +32,6 @@ def trainer(max_epochs: int, callbacks: Sequence[Any] = (), **options: Any) -> L
     settings = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "logger": False,
                 "enable_checkpointing": False, "enable_model_summary": False, "deterministic": True}
     return L.Trainer(max_epochs=max_epochs, callbacks=list(callbacks), **{**settings, **options})
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def environment() -> str:

@@ -3,13 +3,19 @@
 No speed is asserted: the figures of a quick run on tiny models mean nothing, and the machine is shared.
 """
 
+import importlib.util
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
-from benchmarks import run_all
+from benchmarks import _common as C
+from benchmarks import run_all, stats
 from benchmarks._common import LiveTensorMemory, loglog_slope, resolve_device
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +146,108 @@ def test_common_helpers():
         del b
     assert memory.peak == 2 * 1000 * 250 * 4
     assert memory.live == c.numel() * 4
+
+
+def test_interleave_runs_every_contender_once_per_repeat_in_seeded_shuffled_orders():
+    names = ("a", "b", "c", "d")
+
+    def orders(seed):
+        log = []
+
+        def contender(name):
+            log.append(name)
+            return 1.0
+
+        times = C.interleave({n: (lambda n=n: contender(n)) for n in names}, repeats=8, self_timed=True, seed=seed)
+        assert times == {n: [1.0] * 8 for n in names}
+        return [tuple(log[i:i + len(names)]) for i in range(0, len(log), len(names))]
+
+    first = orders(0)
+    assert len(first) == 8
+    assert all(sorted(order) == sorted(names) for order in first)  # each round runs every contender once
+    assert len(set(first)) > 1  # the order changes between rounds ...
+    assert len({order[0] for order in first}) > 1  # ... and not always the same one goes first
+    assert len({order[order.index("a") - 1] for order in first if order[0] != "a"}) > 1  # nor before "a"
+    assert orders(0) == first  # seeded: the same orders again
+    assert orders(1) != first
+
+
+def test_interleave_warms_up_before_the_first_round():
+    log = []
+    C.interleave({n: (lambda n=n: log.append(n)) for n in "ab"}, repeats=1, number=1, warmup=3)
+    assert log[:6] == ["a"] * 3 + ["b"] * 3
+
+
+def test_interleave_measures_with_torch_benchmark_timer_at_the_callers_threads(monkeypatch):
+    calls = []
+
+    class SpyTimer(torch.utils.benchmark.Timer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            calls.append(("init", kwargs.get("num_threads")))
+
+        def timeit(self, number=1000000):
+            calls.append(("timeit", number))
+            return super().timeit(number)
+
+        def blocked_autorange(self, callback=None, min_run_time=0.2):
+            calls.append(("blocked_autorange", min_run_time))
+            return super().blocked_autorange(callback, min_run_time)
+
+    monkeypatch.setattr(C.torch_benchmark, "Timer", SpyTimer)
+    seen_threads = set()
+
+    def contender():
+        seen_threads.add(torch.get_num_threads())
+
+    with C.num_threads(2):
+        C.interleave({"x": contender, "y": contender}, repeats=2, number=3)
+    assert calls.count(("init", 2)) == 4 and calls.count(("timeit", 3)) == 4
+    assert seen_threads == {2}  # torch's Timer alone would have run the statement on 1 thread
+
+    calls.clear()
+    times = C.interleave({"x": lambda: torch.ones(8).sum()}, repeats=3, min_run_time=0.001)
+    assert calls.count(("blocked_autorange", 0.001)) == 3 and len(times["x"]) == 3
+
+
+def test_interleave_self_timed_returns_what_the_contender_measured_and_checks_its_mode():
+    values = iter([0.5, 0.25, 0.125, 1.0])
+    times = C.interleave({"p": lambda: next(values), "q": lambda: next(values)}, repeats=2, self_timed=True)
+    assert sorted(times["p"] + times["q"]) == [0.125, 0.25, 0.5, 1.0]
+    for modes in ({}, {"number": 2, "min_run_time": 0.1}, {"number": 2, "self_timed": True}):
+        with pytest.raises(ValueError, match="exactly one"):
+            C.interleave({"p": lambda: None}, repeats=1, **modes)
+    with pytest.raises(ValueError, match="at least one call"):
+        C.interleave({"p": lambda: None}, repeats=1, number=0)
+
+
+def test_summarise_pairs_each_repeat_with_the_baseline():
+    summary = stats.summarise({"base": [2.0, 4.0, 8.0], "half": [1.0, 2.0, 4.0], "odd": [4.0, 2.0, 8.0]}, "base", scale=1e3)
+    assert summary["base"]["value"] == {"median": 4000.0, "min": 2000.0, "max": 8000.0, "n": 3}
+    assert summary["base"]["ratio"] == {"median": 1.0, "min": 1.0, "max": 1.0, "n": 3}
+    assert summary["half"]["runs"] == [1000.0, 2000.0, 4000.0]
+    assert summary["half"]["ratio"]["median"] == 0.5 and summary["half"]["speedup"]["median"] == 2.0
+    # per-repeat ratios 2, 0.5, 1: not the ratio of the medians (2 / 4 = 0.5)
+    assert summary["odd"]["ratio"] == {"median": 1.0, "min": 0.5, "max": 2.0, "n": 3}
+    assert summary["odd"]["speedup"] == {"median": 1.0, "min": 0.5, "max": 2.0, "n": 3}
+    assert "ratio" not in stats.summarise({"a": [1.0]})["a"]
+    with pytest.raises(ValueError, match="baseline"):
+        stats.summarise({"a": [1.0]}, "b")
+    with pytest.raises(ValueError, match="same number of runs"):
+        stats.summarise({"a": [1.0, 2.0], "b": [1.0]}, "a")
+    assert stats.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0) and stats.mean_std([5.0]) == (5.0, 0.0)
+
+
+def test_helpers_are_defined_once():
+    spec = importlib.util.spec_from_file_location("experiments_common", ROOT / "experiments" / "_common.py")
+    experiments_common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(experiments_common)
+    assert experiments_common.mean_std is stats.mean_std is C.mean_std
+    helpers = ("machine_info", "interleave", "_interleave", "calibrated_blocks", "mean_std", "spread", "loglog_slope")
+    defined = {}
+    for path in sorted((ROOT / "benchmarks").glob("*.py")) + sorted((ROOT / "experiments").glob("*.py")):
+        for name in re.findall(r"^def (\w+)\(", path.read_text(), flags=re.M):
+            if name in helpers:
+                defined.setdefault(name, []).append(path.name)
+    assert defined == {"interleave": ["_common.py"], "mean_std": ["stats.py"], "spread": ["stats.py"],
+                       "loglog_slope": ["stats.py"], "machine_info": ["_common.py"]}
