@@ -1,4 +1,4 @@
-"""What the paper-reproduction scripts share: a quiet deterministic Trainer, the common options, summaries.
+"""What the paper-reproduction scripts share: the common options and the environment line of the reports.
 
 The scripts run as ``python experiments/<name>.py`` (this folder is then on ``sys.path``) and are
 imported the same way by ``tests/test_experiments.py``.
@@ -8,30 +8,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def trainer(max_epochs: int, callbacks: Sequence[Any] = (), **options: Any) -> L.Trainer:
-    """A one-CPU, deterministic ``Trainer`` without progress bar, logger, checkpoints or model summary.
-
-    ``options`` add to or override these (e.g. ``num_sanity_val_steps=0``, ``limit_val_batches=0``).
-    """
-    settings = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "logger": False,
-                "enable_checkpointing": False, "enable_model_summary": False, "deterministic": True}
-    return L.Trainer(max_epochs=max_epochs, callbacks=list(callbacks), **{**settings, **options})
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def environment() -> str:
