@@ -1,12 +1,12 @@
-"""Summary statistics shared by the benchmark suite (``benchmarks/``) and the paper reproductions (``experiments/``).
+"""Summary statistics of the benchmark suite (``benchmarks/``).
 
-Plain Python (no torch), so that both import it without pulling in the other's dependencies; the
-library package (``lightning_prune``) does not import it.
+The library package (``lightning_prune``) does not import it.
 
 * :func:`spread`: median with min and max.
 * :func:`summarise`: the one summary of interleaved timings: per contender the per-run values and
   their spread and, against a baseline, the per-repeat ratio and speedup as spreads.
-* :func:`mean_std`: mean and sample standard deviation (accuracy over seeds).
+* :func:`mean_std`: mean and sample standard deviation (accuracy over seeds), re-exported from
+  :mod:`lightning_prune.teaching`, where the notebooks and experiments take it from.
 * :func:`loglog_slope`: the growth exponent of ``y ~ x^slope``.
 """
 
@@ -16,6 +16,8 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from lightning_prune.teaching import mean_std  # noqa: F401  (defined once, there)
 
 
 def spread(values: Sequence[float], scale: float = 1.0) -> dict[str, float]:
@@ -60,11 +62,6 @@ def summarise(times: Mapping[str, Sequence[float]], baseline: str | None = None,
             entry["speedup"] = spread([b / t for t, b in zip(ts, base)])
         out[name] = entry
     return out
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float | None:

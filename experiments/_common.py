@@ -1,5 +1,4 @@
-"""What the paper-reproduction scripts share: a quiet deterministic Trainer, the common options, summaries
-(``mean_std`` comes from ``benchmarks/stats.py``, shared with the benchmark suite).
+"""What the paper-reproduction scripts share: the common options and the environment line of the reports.
 
 The scripts run as ``python experiments/<name>.py`` (this folder is then on ``sys.path``) and are
 imported the same way by ``tests/test_experiments.py``.
@@ -9,29 +8,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
 
-if str(Path(__file__).resolve().parents[1]) not in sys.path:  # the repository root: `benchmarks.stats`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.stats import mean_std  # noqa: E402,F401  (one definition for benchmarks and experiments)
-
 RESULTS = Path(__file__).parent / "results"
-
-
-def trainer(max_epochs: int, callbacks: Sequence[Any] = (), **options: Any) -> L.Trainer:
-    """A one-CPU, deterministic ``Trainer`` without progress bar, logger, checkpoints or model summary.
-
-    ``options`` add to or override these (e.g. ``num_sanity_val_steps=0``, ``limit_val_batches=0``).
-    """
-    settings = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "logger": False,
-                "enable_checkpointing": False, "enable_model_summary": False, "deterministic": True}
-    return L.Trainer(max_epochs=max_epochs, callbacks=list(callbacks), **{**settings, **options})
 
 
 def environment() -> str:

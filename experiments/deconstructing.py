@@ -47,6 +47,7 @@ from lightning_prune import Pruning, apply_masks
 from lightning_prune.data import DigitsDataModule, MNIST1DDataModule
 from lightning_prune.lottery import random_sign_state, shuffle_within_groups, signed_constant_state
 from lightning_prune.models import Classifier
+from lightning_prune.teaching import accuracy, mean_std, quiet_trainer
 
 BATCH_SIZE = 64
 LR = 1.2e-3
@@ -75,12 +76,6 @@ def _model(config: dict[str, Any]) -> Classifier:
     return Classifier("lenet_300_100", arch_kwargs=config["arch_kwargs"], lr=LR, input_shape=config["input_shape"])
 
 
-def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    model.eval()
-    with torch.no_grad():
-        return float((model(x).argmax(dim=1) == y).float().mean())
-
-
 def run(dataset: str, seed: int, rounds: int = 7, epochs_per_round: int = 8, per_cycle: float = 0.3) -> dict[str, Any]:
     """Both trained variants and the untrained supermask tests for one data set and seed."""
     config = DATASETS[dataset]
@@ -98,10 +93,10 @@ def run(dataset: str, seed: int, rounds: int = 7, epochs_per_round: int = 8, per
                           verbose=False, **options)
         assert len(pruning.fractions) == rounds
         recorder = RoundStart(pruning, epochs_per_round)
-        trainer = C.trainer((rounds + 1) * epochs_per_round, [pruning, recorder], num_sanity_val_steps=0, limit_val_batches=0)
+        trainer = quiet_trainer((rounds + 1) * epochs_per_round, [pruning, recorder], limit_val_batches=0)
         trainer.fit(model, data)
         result["trained"][variant] = {
-            "test_acc": _accuracy(model, test_x, test_y),
+            "test_acc": accuracy(model, test_x, test_y),
             "remaining": [1.0] + [1.0 - row["sparsity"] for row in pruning.history],
         }
         if variant != "ticket":
@@ -117,14 +112,14 @@ def run(dataset: str, seed: int, rounds: int = 7, epochs_per_round: int = 8, per
             for kind, state in starts.items():
                 probe.load_state_dict(state)
                 apply_masks(probe, masks)
-                result["untrained"][kind].append(_accuracy(probe, test_x, test_y))
+                result["untrained"][kind].append(accuracy(probe, test_x, test_y))
             everything = {name: torch.ones_like(mask) for name, mask in keep.items()}
             shuffled = shuffle_within_groups(everything, keep, generator)
             probe.load_state_dict(initial)
             apply_masks(probe, {f"{name}.weight": mask for name, mask in shuffled.items()})
-            result["untrained"]["random mask"].append(_accuracy(probe, test_x, test_y))
+            result["untrained"]["random mask"].append(accuracy(probe, test_x, test_y))
         probe.load_state_dict(initial)
-        result["untrained_dense"] = _accuracy(probe, test_x, test_y)
+        result["untrained_dense"] = accuracy(probe, test_x, test_y)
     assert result["trained"]["ticket"]["remaining"] == result["trained"]["signed_constant"]["remaining"]
     return result
 
@@ -136,16 +131,16 @@ def table(results: list[dict[str, Any]], dataset: str) -> str:
     for i, fraction in enumerate(remaining):
         cells = []
         for kind in UNTRAINED:
-            m, s = C.mean_std([100 * r["untrained"][kind][i] for r in runs])
+            m, s = mean_std([100 * r["untrained"][kind][i] for r in runs])
             cells.append(f"{m:.1f} ± {s:.1f}")
         out.append(f"| {100 * fraction:.1f} % | " + " | ".join(cells) + " |")
-    dense_m, dense_s = C.mean_std([100 * r["untrained_dense"] for r in runs])
+    dense_m, dense_s = mean_std([100 * r["untrained_dense"] for r in runs])
     lines = [f"Untrained networks (test accuracy %, mean ± std over {len(runs)} seeds; untrained dense network "
              f"{dense_m:.1f} ± {dense_s:.1f}):", ""] + out
     ticket = [100 * r["trained"]["ticket"]["test_acc"] for r in runs]
     signed = [100 * r["trained"]["signed_constant"]["test_acc"] for r in runs]
-    (tm, ts), (sm, ss) = C.mean_std(ticket), C.mean_std(signed)
-    dm, ds = C.mean_std([s - t for s, t in zip(signed, ticket)])
+    (tm, ts), (sm, ss) = mean_std(ticket), mean_std(signed)
+    dm, ds = mean_std([s - t for s, t in zip(signed, ticket)])
     lines += ["", f"Trained at {100 * remaining[-1]:.1f} % remaining (test accuracy %): ticket {tm:.2f} ± {ts:.2f}, "
               f"signed constant {sm:.2f} ± {ss:.2f} (paired difference {dm:+.2f} ± {ds:.2f})."]
     return "\n".join(lines)
@@ -162,7 +157,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         runs = [r for r in results if r["dataset"] == dataset]
         x = [100 * f for f in runs[0]["trained"]["ticket"]["remaining"][1:]]
         for kind in UNTRAINED:
-            stats = [C.mean_std([100 * r["untrained"][kind][i] for r in runs]) for i in range(len(x))]
+            stats = [mean_std([100 * r["untrained"][kind][i] for r in runs]) for i in range(len(x))]
             ax.errorbar(x, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=kind)
         ax.axhline(10, color="grey", ls=":", lw=1, label="chance")
         ax.set_xscale("log")

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import lightning as L
 
-import _common as C  # noqa: E402  (experiments/ is on sys.path when run as a script)
 from lightning_prune import Pruning
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import Classifier
+from lightning_prune.teaching import mean_std, quiet_trainer
 
 EPOCHS = 20
 LR = 3e-3
@@ -45,7 +45,7 @@ def run(variant: str, seed: int) -> dict:
     """Train one variant with one seed; return its test accuracy and final sparsity."""
     L.seed_everything(seed, verbose=False)
     pruning = VARIANTS[variant]()
-    trainer = C.trainer(EPOCHS, [pruning] if pruning else [])
+    trainer = quiet_trainer(EPOCHS, [pruning] if pruning else [], num_sanity_val_steps=2)  # Lightning's default sanity check, as in the committed run
     model = Classifier("lenet_300_100", lr=LR, input_shape=(1, 8, 8))
     data = DigitsDataModule(batch_size=64, seed=seed)
     trainer.fit(model, data)
@@ -66,9 +66,9 @@ def main() -> None:
     for variant in VARIANTS:
         accs = [r["test_acc"] for r in rows if r["variant"] == variant]
         sparsity = statistics.mean(r["sparsity"] for r in rows if r["variant"] == variant)
-        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        lines.append(f"| {variant} | {len(accs)} | {100 * statistics.mean(accs):.2f} ± {100 * std:.2f} | "
-                     f"{sparsity:.3f} | {100 * (dense - statistics.mean(accs)):+.2f} |")
+        mean, std = mean_std(accs)
+        lines.append(f"| {variant} | {len(accs)} | {100 * mean:.2f} ± {100 * std:.2f} | "
+                     f"{sparsity:.3f} | {100 * (dense - mean):+.2f} |")
     table = "\n".join(lines)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)

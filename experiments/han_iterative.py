@@ -40,6 +40,7 @@ from lightning_prune import Pruning
 from lightning_prune.data import DigitsDataModule, MNISTDataModule
 from lightning_prune.models import Classifier
 from lightning_prune.schedules import sparsity_schedule
+from lightning_prune.teaching import mean_std, quiet_trainer
 
 BATCH_SIZE = 64
 LR = 3e-3
@@ -52,7 +53,7 @@ PLOT_TITLES = {"digits": "digits", "mnist": "the real-MNIST subset"}
 
 
 def _fit(model: Classifier, seed: int, epochs: int, callbacks: list, dataset: str = "digits") -> dict[str, Any]:
-    trainer = C.trainer(epochs, callbacks, num_sanity_val_steps=0)
+    trainer = quiet_trainer(epochs, callbacks)
     data = DATASETS[dataset](batch_size=BATCH_SIZE, seed=seed)
     start = time.perf_counter()
     trainer.fit(model, data)
@@ -144,7 +145,7 @@ can be compared.
 def table(rows: list[dict[str, Any]], targets: tuple[float, ...] = TARGETS) -> str:
     seeds = sorted({r["seed"] for r in rows})
     dense = {r["seed"]: r["test_acc"] for r in rows if r["method"] == "dense"}
-    d_mean, d_std = C.mean_std([100 * v for v in dense.values()])
+    d_mean, d_std = mean_std([100 * v for v in dense.values()])
     warmup = next(r["epochs"] for r in rows if r["method"] == "dense")
     out = [f"Dense ({warmup} epochs): test {d_mean:.2f} ± {d_std:.2f} over {len(seeds)} seeds.", "",
            "| target sparsity | weights remaining | compression | epochs | iterative test acc | one-shot test acc | "
@@ -153,11 +154,11 @@ def table(rows: list[dict[str, Any]], targets: tuple[float, ...] = TARGETS) -> s
         by = {(r["method"], r["seed"]): r for r in rows if r["target"] == target}
         if not by:
             continue
-        it = C.mean_std([100 * by[("iterative", s)]["test_acc"] for s in seeds])
-        one = C.mean_std([100 * by[("oneshot", s)]["test_acc"] for s in seeds])
-        diff = C.mean_std([100 * (by[("iterative", s)]["test_acc"] - by[("oneshot", s)]["test_acc"]) for s in seeds])
-        di = C.mean_std([100 * (by[("iterative", s)]["test_acc"] - dense[s]) for s in seeds])
-        do = C.mean_std([100 * (by[("oneshot", s)]["test_acc"] - dense[s]) for s in seeds])
+        it = mean_std([100 * by[("iterative", s)]["test_acc"] for s in seeds])
+        one = mean_std([100 * by[("oneshot", s)]["test_acc"] for s in seeds])
+        diff = mean_std([100 * (by[("iterative", s)]["test_acc"] - by[("oneshot", s)]["test_acc"]) for s in seeds])
+        di = mean_std([100 * (by[("iterative", s)]["test_acc"] - dense[s]) for s in seeds])
+        do = mean_std([100 * (by[("oneshot", s)]["test_acc"] - dense[s]) for s in seeds])
         out.append(f"| {target:.2f} | {100 * (1 - target):.1f} % | {1 / (1 - target):.0f}x | "
                    f"{by[('iterative', seeds[0])]['epochs']} | {it[0]:.2f} ± {it[1]:.2f} | {one[0]:.2f} ± {one[1]:.2f} | "
                    f"{diff[0]:+.2f} ± {diff[1]:.2f} | {di[0]:+.2f} ± {di[1]:.2f} | {do[0]:+.2f} ± {do[1]:.2f} |")
@@ -179,7 +180,7 @@ def plot(rows: list[dict[str, Any]], path: Path, targets: tuple[float, ...] = TA
             vals = [100 * r["test_acc"] for r in rows if r["method"] == method and r["target"] == target]
             if vals:
                 x.append(100 * (1 - target))
-                mm, ss = C.mean_std(vals)
+                mm, ss = mean_std(vals)
                 m.append(mm), s.append(ss)
         m, s = np.array(m), np.array(s)
         ax.plot(x, m, "o-", color=color, label=method)

@@ -48,6 +48,7 @@ import _common as C  # noqa: E402  (experiments/ is on sys.path when run as a sc
 from lightning_prune import Pruning
 from lightning_prune.data import DigitsDataModule, MNIST1DDataModule, MNISTDataModule
 from lightning_prune.models import Classifier
+from lightning_prune.teaching import accuracy, mean_std, quiet_trainer
 
 BATCH_SIZE = 64
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -86,11 +87,8 @@ class RoundRecorder(Callback):
         self.val[epoch] = float(trainer.callback_metrics["val_acc"])
         self.val_loss[epoch] = float(trainer.callback_metrics["val_loss"])
         was_training = pl_module.training
-        pl_module.eval()
-        with torch.no_grad():
-            predictions = pl_module(self.test_x).argmax(dim=1)
+        self.test[epoch] = accuracy(pl_module, self.test_x, self.test_y)
         pl_module.train(was_training)
-        self.test[epoch] = float((predictions == self.test_y).float().mean())
 
 
 def run(variant: str, seed: int, dataset: str = "digits", rounds: int = 14, epochs_per_round: int = 15,
@@ -121,7 +119,7 @@ def run(variant: str, seed: int, dataset: str = "digits", rounds: int = 14, epoc
     test_x, test_y = data.splits["test"].tensors
     recorder = RoundRecorder(test_x, test_y)
     max_epochs = (rounds + 1) * epochs_per_round
-    trainer = C.trainer(max_epochs, [pruning, recorder], num_sanity_val_steps=0)
+    trainer = quiet_trainer(max_epochs, [pruning, recorder])
     start = time.perf_counter()
     trainer.fit(model, data)
     fit_seconds = time.perf_counter() - start
@@ -254,7 +252,7 @@ def table(results: list[dict[str, Any]], dataset: str) -> str:
         for variant in VARIANTS:
             rows = [r["rounds"][i] for r in runs if r["variant"] == variant]
             for key, scale in (("val_acc", 100), ("test_acc", 100), ("early_stop_test_acc", 100), ("early_stop_epoch", 1)):
-                m, s = C.mean_std([scale * row[key] for row in rows])
+                m, s = mean_std([scale * row[key] for row in rows])
                 cells.append(f"{m:.2f} ± {s:.2f}" if scale == 100 else f"{m:.1f} ± {s:.1f}")
         out.append(f"| {i} | {100 * remaining:.1f} % | " + " | ".join(cells) + " |")
     return f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); accuracies in %, mean ± std.\n\n" + "\n".join(out)

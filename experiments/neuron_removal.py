@@ -38,6 +38,7 @@ import _common as C  # noqa: E402  (experiments/ is on sys.path when run as a sc
 from lightning_prune import Pruning
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import Classifier
+from lightning_prune.teaching import mean_std, quiet_trainer
 
 BATCH_SIZE = 64
 SELECTION_SEEDS = (100, 101, 102)
@@ -106,7 +107,7 @@ def run(experiment: str, seed: int, setting: str | None = "chosen", epochs: int 
     dense_params = sum(p.numel() for p in model.parameters())
     dense_widths = _widths(model.model)
     callback = make_pruning(CANDIDATES[experiment][setting]) if setting is not None else None
-    trainer = C.trainer(epochs, [callback] if callback else [])
+    trainer = quiet_trainer(epochs, [callback] if callback else [], num_sanity_val_steps=2)  # Lightning's default sanity check, as in the committed runs
     data = DigitsDataModule(batch_size=BATCH_SIZE, seed=seed)
     start = time.perf_counter()
     trainer.fit(model, data)
@@ -185,9 +186,9 @@ def tables(rows: list[dict[str, Any]], settings: dict[str, list[str]]) -> str:
             seeds = sorted(set(dense) & set(pruned))
             if not seeds:
                 continue
-            d_mean, d_std = C.mean_std([100 * dense[s]["test_acc"] for s in seeds])
-            p_mean, p_std = C.mean_std([100 * pruned[s]["test_acc"] for s in seeds])
-            drop, drop_std = C.mean_std([100 * (dense[s]["test_acc"] - pruned[s]["test_acc"]) for s in seeds])
+            d_mean, d_std = mean_std([100 * dense[s]["test_acc"] for s in seeds])
+            p_mean, p_std = mean_std([100 * pruned[s]["test_acc"] for s in seeds])
+            drop, drop_std = mean_std([100 * (dense[s]["test_acc"] - pruned[s]["test_acc"]) for s in seeds])
             first = pruned[seeds[0]]
             same_size = len({pruned[s]["params"] for s in seeds}) == 1
             params = (f"{first['params']:,} / {first['dense_params']:,} ({100 * first['params_fraction']:.1f} %)"

@@ -53,6 +53,7 @@ from lightning_prune import Pruning
 from lightning_prune.data import DigitsDataModule, MNIST1DDataModule
 from lightning_prune.lottery import scratch_epochs, scratch_model, ticket_model
 from lightning_prune.models import Classifier
+from lightning_prune.teaching import mean_std, quiet_trainer
 
 BATCH_SIZE = 64
 EXPERIMENTS: dict[str, dict[str, Any]] = {
@@ -72,7 +73,7 @@ def _model(config: dict[str, Any], lr_schedule: str) -> Classifier:
 
 
 def _fit(model: Classifier, config: dict[str, Any], seed: int, epochs: int, callbacks: list | None = None) -> dict[str, Any]:
-    trainer = C.trainer(epochs, callbacks or [], num_sanity_val_steps=0)
+    trainer = quiet_trainer(epochs, callbacks or [])
     data = config["data"](batch_size=BATCH_SIZE, seed=seed)
     start = time.perf_counter()
     trainer.fit(model, data)
@@ -198,9 +199,9 @@ def tables(rows: list[dict[str, Any]]) -> str:
         by = {(r["variant"], r["seed"]): r for r in mine}
         for variant in VARIANTS:
             vrows = [by[(variant, s)] for s in seeds]
-            t_mean, t_std = C.mean_std([100 * r["test_acc"] for r in vrows])
-            v_mean, v_std = C.mean_std([100 * r["val_acc"] for r in vrows])
-            d_mean, d_std = C.mean_std([100 * (by[(variant, s)]["test_acc"] - by[("fine-tuned", s)]["test_acc"]) for s in seeds])
+            t_mean, t_std = mean_std([100 * r["test_acc"] for r in vrows])
+            v_mean, v_std = mean_std([100 * r["val_acc"] for r in vrows])
+            d_mean, d_std = mean_std([100 * (by[(variant, s)]["test_acc"] - by[("fine-tuned", s)]["test_acc"]) for s in seeds])
             out.append(f"| {name} | {variant} | {len(seeds)} | {vrows[0]['epochs']} | {vrows[0]['params']:,} | "
                        f"{t_mean:.2f} ± {t_std:.2f} | {v_mean:.2f} ± {v_std:.2f} | "
                        f"{'—' if variant == 'fine-tuned' else f'{d_mean:+.2f} ± {d_std:.2f}'} |")
@@ -220,7 +221,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         means, stds, labels = [], [], []
         for variant in VARIANTS:
             vals = [100 * r["test_acc"] for r in rows if r["experiment"] == name and r["variant"] == variant]
-            m, s = C.mean_std(vals)
+            m, s = mean_std(vals)
             epochs = next(r["epochs"] for r in rows if r["experiment"] == name and r["variant"] == variant)
             means.append(m), stds.append(s), labels.append(f"{variant}\n({epochs} ep)")
         ax.bar(labels, means, yerr=stds, capsize=4, color=["0.6", "C0", "C1", "C2", "C3"])

@@ -1,18 +1,21 @@
-"""Small helpers for the course notebooks: a quiet, reproducible setting and trainer.
+"""Small helpers defined once for the course notebooks, the tests, the experiments and the benchmarks.
 
-They keep the notebooks to the concept being taught: one call instead of the same setup cell in
-every notebook.
+A quiet, reproducible setting and trainer, the accuracy of a model on a batch of examples, the widths
+of its ``Linear`` layers, and the mean and standard deviation of a few seeds' results. They keep the
+notebooks to the concept being taught: one import instead of the same helper written in every notebook.
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import lightning as L
 import torch
+from torch import nn
 
 
 def quiet_setup(seed: int = 0) -> None:
@@ -24,7 +27,11 @@ def quiet_setup(seed: int = 0) -> None:
 
 
 def quiet_trainer(max_epochs: int, callbacks: Iterable[L.Callback] = (), **overrides: Any) -> L.Trainer:
-    """A deterministic CPU ``Trainer`` without progress bar, logger, checkpoints or sanity check."""
+    """A deterministic CPU ``Trainer`` without progress bar, logger, checkpoints or sanity check.
+
+    ``overrides`` add to or replace these options (e.g. ``limit_val_batches=0``, or
+    ``num_sanity_val_steps=2`` for Lightning's default sanity check).
+    """
     options: dict[str, Any] = dict(
         max_epochs=max_epochs, accelerator="cpu", devices=1, deterministic=True, callbacks=list(callbacks),
         enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False,
@@ -32,3 +39,23 @@ def quiet_trainer(max_epochs: int, callbacks: Iterable[L.Callback] = (), **overr
     )
     options.update(overrides)
     return L.Trainer(**options)
+
+
+@torch.no_grad()
+def accuracy(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of the examples ``x`` whose highest logit is the label ``y``.
+
+    Puts ``module`` in eval mode and leaves it there (``Trainer.fit`` switches back to training).
+    """
+    module.eval()
+    return (module(x).argmax(dim=1) == y).float().mean().item()
+
+
+def widths(model: nn.Module) -> list[int]:
+    """Output width of every ``Linear`` layer of ``model``, in the order they were registered."""
+    return [module.out_features for module in model.modules() if isinstance(module, nn.Linear)]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of ``values`` (standard deviation 0 for a single value)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0

@@ -3,7 +3,6 @@
 No speed is asserted: the figures of a quick run on tiny models mean nothing, and the machine is shared.
 """
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -239,15 +238,14 @@ def test_summarise_pairs_each_repeat_with_the_baseline():
 
 
 def test_helpers_are_defined_once():
-    spec = importlib.util.spec_from_file_location("experiments_common", ROOT / "experiments" / "_common.py")
-    experiments_common = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(experiments_common)
-    assert experiments_common.mean_std is stats.mean_std is C.mean_std
+    from lightning_prune import teaching
+
+    assert teaching.mean_std is stats.mean_std is C.mean_std
     helpers = ("machine_info", "interleave", "_interleave", "calibrated_blocks", "mean_std", "spread", "loglog_slope")
     defined = {}
     for path in sorted((ROOT / "benchmarks").glob("*.py")) + sorted((ROOT / "experiments").glob("*.py")):
         for name in re.findall(r"^def (\w+)\(", path.read_text(), flags=re.M):
             if name in helpers:
                 defined.setdefault(name, []).append(path.name)
-    assert defined == {"interleave": ["_common.py"], "mean_std": ["stats.py"], "spread": ["stats.py"],
+    assert defined == {"interleave": ["_common.py"], "spread": ["stats.py"],
                        "loglog_slope": ["stats.py"], "machine_info": ["_common.py"]}

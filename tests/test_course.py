@@ -9,12 +9,12 @@ import pytest
 
 import lightning_prune
 from lightning_prune import callback, checkpoint, counting, criteria, layers, lottery, masks, pruner, ranking
-from lightning_prune import schedules, statistics, structure, surgery
+from lightning_prune import schedules, statistics, structure, surgery, teaching
 
 COURSE = Path(__file__).parents[1] / "course"
 NOTEBOOKS = sorted(COURSE.glob("*.ipynb"))
 MODULES = [lightning_prune, callback, checkpoint, counting, criteria, layers, lottery, masks, pruner, ranking,
-           schedules, statistics, structure, surgery]
+           schedules, statistics, structure, surgery, teaching]
 LIBRARY_NAMES = {
     name for module in MODULES for name, value in vars(module).items()
     if (inspect.isfunction(value) or inspect.isclass(value)) and getattr(value, "__module__", "").startswith("lightning_prune")
@@ -23,6 +23,10 @@ LIBRARY_NAMES = {
 
 def test_there_are_notebooks():
     assert NOTEBOOKS
+
+
+def test_the_teaching_helpers_count_as_library_names():
+    assert {"accuracy", "widths", "mean_std", "quiet_trainer", "quiet_setup"} <= LIBRARY_NAMES
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])

@@ -27,11 +27,9 @@ from lightning_prune.data import (
     load_frozen,
 )
 from lightning_prune.models import Classifier
+from trainers import make_trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-QUIET_TRAINER = dict(
-    enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False
-)
 
 
 class TinyClassifier(L.LightningModule):
@@ -241,7 +239,7 @@ def test_iterating_the_loaders_leaves_the_global_rng_alone() -> None:
 def test_trainer_fits_and_tests_with_the_datamodule(datamodule_class) -> None:
     datamodule = datamodule_class(batch_size=32)
     model = TinyClassifier(datamodule.input_shape)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, **QUIET_TRAINER)
+    trainer = make_trainer(1, limit_train_batches=2)
     trainer.fit(model, datamodule)
     assert trainer.global_step == 2 and "val_loss" in trainer.callback_metrics
     trainer.test(model, datamodule, verbose=False)
@@ -252,8 +250,7 @@ def test_lenet_300_100_learns_real_mnist_in_one_short_epoch() -> None:
     L.seed_everything(0, verbose=False)
     datamodule = MNISTDataModule(batch_size=64, seed=0)
     model = Classifier("lenet_300_100", input_shape=datamodule.input_shape)  # 784 inputs from input_shape
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=20, accelerator="cpu", deterministic=True,
-                        **QUIET_TRAINER)
+    trainer = make_trainer(1, limit_train_batches=20)
     trainer.fit(model, datamodule)
     assert trainer.global_step == 20  # 1,280 of the 3,500 training images
     (result,) = trainer.test(model, datamodule, verbose=False)
@@ -263,9 +260,7 @@ def test_lenet_300_100_learns_real_mnist_in_one_short_epoch() -> None:
 def test_resumed_run_sees_the_same_order_as_an_uninterrupted_run(tmp_path: Path) -> None:
     def fit(max_epochs: int, record_dir: Path, ckpt_path: Path | None = None) -> L.Trainer:
         record_dir.mkdir(exist_ok=True)
-        trainer = L.Trainer(
-            max_epochs=max_epochs, limit_train_batches=2, limit_val_batches=0, **QUIET_TRAINER
-        )
+        trainer = make_trainer(max_epochs, limit_train_batches=2, limit_val_batches=0)
         model = TinyClassifier((1, 40), record_dir)
         trainer.fit(model, MNIST1DDataModule(seed=5), ckpt_path=ckpt_path)
         return trainer
@@ -286,10 +281,7 @@ def test_ddp_spawn_ranks_get_disjoint_shards_in_a_reproducible_order(
 ) -> None:
     monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # the seed Lightning gives DistributedSamplerWrapper
     datamodule = MNIST1DDataModule(batch_size=250, seed=3)
-    trainer = L.Trainer(
-        strategy="ddp_spawn", accelerator="cpu", devices=2, max_epochs=2, limit_val_batches=0,
-        **QUIET_TRAINER,
-    )
+    trainer = make_trainer(2, strategy="ddp_spawn", devices=2, limit_val_batches=0)
     trainer.fit(TinyClassifier((1, 40), tmp_path), datamodule)
 
     train = datamodule.train_dataloader().dataset

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_prune.models import MODELS, Classifier, build_model
+from trainers import make_trainer
 
 ROOTS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
@@ -187,11 +188,7 @@ def _loader(shape: tuple[int, ...], n: int = 32, classes: int = 10) -> DataLoade
 
 
 def _trainer(root: Path) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=1, limit_train_batches=2, limit_val_batches=1, limit_test_batches=1,
-        accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False,
-        logger=False, enable_checkpointing=False, default_root_dir=root,
-    )
+    return make_trainer(1, limit_train_batches=2, limit_val_batches=1, limit_test_batches=1, default_root_dir=root)
 
 
 @pytest.mark.parametrize("name", list(SPECS))
@@ -252,9 +249,7 @@ def test_cosine_schedule_anneals_over_max_epochs_and_survives_neuron_removal() -
     lrs = Lrs()
     pruning = Pruning(criterion="l2", granularity="neuron", scope="layer", target=0.5, schedule="geometric",
                       per_cycle=0.3, warmup_epochs=1, finetune_epochs=1, verbose=False)
-    trainer = L.Trainer(max_epochs=4, callbacks=[pruning, lrs], limit_train_batches=2, limit_val_batches=1,
-                        accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False,
-                        logger=False, enable_checkpointing=False)
+    trainer = make_trainer(4, [pruning, lrs], limit_train_batches=2, limit_val_batches=1)
     trainer.fit(module, DigitsDataModule(batch_size=32))
     assert module.model.features[0].out_features < 300  # neurons were removed during the fit
     assert lrs.lrs == pytest.approx([0.01 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)])
@@ -282,9 +277,7 @@ def test_cosine_schedule_length_can_follow_lottery_rounds() -> None:
     lrs = Lrs()
     pruning = Pruning(criterion="l1", target=0.5, schedule="geometric", per_cycle=0.3, warmup_epochs=3, finetune_epochs=3,
                       rewind="init", verbose=False)
-    trainer = L.Trainer(max_epochs=3 + 3 * len(pruning.fractions), callbacks=[pruning, lrs], limit_train_batches=2,
-                        limit_val_batches=1, accelerator="cpu", devices=1, enable_progress_bar=False,
-                        enable_model_summary=False, logger=False, enable_checkpointing=False)
+    trainer = make_trainer(3 + 3 * len(pruning.fractions), [pruning, lrs], limit_train_batches=2, limit_val_batches=1)
     trainer.fit(module, DigitsDataModule(batch_size=32))
     one_round = [0.01 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)]
     assert lrs.lrs == pytest.approx(one_round * (1 + len(pruning.fractions)))  # every round anneals from the start

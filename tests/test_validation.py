@@ -11,6 +11,7 @@ from lightning_prune import Pruning
 from lightning_prune.criteria import Magnitude
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import Classifier
+from trainers import make_trainer
 
 VALID = dict(criterion="l1", granularity="weight", scope="global", target=0.5)
 
@@ -72,9 +73,7 @@ def test_numpy_and_tensor_fractions_are_accepted_as_plain_floats(target):
 
 
 def _fit(pruning, max_epochs=2, model=None):
-    trainer = L.Trainer(max_epochs=max_epochs, callbacks=[pruning], enable_progress_bar=False, logger=False,
-                        enable_checkpointing=False, enable_model_summary=False, limit_train_batches=2,
-                        limit_val_batches=1, num_sanity_val_steps=0)
+    trainer = make_trainer(max_epochs, [pruning], limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0)
     trainer.fit(model or Classifier("lenet_300_100", input_shape=(1, 8, 8)), DigitsDataModule(batch_size=32))
     return trainer
 
@@ -157,9 +156,8 @@ def test_a_cycle_cut_short_by_early_stopping_is_not_judged():
                 trainer.should_stop = True
 
     pruning = Pruning(target=0.5, warmup_epochs=1, finetune_epochs=2, monitor="val_acc", max_drop=0.5)
-    trainer = L.Trainer(max_epochs=3, callbacks=[pruning, StopAfterFirstFinetuneEpoch()], enable_progress_bar=False,
-                        logger=False, enable_checkpointing=False, enable_model_summary=False, limit_train_batches=2,
-                        limit_val_batches=1, num_sanity_val_steps=0)
+    trainer = make_trainer(3, [pruning, StopAfterFirstFinetuneEpoch()], limit_train_batches=2, limit_val_batches=1,
+                           num_sanity_val_steps=0)
     trainer.fit(Classifier("lenet_300_100", input_shape=(1, 8, 8)), DigitsDataModule(batch_size=32))
     assert trainer.current_epoch == 2  # stopped after epoch 1, the cycle's first of two epochs
     assert pruning.history[0]["accepted"] is None

@@ -1,21 +1,11 @@
 """The tests' tiny real Trainer, importable by name (a module named ``conftest`` is ambiguous: the
 teacher's folder ``course/teacher`` has one too, for nbval)."""
 
-import lightning as L
+from functools import partial
 
+from lightning_prune.teaching import quiet_trainer
 
-def make_trainer(max_epochs, callbacks=(), **kwargs):
-    """A tiny real Trainer: no progress bar, no logger, no checkpoints unless asked."""
-    options = dict(
-        max_epochs=max_epochs,
-        callbacks=list(callbacks),
-        enable_progress_bar=False,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
-        deterministic=True,
-    )
-    options.update(kwargs)
-    return L.Trainer(**options)
+#: ``quiet_trainer(max_epochs, callbacks=(), **overrides)``: the course's deterministic CPU Trainer
+#: without progress bar, logger or checkpoints, but with Lightning's sanity check of two validation
+#: batches (the callbacks' validation hooks run before training, as in a user's default Trainer).
+make_trainer = partial(quiet_trainer, num_sanity_val_steps=2)

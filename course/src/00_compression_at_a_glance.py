@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_prune.teaching import quiet_setup, quiet_trainer
+from lightning_prune.teaching import accuracy, quiet_setup, quiet_trainer
 from lightning_prune import Pruning
 from lightning_prune.counting import count_macs, count_parameters
 from lightning_prune.data import DigitsDataModule
@@ -74,12 +74,6 @@ datamodule.setup("fit")
 x_test = torch.cat([xb for xb, _ in datamodule.test_dataloader()])
 y_test = torch.cat([yb for _, yb in datamodule.test_dataloader()])
 example = torch.zeros(2, 1, 8, 8)
-
-
-@torch.no_grad()
-def accuracy(module, x, y):
-    module.eval()
-    return (module(x).argmax(dim=1) == y).float().mean().item()
 
 
 def serialized_bytes(state):

@@ -41,7 +41,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from lightning_prune.teaching import quiet_setup, quiet_trainer
+from lightning_prune.teaching import accuracy, quiet_setup, quiet_trainer
 from lightning_prune import APoZ, Magnitude, Pruning, remove_units
 from lightning_prune.counting import count_macs, count_parameters
 from lightning_prune.criteria import score_layers
@@ -59,13 +59,6 @@ datamodule.setup("test")
 x_val = torch.cat([xb for xb, _ in datamodule.val_dataloader()])
 y_test = torch.cat([yb for _, yb in datamodule.test_dataloader()])
 x_test = torch.cat([xb for xb, _ in datamodule.test_dataloader()])
-
-
-@torch.no_grad()
-def accuracy(module, x, y):
-    module.eval()
-    return (module(x).argmax(dim=1) == y).float().mean().item()
-
 
 # %% [markdown]
 # ## Neuron importance: activation frequency versus weight norms

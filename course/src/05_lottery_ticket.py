@@ -48,7 +48,7 @@ import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lightning_prune.teaching import quiet_setup, quiet_trainer
+from lightning_prune.teaching import accuracy, quiet_setup, quiet_trainer
 from lightning_prune import Pruning
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import Classifier
@@ -113,9 +113,7 @@ class RoundRecorder(Callback):
     def on_validation_end(self, trainer, pl_module):
         epoch = trainer.current_epoch
         self.val[epoch] = float(trainer.callback_metrics["val_acc"])
-        pl_module.eval()
-        with torch.no_grad():
-            self.test[epoch] = (pl_module(x_test).argmax(dim=1) == y_test).float().mean().item()
+        self.test[epoch] = accuracy(pl_module, x_test, y_test)
         pl_module.train()
 
 
@@ -292,9 +290,7 @@ def untrained_accuracy(state, keep):
     model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
     model.load_state_dict(state)
     apply_masks(model, {name + ".weight": mask for name, mask in keep.items()})
-    model.eval()
-    with torch.no_grad():
-        return (model(x_test).argmax(dim=1) == y_test).float().mean().item()
+    return accuracy(model, x_test, y_test)
 
 
 initial = ticket["initial"]

@@ -45,9 +45,8 @@
 import lightning as L
 import matplotlib.pyplot as plt
 import torch
-from torch import nn
 
-from lightning_prune.teaching import quiet_setup, quiet_trainer
+from lightning_prune.teaching import accuracy, quiet_setup, quiet_trainer, widths
 from lightning_prune import Pruning
 from lightning_prune.counting import count_macs, count_parameters
 from lightning_prune.data import DigitsDataModule
@@ -73,17 +72,6 @@ def new_model():
     return Classifier("lenet_300_100", lr=3e-3, input_shape=(1, 8, 8))
 
 
-def test_accuracy(model):
-    model.eval()
-    with torch.no_grad():
-        return (model(x_test).argmax(dim=1) == y_test).float().mean().item()
-
-
-def widths(model):
-    """Output width of every Linear layer: the architecture."""
-    return {name: module.weight.shape[0] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
-
-
 # %% [markdown]
 # ## Step 1: dense reference, then prune and fine-tune
 #
@@ -105,7 +93,7 @@ pruning = Pruning(criterion="l2", granularity="neuron", scope="layer", target=0.
                   warmup_epochs=WARMUP, finetune_epochs=FINETUNE, remove=True, verbose=False)
 quiet_trainer(E, [pruning]).fit(pruned, datamodule)
 plan = pruning.plan  # the removals done, replayable on a fresh dense model
-acc = {"dense": test_accuracy(dense), "fine-tuned": test_accuracy(pruned)}
+acc = {"dense": accuracy(dense, x_test, y_test), "fine-tuned": accuracy(pruned, x_test, y_test)}
 
 # %% [markdown]
 # ## Step 2: the same architecture, from scratch
@@ -154,7 +142,7 @@ for variant, epochs in capped.items():
     L.seed_everything(SEED, verbose=False)
     model = scratch_model(new_model(), plan, SEED)
     quiet_trainer(epochs).fit(model, datamodule)
-    acc[variant] = test_accuracy(model)
+    acc[variant] = accuracy(model, x_test, y_test)
 
 # %% [markdown]
 # ## Results (one seed)

@@ -54,7 +54,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_prune.teaching import quiet_setup, quiet_trainer
+from lightning_prune.teaching import accuracy, quiet_setup, quiet_trainer, widths
 from lightning_prune import Pruning, export_program, load_compact, remove_zeroed_units, save_compact
 from lightning_prune.checkpoint import PLAN_KEY
 from lightning_prune.cli import config_path, main
@@ -74,18 +74,6 @@ datamodule = DigitsDataModule(batch_size=64, seed=0)
 datamodule.setup("fit")
 x_test = torch.cat([xb for xb, _ in datamodule.test_dataloader()])
 y_test = torch.cat([yb for _, yb in datamodule.test_dataloader()])
-
-
-@torch.no_grad()
-def accuracy(module, x, y):
-    module.eval()
-    return (module(x).argmax(dim=1) == y).float().mean().item()
-
-
-def widths(model):
-    """Output width of every `Linear` layer, in order."""
-    return [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
-
 
 # %% [markdown]
 # ## 1 · The command line and a YAML config

@@ -47,7 +47,7 @@ import lightning as L
 import matplotlib.pyplot as plt
 import torch
 
-from lightning_prune.teaching import quiet_setup, quiet_trainer
+from lightning_prune.teaching import accuracy, quiet_setup, quiet_trainer
 from lightning_prune import Magnitude, NeuronStructure, Pruning, apply_masks
 from lightning_prune.counting import count_macs, count_parameters
 from lightning_prune.criteria import score_layers
@@ -65,12 +65,6 @@ datamodule.setup("test")
 x_test = torch.cat([xb for xb, _ in datamodule.test_dataloader()])
 y_test = torch.cat([yb for _, yb in datamodule.test_dataloader()])
 example = torch.zeros(2, 1, 8, 8)  # the digits are 1 × 8 × 8 images
-
-
-@torch.no_grad()
-def accuracy(module, x, y):
-    module.eval()
-    return (module(x).argmax(dim=1) == y).float().mean().item()
 
 
 def conv_widths(model):
