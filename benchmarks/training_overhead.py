@@ -12,7 +12,7 @@ are not masked) and trained with Adam on batches of 64:
     Plain step: forward, cross-entropy, backward, ``Adam.step()``, ``zero_grad()``. Nothing masked.
 ``lightning_prune``
     The same step with the library's public mask API called in the order the ``Pruning`` callback
-    calls it when its masks change (:func:`enforce_like_the_callback`): ``apply_masks``,
+    calls it when its masks change (:func:`lightning_prune.masks.enforce_masks`): ``apply_masks``,
     ``MaskEnforcer(model, masks)``, ``enforce([optimizer])`` (weights and Adam state), then
     ``attach([optimizer])``: a step post-hook that zeroes the pruned *weights only* after every
     ``optimizer.step()`` (one fused multiply). (The callback's own sequence is private; the library
@@ -87,7 +87,7 @@ from torch import nn
 
 import lightning
 from lightning_prune.layers import PRUNABLE_TYPES
-from lightning_prune.masks import MaskEnforcer, apply_masks
+from lightning_prune.masks import MaskEnforcer, apply_masks, enforce_masks
 from lightning_prune.models import build_model
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
@@ -212,17 +212,6 @@ class GradMaskNonzeroSecondMoment:
                     value.mul_(1 - pruned).add_(pruned)
 
 
-def enforce_like_the_callback(model: nn.Module, masks: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-                              state: bool = False) -> MaskEnforcer:
-    """The public calls ``Pruning`` makes when its masks change: zero the weights, zero the optimizer state
-    at pruned entries, then keep the weights (and with ``state`` the optimizer state) zero after every step."""
-    apply_masks(model, masks)
-    enforcer = MaskEnforcer(model, masks)
-    enforcer.enforce([optimizer])
-    enforcer.attach([optimizer], state=state)
-    return enforcer
-
-
 class Variant:
     """One model + Adam + how its step differs from the dense step."""
 
@@ -242,7 +231,7 @@ class Variant:
             return
         assert masks is not None
         if name in ("lightning_prune", "lightning_prune_state"):
-            self.enforcer = enforce_like_the_callback(self.model, masks, self.optimizer, state=name == "lightning_prune_state")
+            self.enforcer = enforce_masks(self.model, masks, self.optimizer, state=name == "lightning_prune_state")
         elif name == "proto_gradmask_nonzero_v":
             apply_masks(self.model, masks)
             proto = GradMaskNonzeroSecondMoment(self.model, masks)

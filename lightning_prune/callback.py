@@ -44,7 +44,7 @@ from lightning_prune.lottery import (
     slice_snapshot,
     training_snapshot,
 )
-from lightning_prune.masks import MaskEnforcer, apply_masks
+from lightning_prune.masks import MaskEnforcer, apply_masks, enforce_masks
 from lightning_prune.pruner import BUDGETS, Keep, Pruner
 from lightning_prune.ranking import NORMALIZERS, SCOPES, lopsided, min_units, prunable_capacity
 from lightning_prune.schedules import SCHEDULES, Timeline, layer_exponents, layer_fraction, sparsity_schedule
@@ -649,12 +649,9 @@ class Pruning(Callback):
 
     def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule, keep: Keep) -> None:
         masks = self.pruner.parameter_masks(keep, self._state.present)
-        apply_masks(pl_module, masks)
         if self._enforcer is not None:
             self._enforcer.detach()
-        self._enforcer = MaskEnforcer(pl_module, masks)
-        self._enforcer.enforce(trainer.optimizers)
-        self._enforcer.attach(trainer.optimizers)  # weights zeroed after every optimizer step
+        self._enforcer = enforce_masks(pl_module, masks, trainer.optimizers)  # weights zeroed after every step
         self._masks = masks
 
     def _check_reachable(self, keep: Keep) -> None:

@@ -20,6 +20,7 @@ from torch import nn
 
 from lightning_prune.layers import PrunableLayer, is_transposed
 from lightning_prune.statistics import WeightGradientProduct, ZeroActivationRate
+from lightning_prune.tracing import output_tensors
 
 GRANULARITIES = ("weight", "neuron")
 
@@ -213,9 +214,17 @@ def batch_input(batch: Any) -> Any:
 
 
 def cross_entropy_loss(model: nn.Module, batch: Any) -> torch.Tensor:
-    """Default calibration loss for gradient criteria: cross-entropy of ``model(x)`` against ``y``."""
+    """Default calibration loss for gradient criteria: cross-entropy of ``model(x)`` against ``y``.
+
+    The logits are ``model(x)`` itself or, for an output object (a Hugging Face ``ModelOutput``, a
+    tuple or a dict), its first floating tensor (``logits`` when no loss was computed).
+    """
     inputs, targets = batch[0], batch[1]
-    return F.cross_entropy(model(inputs), targets)
+    output = model(inputs)
+    logits = output if torch.is_tensor(output) else next(iter(output_tensors(output)), None)
+    if logits is None:
+        raise ValueError(f"The model returned {type(output).__name__} without a tensor; pass `calibration_loss=`.")
+    return F.cross_entropy(logits, targets)
 
 
 def score_layers(

@@ -103,3 +103,23 @@ class MaskEnforcer:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+
+def enforce_masks(
+    model: nn.Module, masks: Mapping[str, torch.Tensor], optimizers: Iterable[torch.optim.Optimizer], state: bool = False
+) -> MaskEnforcer:
+    """What ``Pruning`` does whenever its masks change: zero the pruned weights and their optimizer
+    state now, then keep the weights (with ``state=True`` the state too) zero after every step.
+
+    Returns:
+        The attached enforcer (``detach()`` it before enforcing other masks).
+
+    Raises:
+        ValueError: If a mask names no parameter or has the wrong shape (see :func:`check_masks`).
+    """
+    optimizers = list(optimizers)
+    enforcer = MaskEnforcer(model, masks)  # checks the masks before anything changes
+    apply_masks(model, masks)
+    enforcer.enforce(optimizers)
+    enforcer.attach(optimizers, state=state)
+    return enforcer
