@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
 
@@ -87,7 +88,12 @@ def test_transformer_pruning_removes_heads_and_ffn_units_of_a_hugging_face_vit_i
     # Two Trainer fits on real MNIST (3 epochs each): dense, and Pruning(granularity="neuron") in 2 cycles.
     # run() itself asserts that each attention module's num_attention_heads equals its kept heads, that
     # q/k/v/o and fc1 have exactly the kept units, and that the compact model equals its masked twin.
-    row = transformer_pruning.run(seed=0, quick=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the script runs (--threads 1); two threads on the shared 2-core machine ran 10x slower
+    try:
+        row = transformer_pruning.run(seed=0, quick=True)
+    finally:
+        torch.set_num_threads(threads)
     dense, pruned = row["dense"], row["pruned"]
     assert dense["heads"] == [4, 4, 4, 4] and dense["ffn"] == [256, 256, 256, 256]
     assert pruned["heads"] == [2, 2, 2, 2]  # half of every layer's heads removed, the head count attribute follows
