@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
 
@@ -78,3 +79,31 @@ def test_neuron_removal_and_acceptance_scripts_train_through_the_shared_trainer(
     row = neuron_removal.run("lenet_300_100", seed=0, setting=None, epochs=1)  # the dense reference, one epoch
     assert 0.0 <= row["test_acc"] <= 1.0 and row["fit_seconds"] > 0
     assert callable(digits_acceptance.run)  # run in full by tests/test_callback.py (the README snippet)
+
+
+def test_transformer_pruning_removes_heads_and_ffn_units_of_a_hugging_face_vit_in_a_trainer():
+    pytest.importorskip("transformers")
+    import transformer_pruning
+
+    # Two Trainer fits on real MNIST (3 epochs each): dense, and Pruning(granularity="neuron") in 2 cycles.
+    # run() itself asserts that each attention module's num_attention_heads equals its kept heads, that
+    # q/k/v/o and fc1 have exactly the kept units, and that the compact model equals its masked twin.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the script runs (--threads 1); two threads on the shared 2-core machine ran 10x slower
+    try:
+        row = transformer_pruning.run(seed=0, quick=True)
+    finally:
+        torch.set_num_threads(threads)
+    dense, pruned = row["dense"], row["pruned"]
+    assert dense["heads"] == [4, 4, 4, 4] and dense["ffn"] == [256, 256, 256, 256]
+    assert pruned["heads"] == [2, 2, 2, 2]  # half of every layer's heads removed, the head count attribute follows
+    assert pruned["qkv_width"] == [2 * 16] * 4 and pruned["ffn"] == [128] * 4
+    assert row["hf_config_heads"] == 4  # Hugging Face's global config is left as it was
+    assert [c["sparsity"] for c in row["cycles"]] == pytest.approx([0.3, 0.5], abs=0.02)
+    assert row["masked_vs_compact_max_abs"] < 1e-4
+    # The residual stream (patch embedding, o_proj, fc2) feeds LayerNorm: refused, not pruned.
+    assert sorted(name.rsplit(".", 1)[-1] for name in row["refused"]) == ["fc2"] * 4 + ["o_proj"] * 4 + ["projection"]
+    assert all("LayerNorm" in reason for reason in row["refused"].values())
+    assert pruned["params"] < 0.55 * dense["params"] and pruned["macs"] < 0.55 * dense["macs"]
+    assert dense["test_acc"] > 0.25 and pruned["test_acc"] > 0.25  # 10 classes: chance is 0.1
+    assert pruned["latency_ms"]["median"] > 0

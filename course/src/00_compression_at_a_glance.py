@@ -30,7 +30,7 @@
 # | architecture design | 架构设计 | build layers with fewer parameters from the start: low-rank factorisation (低秩分解), depthwise-separable convolution (深度可分离卷积) |
 # | dynamic computation | 动态计算 | spend less computation on easy inputs, e.g. early exit (提前退出) |
 #
-# The rest of this course (notebooks 1–8) is about the first family. This notebook gives a small,
+# The rest of this course (notebooks 1–9) is about the first family. This notebook gives a small,
 # runnable taste of **each** of the five, all applied to the same trained model, and puts the results
 # in one table: size, speed and accuracy.
 #
