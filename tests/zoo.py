@@ -293,4 +293,11 @@ if __name__ == "__main__":
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
-    print(report(ZOO, sys.argv[1:] or None))
+    args = sys.argv[1:]
+    if "--torch-pruning" in args:  # Torch-Pruning's own test architectures (tests/zoo_torch_pruning.py)
+        from zoo_torch_pruning import TP_ZOO
+
+        args.remove("--torch-pruning")
+        print(report(TP_ZOO, args or None))
+    else:
+        print(report(ZOO, args or None))
