@@ -27,7 +27,7 @@ from lightning_prune.ranking import NORMALIZERS, SCOPES, normalize_scores, pruna
 
 BUDGETS = ("units", "params", "macs")
 from lightning_prune.structure import NeuronStructure
-from lightning_prune.surgery import Transaction, remove_units
+from lightning_prune.surgery import Transaction, UnsupportedModelError, remove_units
 
 Keep = dict[str, torch.Tensor]
 """Unit keep-masks: layer name to a weight-shaped mask (weight granularity), or neuron-group key to
@@ -85,9 +85,10 @@ class Pruner:
             self.scored_layers = [layer for layer in self.layers if layer.name in members]
             if not self.scored_layers:
                 reasons = "; ".join(f"{name!r}: {why}" for name, why in list(self.structure.skipped.items())[:5])
-                raise ValueError(
+                raise UnsupportedModelError(
                     f"No neuron can be pruned: every selected layer ({[layer.name for layer in self.layers]}) is an "
-                    f"output layer or left unpruned ({reasons or 'coupled to an output layer'})."
+                    f"output layer or left unpruned ({reasons or 'coupled to an output layer'}). Prune its weights "
+                    "(granularity='weight') or select other layers with `layers=`/`ignore_layers=`."
                 )
         else:
             self.scored_layers = self.layers

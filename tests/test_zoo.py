@@ -1,14 +1,15 @@
-"""Neuron pruning on the models users bring (tests/zoo.py): exact, or refused before anything changes.
+"""Neuron pruning on the models users bring: exact, or refused before anything changes.
 
-For every zoo model, with a global 30 % unit target (normalised scores, the default for neurons):
-the masked model equals the compact one, the compact model has at least 20 % fewer parameters,
-runs forward and backward, and reloads from a weights-only file in a fresh process with equal
-outputs. Groups the library cannot prune exactly are refused with a reason (README: "Models").
+Two zoos: third-party models (tests/zoo.py) and Torch-Pruning's own test architectures
+(tests/zoo_torch_pruning.py; ``-k torch_pruning`` runs only those). For every model, with a global
+30 % unit target (normalised scores, the default for neurons): the masked model equals the compact
+one on every output, the compact model has at least 20 % fewer parameters, runs forward and
+backward, and reloads from a weights-only file in a fresh process with equal outputs. Groups the
+library cannot prune exactly are refused with a reason (README: "Models users bring").
 """
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import sys
 import textwrap
@@ -18,16 +19,16 @@ import pytest
 import torch
 
 from lightning_prune.checkpoint import input_spec, save_compact
-from lightning_prune.criteria import Magnitude
-from lightning_prune.masks import apply_masks
-from lightning_prune.pruner import Pruner
-from lightning_prune.surgery import UnsupportedModelError
+from lightning_prune.surgery import TraceError, UnsupportedModelError
 from lightning_prune.tracing import call, output_tensors
-from zoo import ZOO
+from zoo import ZOO, outputs, prune_and_compare
+from zoo_torch_pruning import TP_ZOO
 
 pytest.importorskip("torchvision")
 pytest.importorskip("timm")
 pytest.importorskip("transformers")
+
+ZOOS = {"zoo": ZOO, "torch_pruning": TP_ZOO}
 
 #: Models whose prunable groups give less than the 20 % parameter cut at a 30 % unit target, and why
 #: (the README's table says the same).
@@ -41,58 +42,67 @@ PARTIAL: dict[str, str] = {
     "timm_vit": "as tv_vit",
     "timm_deit": "as tv_vit",
     "timm_mixer": "token/channel MLPs between LayerNorms: hidden units only",
-    "tv_swin": "Torch-Pruning's search grows without bound from its attention (window partitions): refused; MLP units only",
+    "tv_swin": "Torch-Pruning's search grows without bound from its residual stream (window partitions): refused; "
+               "MLP units only (its qkv is called through F.linear)",
     "hf_gpt2": "the residual stream feeds LayerNorm (refused): heads of the fused Conv1D c_attn and MLP units only",
     "hf_llama": "the residual stream feeds RMSNorm (refused): key/value groups of its grouped-query attention and MLP units",
+    # Torch-Pruning's test architectures (tests/zoo_torch_pruning.py)
+    "tp_split_shared": "the stem's last conv is refused (split three ways, two parts into one shared block: removing "
+                       "its units changes an output's shape); only the stem's first conv is pruned",
+    "tp_convtranspose": "ConvTranspose2d is not a prunable layer (layers.is_prunable), and conv3 is the output layer: "
+                        "only conv1's 16 channels are units, and nothing lists the transposed conv as refused",
+    "issue_mha_layernorm": "the residual stream feeds LayerNorm (refused); nn.MultiheadAttention keeps q/k/v in one "
+                           "parameter: FFN hidden units only",
+    "issue_unbind": "qkv and the embedding feed a reshape into (3, heads, head_dim) (removal fails: refused); "
+                    "only proj's units are pruned",
 }
 
-#: Models refused whole, before anything changes (UnsupportedModelError), and why. None of the zoo
-#: is, since GPT-2 is traced with its KV cache off and an unbounded search refuses only its own root
-#: (Swin's and LLaMA's attention); tests/test_surgery.py refuses a model whose graph cannot be built.
-REFUSED: dict[str, str] = {}
+#: Models refused whole, before anything changes (UnsupportedModelError naming each group's reason), and why.
+#: No model of tests/zoo.py is: GPT-2 is traced with its KV cache off, and an unbounded search refuses only
+#: the layer it starts from (Swin's residual stream, LLaMA's q/k/v, whose key/value groups are ours).
+REFUSED: dict[str, str] = {
+    "tp_reshape_deconv": "fc is refused (view into ConvTranspose2d channels: removal fails), the transposed convs are "
+                         "not prunable layers and head is the output layer",
+    "issue_groupnorm": "both convs' channels feed GroupNorm (refused), head is the output layer",
+}
+
+#: Library bugs: these cases fail (strict xfail, with the exception they fail with) until fixed.
+BUGS: dict[str, tuple[type[Exception], str]] = {
+    "tp_reshape_deconv_narrow": (TraceError, "fc's group (a Linear viewed into ConvTranspose2d channels) passes the "
+                                 "masked-vs-removed check, but Torch-Pruning maps its 32 units to 8 channels "
+                                 "inconsistently: the plan's removal of 10 units leaves up1.in_channels = -2 and "
+                                 "Pruner.commit fails in its re-trace (rolled back: the model is untouched)"),
+}
 
 
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _first_output(model: torch.nn.Module, x) -> torch.Tensor:
-    with torch.no_grad():
-        return output_tensors(call(model, x))[0]
+def _cases():
+    for zoo, models in ZOOS.items():
+        for name in models:
+            marks = [pytest.mark.xfail(strict=True, raises=BUGS[name][0], reason=BUGS[name][1])] if name in BUGS else []
+            yield pytest.param(zoo, name, marks=marks, id=f"{zoo}-{name}")
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    """Compact models written by the per-model tests, reloaded together in one fresh process."""
-    return {"dir": tmp_path_factory.mktemp("zoo"), "models": []}
+    """Compact models written by the per-model tests, reloaded together in one fresh process per zoo."""
+    return {"dir": tmp_path_factory.mktemp("zoo"), "models": {zoo: [] for zoo in ZOOS}}
 
 
-@pytest.mark.parametrize("name", list(ZOO))
-def test_zoo_model_is_pruned_exactly_or_refused(name, saved):
+@pytest.mark.parametrize(("zoo", "name"), _cases())
+def test_zoo_model_is_pruned_exactly_or_refused(zoo, name, saved):
     torch.manual_seed(0)
-    model, x = ZOO[name]()
-    model.eval()
-    dense = _count(model)
+    model, x = ZOOS[zoo][name]()
+    outcome = prune_and_compare(model, x)
     if name in REFUSED:
-        before = {key: value.clone() for key, value in model.state_dict().items()}
-        with pytest.raises(UnsupportedModelError, match="Prune its weights"):
-            Pruner(model, x, Magnitude(2), granularity="neuron", scope="global")
-        after = model.state_dict()
-        assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+        assert isinstance(outcome.refusal, UnsupportedModelError), (name, outcome.fraction)
+        assert "Prune its weights" in str(outcome.refusal), outcome.refusal
+        assert outcome.untouched, name  # every parameter and buffer as it was
         return
-    pruner = Pruner(model, x, Magnitude(2), granularity="neuron", scope="global")
-    keep = pruner.plan(pruner.dense_keep(), 0.3, 0, normalize="mean")
-    masked = copy.deepcopy(model)
-    apply_masks(masked, pruner.parameter_masks(keep))
-    expected = _first_output(masked, x)
-
-    removal, _ = pruner.commit(keep)
-    found = _first_output(model, x)
-    assert found.shape == expected.shape
-    scale = max(1.0, float(expected.abs().max()))
-    assert float((found - expected).abs().max()) <= 1e-5 * scale, name
-    assert _count(model) <= (0.8 if name not in PARTIAL else 0.97) * dense, (name, _count(model) / dense)
-    for reason in pruner.structure.refused.values():  # refusals say why
+    assert outcome.refusal is None, outcome.refusal
+    assert [y.shape for y in outcome.found] == [y.shape for y in outcome.expected], name
+    assert outcome.error <= 1e-5, (name, outcome.error)  # masked == compact, on every output
+    assert outcome.fraction <= (0.8 if name not in PARTIAL else 0.97), (name, outcome.fraction)
+    for reason in outcome.refused.values():  # refusals say why
         assert reason and len(reason) > 20
 
     model.train()
@@ -103,29 +113,33 @@ def test_zoo_model_is_pruned_exactly_or_refused(name, saved):
 
     model.eval()
     path = saved["dir"] / f"{name}.pt"
-    save_compact(model, {"inputs": input_spec(x), "steps": [removal]}, path)
-    torch.save({"x": x, "y": _first_output(model, x)}, saved["dir"] / f"{name}.io.pt")
-    saved["models"].append(name)
+    save_compact(model, {"inputs": input_spec(x), "steps": [outcome.removal]}, path)
+    torch.save({"x": x, "y": outputs(model, x)}, saved["dir"] / f"{name}.io.pt")
+    saved["models"][zoo].append(name)
 
 
-def test_zoo_compact_models_reload_in_a_fresh_process(saved):
-    if not saved["models"]:
-        pytest.skip("no zoo model was saved")
+@pytest.mark.parametrize("zoo", list(ZOOS))
+def test_zoo_compact_models_reload_in_a_fresh_process(zoo, saved):
+    if not saved["models"][zoo]:
+        pytest.skip("no model of this zoo was saved")
     script = textwrap.dedent(f"""
         import sys, torch
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from zoo import ZOO
+        from zoo_torch_pruning import TP_ZOO
+        ZOOS = {{"zoo": ZOO, "torch_pruning": TP_ZOO}}
         from lightning_prune.checkpoint import load_compact
         from lightning_prune.tracing import call, output_tensors
         bad = []
-        for name in {saved["models"]!r}:
+        for name in {saved["models"][zoo]!r}:
             torch.manual_seed(1)  # another init: the weights must come from the file
-            model, _ = ZOO[name]()
+            model, _ = ZOOS[{zoo!r}][name]()
             model = load_compact(model, {str(saved["dir"])!r} + f"/{{name}}.pt").eval()
             io = torch.load({str(saved["dir"])!r} + f"/{{name}}.io.pt", weights_only=True)
             with torch.no_grad():
-                y = output_tensors(call(model, io["x"]))[0]
-            if y.shape != io["y"].shape or (y - io["y"]).abs().max() > 1e-5 * max(1.0, float(io["y"].abs().max())):
+                ys = output_tensors(call(model, io["x"]))
+            if [y.shape for y in ys] != [y.shape for y in io["y"]] or any(
+                    (y - e).abs().max() > 1e-5 * max(1.0, float(e.abs().max())) for y, e in zip(ys, io["y"])):
                 bad.append(name)
         print("BAD", bad)
         sys.exit(1 if bad else 0)

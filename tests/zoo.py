@@ -9,7 +9,11 @@ grouped-query attention.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -171,41 +175,115 @@ ZOO: dict[str, Callable[[], tuple[nn.Module, Any]]] = {
 }
 
 
-def report(names: list[str] | None = None) -> str:
-    """A markdown table: each zoo model pruned at a 30 % global unit target (L2, normalised), or refused."""
-    import copy
-    import re
-    from collections import Counter
+@dataclass
+class Outcome:
+    """What :func:`prune_and_compare` found for one model.
 
+    Attributes:
+        dense: Parameters of the dense model.
+        refusal: The ``UnsupportedModelError`` that ``Pruner(...)`` raised (then nothing else is set).
+        untouched: After a refusal, whether every parameter and buffer is as it was (names, shapes, values).
+        groups: Neuron groups pruned (refused ones not counted).
+        refused: Refused groups, each with its reason.
+        removal: The removal done (the checkpoint plan's step).
+        compact: Parameters of the compact model.
+        expected: The masked model's output tensors.
+        found: The compact model's output tensors.
+    """
+
+    dense: int
+    refusal: Exception | None = None
+    untouched: bool | None = None
+    groups: int = 0
+    refused: dict[str, str] = field(default_factory=dict)
+    removal: dict[str, list[int]] = field(default_factory=dict)
+    compact: int = 0
+    expected: list[torch.Tensor] = field(default_factory=list)
+    found: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def fraction(self) -> float:
+        """The compact model's parameters as a fraction of the dense model's."""
+        return self.compact / self.dense
+
+    @property
+    def error(self) -> float:
+        """Largest masked-vs-compact difference over all outputs, each relative to its scale (max(1, max|y|))."""
+        return max(float((b - a).abs().max()) / max(1.0, float(a.abs().max())) for a, b in zip(self.expected, self.found))
+
+    @property
+    def exact(self) -> bool:
+        """Masked == compact: the same output shapes, at most 1e-5 apart relative to the output scale."""
+        same_shapes = [a.shape for a in self.expected] == [b.shape for b in self.found]
+        return bool(self.expected) and same_shapes and self.error <= 1e-5
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def outputs(model: nn.Module, x: Any) -> list[torch.Tensor]:
+    """Every floating output tensor of the model on ``x``, without gradients."""
+    from lightning_prune.tracing import call, output_tensors
+
+    with torch.no_grad():
+        return output_tensors(call(model, x))
+
+
+def prune_and_compare(model: nn.Module, x: Any, target: float = 0.3) -> Outcome:
+    """Plan a global neuron prune (L2, scores normalised by their mean), mask a copy, remove in place, compare.
+
+    ``model`` (put in eval mode) ends compact. ``Pruner(...)`` raising ``UnsupportedModelError`` is
+    a refusal: it is returned, with whether the model was left untouched. Any other error propagates.
+    """
     from lightning_prune.criteria import Magnitude
     from lightning_prune.masks import apply_masks
     from lightning_prune.pruner import Pruner
-    from lightning_prune.tracing import call, output_tensors
+    from lightning_prune.surgery import UnsupportedModelError
 
+    model.eval()
+    outcome = Outcome(dense=_count(model))
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    try:
+        pruner = Pruner(model, x, Magnitude(2), granularity="neuron", scope="global")
+    except UnsupportedModelError as error:
+        after = model.state_dict()
+        outcome.refusal = error
+        outcome.untouched = before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+        return outcome
+    del before
+    keep = pruner.plan(pruner.dense_keep(), target, 0, normalize="mean")
+    masked = copy.deepcopy(model)
+    apply_masks(masked, pruner.parameter_masks(keep))
+    outcome.expected = outputs(masked, x)
+    outcome.groups, outcome.refused = len(pruner.structure.groups), dict(pruner.structure.refused)
+    outcome.removal, _ = pruner.commit(keep)
+    outcome.found, outcome.compact = outputs(model, x), _count(model)
+    return outcome
+
+
+def report(zoo: Mapping[str, Callable[[], tuple[nn.Module, Any]]] | None = None, names: list[str] | None = None) -> str:
+    """A markdown table: each zoo model pruned at a 30 % global unit target (L2, normalised), or refused."""
+    zoo = ZOO if zoo is None else zoo
     rows = ["| model | parameters | after 30 % of units | masked == compact | groups pruned / refused | why refused |",
             "|---|---:|---:|---|---|---|"]
-    for name in names or list(ZOO):
+    for name in names or list(zoo):
         torch.manual_seed(0)
-        model, x = ZOO[name]()
-        model.eval()
-        dense = sum(p.numel() for p in model.parameters())
+        model, x = zoo[name]()
+        dense = _count(model)
         try:
-            pruner = Pruner(model, x, Magnitude(2), granularity="neuron", scope="global")
-            keep = pruner.plan(pruner.dense_keep(), 0.3, 0, normalize="mean")
-            masked = copy.deepcopy(model)
-            apply_masks(masked, pruner.parameter_masks(keep))
-            refused = dict(pruner.structure.refused)
-            groups = len(pruner.structure.groups)
-            pruner.commit(keep)
-            with torch.no_grad():
-                a, b = output_tensors(call(model, x))[0], output_tensors(call(masked, x))[0]
-            exact = float((a - b).abs().max()) <= 1e-5 * max(1.0, float(b.abs().max()))
-            after = sum(p.numel() for p in model.parameters()) / dense
-            kinds = Counter(re.split(r" '| \(|:", reason)[0] for reason in refused.values())
-            why = "; ".join(f"{count}x {kind}" for kind, count in kinds.most_common(3)) or "-"
-            rows.append(f"| {name} | {dense:,} | {after:.2f} | {'yes' if exact else 'NO'} | {groups} / {len(refused)} | {why} |")
-        except Exception as error:  # a clean refusal: the model is untouched
+            outcome = prune_and_compare(model, x)
+        except Exception as error:  # not a clean refusal: a library bug (the test marks it xfail)
+            rows.append(f"| {name} | {dense:,} | ERROR | - | - | {type(error).__name__}: {str(error)[:120]} |")
+            continue
+        if outcome.refusal is not None:
+            error = outcome.refusal
             rows.append(f"| {name} | {dense:,} | refused | - | - | {type(error).__name__}: {str(error)[:120]} |")
+            continue
+        kinds = Counter(re.split(r" '| \(|:", reason)[0] for reason in outcome.refused.values())
+        why = "; ".join(f"{count}x {kind}" for kind, count in kinds.most_common(3)) or "-"
+        rows.append(f"| {name} | {dense:,} | {outcome.fraction:.2f} | {'yes' if outcome.exact else 'NO'} | "
+                    f"{outcome.groups} / {len(outcome.refused)} | {why} |")
     return "\n".join(rows)
 
 
@@ -215,4 +293,11 @@ if __name__ == "__main__":
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
-    print(report(sys.argv[1:] or None))
+    args = sys.argv[1:]
+    if "--torch-pruning" in args:  # Torch-Pruning's own test architectures (tests/zoo_torch_pruning.py)
+        from zoo_torch_pruning import TP_ZOO
+
+        args.remove("--torch-pruning")
+        print(report(TP_ZOO, args or None))
+    else:
+        print(report(ZOO, args or None))
