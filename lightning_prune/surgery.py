@@ -221,6 +221,11 @@ def surviving_entries(model: nn.Module, example_input: Any, removal: Mapping[str
     recorder = SliceRecorder(before.values(), protected)
     with recorder:
         remove_groups(probe, None, removal, graph=graph)
+    for node in graph.module2node.values():  # the graph is cyclic garbage now: let its trace's activations go
+        node.grad_fn = None
+        for name in ("grad_fn", "_grad_fn"):  # Torch-Pruning's ops (a slice, an element-wise op) keep theirs too
+            if not isinstance(node.module, (nn.Module, torch.Tensor)) and hasattr(node.module, name):
+                setattr(node.module, name, None)
     return {
         name: recorder.survivors(name, before[name], tensor)
         for name, tensor in itertools.chain(probe.named_parameters(), probe.named_buffers())
