@@ -98,7 +98,7 @@ def test_surgery_and_masks_allocate_the_survivors_not_copies_of_the_model(build)
     besides that it may allocate at most half of the changed tensors again, transiently (Torch-Pruning's
     intermediate for a weight sliced along two dimensions, the trace's activations). Masks allocate the
     masks they return and the trace. The float64 probe this replaced allocated over 4x the model.
-    On BERT-base, where the embeddings do not change, surgery peaks at 1.43x the model (benchmarks/scale.py).
+    On BERT-base, where the embeddings do not change, surgery peaks at 1.41x the model (benchmarks/scale.py).
     """
     model, x = build()
     model_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
