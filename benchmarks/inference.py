@@ -291,10 +291,9 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def bench_model(name: str, spec: ModelSpec, device: torch.device, repeats: int, block_s: float, warmup: int,
                 progress: Callable[[str], None]) -> dict[str, Any]:
-    # Every model is made on the CPU and then moved to ``device``: lightning_prune's index tracking
-    # (surgery.surviving_entries) builds its probe tensors with ``torch.arange`` on the CPU, so
-    # ``parameter_masks`` / ``remove_units`` on a CUDA model fail (a device mismatch inside the
-    # Torch-Pruning trace). Whether the on-device path works is recorded in ``library_on_device``.
+    # Every model is made on the CPU and then moved to ``device``. lightning_prune's index tracking
+    # once built its probe tensors on the CPU, so ``parameter_masks`` / ``remove_units`` on a CUDA
+    # model failed; whether the on-device path works is recorded in ``library_on_device``.
     torch.manual_seed(0)
     dense = spec.build()
     randomise_norms(dense)

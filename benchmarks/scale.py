@@ -36,6 +36,16 @@ Times are medians of repeats with min-max. Run::
 
     python -m benchmarks.scale             # full: about a minute on 2 quiet cores
     python -m benchmarks.scale --quick     # widths x1, x2, a small ResNet: seconds
+
+Transformer surgery memory (run alone; writes ``scale_transformer.{json,md}``): a Hugging Face
+``BertModel`` with BERT-base's configuration at random init (109.5 M parameters, no download),
+half of every group's units (attention heads and FFN units) removed, peak tensor memory of each
+stage *including the model itself* divided by the model's bytes (``structure`` includes the
+masked-vs-removed verification)::
+
+    python -m benchmarks.scale --transformer            # BERT-base: a few minutes
+    python -m benchmarks.scale --transformer --quick    # a 2-layer BERT: seconds
+    python -m benchmarks.scale --transformer --baseline OLD.json   # also show an earlier run's ratios
 """
 
 from __future__ import annotations
@@ -127,6 +137,130 @@ def resnet50(quick: bool) -> tuple[nn.Module, str]:
         return torchvision.models.resnet50(), f"torchvision {torchvision.__version__} resnet50()"
     except ImportError:
         return BottleneckResNet(), "hand-built bottleneck ResNet-50 (torchvision not installed)"
+
+
+# ------------------------------------------------------------------------------------- transformer
+def bert(quick: bool) -> tuple[nn.Module, torch.Tensor, str]:
+    """BERT-base (Hugging Face ``BertModel``, random init) and a batch of 16 tokens; a 2-layer BERT when quick."""
+    from transformers import BertConfig, BertModel
+
+    if quick:
+        config = BertConfig(vocab_size=1024, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=512, max_position_embeddings=64)
+        note = "quick: BertModel, 2 layers, hidden 128, 4 heads, FFN 512"
+    else:
+        config = BertConfig()  # bert-base-uncased's: 30522 tokens, 12 layers, hidden 768, 12 heads, FFN 3072
+        note = "BertModel(BertConfig()): BERT-base, 12 layers, hidden 768, 12 heads, FFN 3072"
+    torch.manual_seed(0)
+    tokens = torch.randint(0, config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
+    return BertModel(config).eval(), tokens, note
+
+
+def _ratio(result: Mapping[str, Any], model_bytes: int) -> float:
+    """Peak of all tensor storage alive in the stage, the model included, over the model's bytes.
+
+    The meter counts what the stage allocates (the model was allocated before), and never
+    subtracts the model's own tensors when the stage frees them: an upper bound.
+    """
+    return (model_bytes + result["peak_tensor_bytes"]) / model_bytes
+
+
+def bench_transformer(quick: bool, repeats: int, say: Callable[[str], None]) -> dict[str, Any]:
+    """Structure (with verification), masks and surgery of half the heads and FFN units of a BERT."""
+    from lightning_prune.layers import find_prunable_layers
+    from lightning_prune.structure import NeuronStructure
+
+    model, tokens, note = bert(quick)
+    model_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    res: dict[str, Any] = {"architecture": note, "params": sum(p.numel() for p in model.parameters()),
+                           "model_bytes": model_bytes, "tokens": list(tokens.shape)}
+    layers = find_prunable_layers(model, tokens)
+    holder: dict[str, Any] = {}
+
+    def structure() -> None:
+        holder["structure"] = NeuronStructure(model, tokens, layers)
+
+    say("transformer: structure (with verification)")
+    res["structure"] = _measure(structure, torch.device("cpu"), repeats)
+    st = holder["structure"]
+    heads = [g for g in st.groups if g.unit_of is not None]
+    res["groups"] = {"heads": len(heads), "other": len(st.groups) - len(heads)}
+    res["units"] = sum(st.sizes.values())
+    res["head_units"] = sum(g.size for g in heads)
+    keep = {g.key: torch.arange(g.size) % 2 == 0 for g in st.groups}  # every other unit: half of each group
+    res["removed_units"] = sum(int((~mask).sum()) for mask in keep.values())
+    say("transformer: masks")
+    res["masks"] = _measure(lambda: st.parameter_masks(model, keep), torch.device("cpu"), repeats)
+    say("transformer: surgery")
+    res["surgery"] = _measure(lambda m: st.remove_units(m, keep), torch.device("cpu"), repeats,
+                              setup=lambda: copy.deepcopy(model))
+    compact = copy.deepcopy(model)
+    st.remove_units(compact, keep)
+    res["params_after_surgery"] = sum(p.numel() for p in compact.parameters())
+    for stage in ("structure", "masks", "surgery"):
+        res[stage]["peak_over_model"] = _ratio(res[stage], model_bytes)
+    return res
+
+
+def transformer_markdown(report: Mapping[str, Any]) -> str:
+    """``scale_transformer.md``: peak memory over the model's bytes per stage (and an earlier run's, if given)."""
+    r, c = report["transformer"], report["config"]
+    lines = ["# Scale: surgery memory on a transformer", "", f"Command: `{c['command']}`", "",
+             C.machine_line(report["machine"], report.get("load_average_at_end")), "",
+             f"Model: {r['architecture']}, {r['params'] / 1e6:.1f} M parameters ({r['model_bytes'] / 2**20:.0f} MiB of fp32 "
+             f"parameters and buffers), input {r['tokens'][0]}x{r['tokens'][1]} tokens. {r['groups']['heads']} head groups "
+             f"({r['head_units']} heads) and {r['groups']['other']} FFN groups, {r['units']:,} units; "
+             f"{r['removed_units']:,} removed (every other unit of each group): {r['params'] / 1e6:.1f} M -> "
+             f"{r['params_after_surgery'] / 1e6:.1f} M parameters.", "",
+             "Peak = the largest amount of tensor storage alive during the stage, the model included, divided by the "
+             "model's bytes (the model plus what the stage allocates; an upper bound, see `_ratio`). `structure` is "
+             "`NeuronStructure(model, x, layers)` with its masked-vs-removed verification; `masks` is "
+             "`structure.parameter_masks(model, keep)` (the bool masks it returns are counted); `surgery` is "
+             "`structure.remove_units(model, keep)`.", ""]
+    base = report.get("baseline")
+    head = "| stage | seconds | peak MiB allocated | peak ÷ model |" + (" before: seconds | before: peak ÷ model |" if base else "")
+    lines += [head, "|---|---|---:|---:|" + ("---|---:|" if base else "")]
+    for stage in ("structure", "masks", "surgery"):
+        m = r[stage]
+        row = f"| {stage} | {_s(m)} | {_mb(m['peak_tensor_bytes'])} | {m['peak_over_model']:.2f}x |"
+        if base:
+            b = base["transformer"][stage]
+            row += f" {_s(b)} | {b['peak_over_model']:.2f}x |"
+        lines.append(row)
+    if base:
+        lines += ["", f"Before: {base['config'].get('label', 'an earlier run')} (`{base['config']['command']}`), same machine."]
+    lines += ["", "Goals: " + "; ".join(f"{g['goal']}: {g['figure']} ({'met' if g['met'] else 'NOT met'})"
+                                        for g in report["goals"]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def transformer_goals(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Issue 13: surgery on a transformer of >= 100 M parameters peaks at <= 1.5x the model (plus O(units))."""
+    r = report["transformer"]
+    ratio = r["surgery"]["peak_over_model"]
+    return [{"part": NAME, "model": r["architecture"].split(":")[0], "goal": "surgery peak <= 1.5x the model",
+             "figure": f"{ratio:.2f}x (masks {r['masks']['peak_over_model']:.2f}x, structure with verification "
+                       f"{r['structure']['peak_over_model']:.2f}x)",
+             "met": ratio <= 1.5 and r["params"] >= (0 if report["config"]["quick"] else 100e6), "by": None,
+             "margin": f"{1.5 - ratio:+.2f}x"}]
+
+
+def run_transformer(quick: bool = False, out: Path = C.DEFAULT_OUT, threads: int | None = None, repeats: int | None = None,
+                    baseline: Path | None = None, label: str | None = None, command: str | None = None) -> dict[str, Any]:
+    """Run the transformer part alone (on the CPU) and write ``scale_transformer.{json,md}`` into ``out``."""
+    import json
+
+    say = C.progress(NAME)
+    started = time.perf_counter()
+    with C.num_threads(threads):
+        report: dict[str, Any] = {"name": f"{NAME}_transformer", "machine": C.machine_info(torch.device("cpu")),
+                                  "config": {"quick": quick, "command": command or C.command_line(),
+                                             "repeats": repeats or 1, "precision": "fp32", "label": label}}
+        report["transformer"] = bench_transformer(quick, repeats or 1, say)
+    if baseline is not None:
+        report["baseline"] = json.loads(Path(baseline).read_text())
+    return C.finish(report, Path(out), f"{NAME}_transformer", started, transformer_goals, lambda report, out: [],
+                    transformer_markdown)
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -591,10 +725,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=None, help="width multipliers (default 1 2 4 8 16)")
     parser.add_argument("--repeats", type=int, default=None, help="repeats per stage (default 5; 2 quick)")
     parser.add_argument("--no-resnet", dest="resnet", action="store_false", help="skip the ResNet-50-sized model")
+    parser.add_argument("--transformer", action="store_true",
+                        help="only the transformer surgery-memory part (BERT-base; --quick: a 2-layer BERT), on the CPU")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="with --transformer: an earlier scale_transformer.json to show next to this run")
+    parser.add_argument("--label", default=None, help="with --transformer: what this run measures (kept in the JSON)")
     args = parser.parse_args(argv)
-    report = run(args.quick, args.out, args.device, args.threads, args.widths, args.repeats, args.resnet)
-    print(to_markdown(report))
-    print(f"Wrote {args.out / (NAME + '.json')} and {args.out / (NAME + '.md')} in {report['seconds']:.0f} s.", file=sys.stderr)
+    if args.transformer:
+        report = run_transformer(args.quick, args.out, args.threads, args.repeats, args.baseline, args.label)
+        print(transformer_markdown(report))
+        name = f"{NAME}_transformer"
+    else:
+        report = run(args.quick, args.out, args.device, args.threads, args.widths, args.repeats, args.resnet)
+        print(to_markdown(report))
+        name = NAME
+    print(f"Wrote {args.out / (name + '.json')} and {args.out / (name + '.md')} in {report['seconds']:.0f} s.", file=sys.stderr)
 
 
 if __name__ == "__main__":

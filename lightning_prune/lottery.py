@@ -80,21 +80,27 @@ def slice_snapshot(
 
     Args:
         snapshot: ``{"model", "optimizers", "schedulers"}`` from :func:`training_snapshot`.
-        kept: State-dict name to kept flat indices, as returned by
-            :func:`~lightning_prune.surgery.remove_units`.
+        kept: State-dict name to the surviving entries (:class:`~lightning_prune.survivors.Survivors`),
+            as returned by :func:`~lightning_prune.surgery.remove_units`.
         shapes: State-dict name to shape, of the model after the removal.
         optimizer_names: For each optimizer, the parameter name of each entry of its state-dict
             indexing (parameters in param-group order), taken before the removal.
 
     Returns:
         A new snapshot (the given one is not modified).
+
+    Raises:
+        ValueError: If a sliced tensor does not come out in the shape ``shapes`` gives.
     """
     old_shapes = {name: value.shape for name, value in snapshot["model"].items()}
 
     def cut(name: str, value: Any) -> Any:
         if name not in kept or not (torch.is_tensor(value) and value.shape == old_shapes[name]):
             return clone_tensors(value)
-        return value.flatten()[kept[name].to(value.device)].reshape(shapes[name]).clone()
+        sliced = kept[name].take(value)
+        if sliced.shape != shapes[name]:
+            raise ValueError(f"{name!r} sliced to {tuple(sliced.shape)}, but the model's is {tuple(shapes[name])}.")
+        return sliced
 
     model = {name: cut(name, value) for name, value in snapshot["model"].items()}
     optimizers = []

@@ -28,6 +28,7 @@ from lightning_prune.ranking import NORMALIZERS, SCOPES, normalize_scores, pruna
 BUDGETS = ("units", "params", "macs")
 from lightning_prune.structure import NeuronStructure
 from lightning_prune.surgery import Transaction, UnsupportedModelError, remove_units
+from lightning_prune.survivors import Survivors
 
 Keep = dict[str, torch.Tensor]
 """Unit keep-masks: layer name to a weight-shaped mask (weight granularity), or neuron-group key to
@@ -216,7 +217,7 @@ class Pruner:
         keep: Mapping[str, torch.Tensor],
         present: Mapping[str, torch.Tensor] | None = None,
         optimizers: Sequence[torch.optim.Optimizer] = (),
-    ) -> tuple[dict[str, list[int]], dict[str, torch.Tensor]]:
+    ) -> tuple[dict[str, list[int]], dict[str, Survivors]]:
         """Physically remove the masked neurons, carrying the optimizers over to the new parameters.
 
         Args:
@@ -226,7 +227,8 @@ class Pruner:
 
         Returns:
             The removal done, in the model's coordinates before it (the next step of the plan), and
-            the kept flat indices of every changed parameter and buffer (empty if nothing changed).
+            the surviving entries (:class:`~lightning_prune.survivors.Survivors`: kept indices per
+            sliced dimension) of every changed parameter and buffer (empty if nothing changed).
 
         Raises:
             ValueError: For weight granularity (single weights cannot be removed).
@@ -235,7 +237,7 @@ class Pruner:
         if self.structure is None:
             raise ValueError("Only neurons can be removed; weight pruning keeps the dense shapes.")
         removal = {key: idx for key, idx in self.structure.removal(_current(keep, present)).items() if idx}
-        kept: dict[str, torch.Tensor] = {}
+        kept: dict[str, Survivors] = {}
         if removal:
             with Transaction(self.model, optimizers):  # removal, re-trace, MACs and checks: all or nothing
                 kept = remove_units(self.model, self.example_input, removal, optimizers)

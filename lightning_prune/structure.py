@@ -8,9 +8,10 @@ coupled channels. A group is one unit of neuron pruning; its score is the mean o
 layers' scores.
 
 Which entries of which parameters a set of removed units owns is read off by *index tracking*:
-on a float64 copy of the model whose parameters hold their own flat indices, the removal is done
-for real by Torch-Pruning, and the indices that survive are exactly the entries to keep. Masking
-those entries is therefore, by construction, the same function as removing the units.
+on a probe that shares the model's storage (its parameters swapped for ``meta`` stand-ins), the
+removal is done for real by Torch-Pruning while every slicing op is recorded, and the indices kept
+along each sliced dimension are exactly the entries to keep (:mod:`lightning_prune.survivors`).
+Masking those entries is therefore, by construction, the same function as removing the units.
 """
 
 from __future__ import annotations
@@ -407,17 +408,17 @@ class NeuronStructure:
             keep: Group key to a ``bool`` keep-mask over its units.
 
         Returns:
-            Parameter name to keep-mask, for every parameter with at least one removed entry.
+            Parameter name to keep-mask (``bool``, on the CPU), for every parameter with at least one
+            removed entry. Extra memory besides the masks: O(units) (see
+            :func:`~lightning_prune.surgery.surviving_entries`).
+
+        Raises:
+            UnexplainedRemovalError: If the entries a parameter keeps cannot be told.
         """
         params = dict(model.named_parameters())
-        masks = {}
-        for name, indices in surviving_entries(model, self.example_input, self.removal(keep)).items():
-            if name not in params:  # a buffer (running statistics): masking the parameters suffices
-                continue
-            mask = torch.zeros(params[name].numel(), dtype=torch.bool)
-            mask[indices] = True
-            masks[name] = mask.reshape(params[name].shape)
-        return masks
+        survivors = surviving_entries(model, self.example_input, self.removal(keep))
+        # buffers (running statistics) are left out: masking the parameters suffices
+        return {name: kept.mask() for name, kept in survivors.items() if name in params}
 
 
 def remove_zeroed_units(

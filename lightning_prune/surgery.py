@@ -8,8 +8,9 @@ stop learning). :func:`remove_units` therefore moves each optimizer's parameter 
 state (momentum, Adam moments, step) to the new parameters, sliced to the surviving entries, and
 leaves param-group settings and learning-rate schedulers alone.
 
-Which entries survive is read off by *index tracking*: the same removal is done on a float64 copy
-whose parameters hold their own flat indices.
+Which entries survive is read off by *index tracking*: the same removal is done on a probe that
+shares the model's storage and has ``meta`` parameters, recording how each tensor is sliced
+(:mod:`lightning_prune.survivors`): per changed tensor, the kept indices along each sliced dimension.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import nn
 
 from lightning_prune.attention import kv_group_attention, qkv_widths, remove_kv_groups, update_head_counts
 from lightning_prune.layers import hf_conv1d_type
+from lightning_prune.survivors import SliceRecorder, Survivors, UnexplainedRemovalError, shared_copy, swap_to_meta
 from lightning_prune.tracing import call, map_tensors, output_tensors
 
 Removal = dict[str, list[int]]
@@ -35,10 +37,6 @@ Removal = dict[str, list[int]]
 def to_dtype(value: Any, dtype: torch.dtype) -> Any:
     """Cast the floating tensors of a (nested tuple/list/dict of) tensors."""
     return map_tensors(value, lambda tensor: tensor.to(dtype) if tensor.is_floating_point() else tensor)
-
-
-def _to_cpu(value: Any) -> Any:
-    return map_tensors(value, lambda tensor: tensor.cpu())
 
 
 class TraceError(RuntimeError):
@@ -194,30 +192,44 @@ def remove_groups(
         update_head_counts(heads)
 
 
-def surviving_entries(model: nn.Module, example_input: Any, removal: Mapping[str, Sequence[int]]) -> dict[str, torch.Tensor]:
-    """Flat indices of the entries each changed parameter or floating buffer keeps when ``removal`` is done.
+def surviving_entries(model: nn.Module, example_input: Any, removal: Mapping[str, Sequence[int]]) -> dict[str, Survivors]:
+    """Which entries each changed parameter or floating buffer keeps when ``removal`` is done, without doing it.
 
-    The removal is done for real on a CPU copy: traced in float32 (fast kernels), then every floating
-    parameter and buffer is replaced by its own flat indices in float64 (exact up to 2**53) and the
-    groups are removed; what is left are the surviving indices.
+    The removal is done for real on a probe: a :func:`~lightning_prune.survivors.shared_copy` of the
+    model (no tensor data copied), traced on the model's own device and dtype, whose floating
+    parameters are then swapped for ``meta`` stand-ins, while a
+    :class:`~lightning_prune.survivors.SliceRecorder` follows how Torch-Pruning slices each tensor.
+    Extra memory: the trace's activations, the changed buffers and one index per kept unit and
+    sliced dimension; the model is never written.
 
     Returns:
-        State-dict name to a sorted ``long`` tensor of kept flat indices (changed tensors only:
-        parameters, and buffers such as BatchNorm running statistics).
+        State-dict name to the :class:`~lightning_prune.survivors.Survivors` of every tensor whose
+        shape changes (parameters, and buffers such as BatchNorm running statistics).
+
+    Raises:
+        TraceError: If the model's forward pass fails while tracing it.
+        ValueError: If a key of ``removal`` names no module or a group would lose all of its units.
+        UnexplainedRemovalError: If a tensor changes by anything but slicing along its dimensions
+            (or the removal writes into the model's tensors): its survivors are refused, not guessed.
     """
-    probe = detached_copy(model).to("cpu", torch.float32)  # on the CPU whatever the model's device
-    graph = build_graph(probe, to_dtype(_to_cpu(example_input), torch.float32))
-    shapes = {}
-    with torch.no_grad():
-        for name, tensor in itertools.chain(probe.named_parameters(), probe.named_buffers()):
-            if tensor.is_floating_point():
-                shapes[name] = tensor.shape
-                tensor.data = torch.arange(tensor.numel(), dtype=torch.float64).reshape(tensor.shape)
-    remove_groups(probe, None, removal, graph=graph)
+    probe = shared_copy(model)
+    graph = build_graph(probe, example_input)
+    protected = [tensor for tensor in itertools.chain(probe.parameters(), probe.buffers())]
+    swap_to_meta(probe, graph)
+    before = {name: tensor for name, tensor in itertools.chain(probe.named_parameters(), probe.named_buffers())
+              if tensor.is_floating_point()}
+    recorder = SliceRecorder(before.values(), protected)
+    with recorder:
+        remove_groups(probe, None, removal, graph=graph)
+    for node in graph.module2node.values():  # the graph is cyclic garbage now: let its trace's activations go
+        node.grad_fn = None
+        for name in ("grad_fn", "_grad_fn"):  # Torch-Pruning's ops (a slice, an element-wise op) keep theirs too
+            if not isinstance(node.module, (nn.Module, torch.Tensor)) and hasattr(node.module, name):
+                setattr(node.module, name, None)
     return {
-        name: tensor.detach().flatten().long()
+        name: recorder.survivors(name, before[name], tensor)
         for name, tensor in itertools.chain(probe.named_parameters(), probe.named_buffers())
-        if name in shapes and tensor.shape != shapes[name]
+        if name in before and tensor.shape != before[name].shape
     }
 
 
@@ -281,9 +293,12 @@ def remove_units(
         optimizers: Optimizers over the model's parameters; their state is sliced to the survivors.
 
     Returns:
-        State-dict name to the kept flat indices, for every changed parameter and floating buffer.
+        State-dict name to the :class:`~lightning_prune.survivors.Survivors` (kept indices per
+        sliced dimension) of every changed parameter and floating buffer.
 
     Raises:
+        UnexplainedRemovalError: If the surviving entries of a changed tensor cannot be told (before
+            anything changes; see :func:`surviving_entries`).
         Exception: Whatever the removal raised, after the model and optimizers were put back as they were.
     """
     optimizers = list(optimizers)
@@ -313,8 +328,11 @@ def _moved_state(optimizer: torch.optim.Optimizer, replaced: Mapping[int, tuple]
     return groups, state
 
 
-def _slice_like(value: Any, old: torch.Tensor, new: torch.Tensor, indices: torch.Tensor | None) -> Any:
+def _slice_like(value: Any, old: torch.Tensor, new: torch.Tensor, survivors: Survivors | None) -> Any:
     """Slice a per-entry state tensor (same shape as ``old``) to the entries ``new`` kept."""
-    if not (torch.is_tensor(value) and value.shape == old.shape) or indices is None:
+    if not (torch.is_tensor(value) and value.shape == old.shape) or survivors is None:
         return value
-    return value.flatten()[indices.to(value.device)].reshape(new.shape).clone()
+    sliced = survivors.take(value)
+    if sliced.shape != new.shape:
+        raise ValueError(f"Optimizer state of shape {tuple(value.shape)} sliced to {tuple(sliced.shape)}, not {tuple(new.shape)}.")
+    return sliced

@@ -5,6 +5,10 @@ only if the two are the same function. Some couplings the engine reports are not
 feeds a norm over channels, a reshape into heads of another size, a slice); rather than list every
 such pattern, :func:`verify_groups` removes some units of every group on a float32 copy, compares
 the outputs with the masked copy's, and names the groups that differ or whose removal fails.
+
+Both copies are :func:`~lightning_prune.survivors.shared_copy`\ s, converted to float32 on the CPU
+(no copy at all when the model already is): masking replaces the masked parameters (never writes
+them in place), removal makes new tensors for the changed ones only.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from lightning_prune.surgery import detached_copy, remove_groups, to_dtype
+from lightning_prune.surgery import remove_groups, to_dtype
+from lightning_prune.survivors import shared_copy
 from lightning_prune.tracing import call, map_tensors, output_tensors
 
 if TYPE_CHECKING:
@@ -50,14 +55,14 @@ def _masked_equals_removed(
     x = to_dtype(map_tensors(example_input, lambda tensor: tensor.cpu()), torch.float32)
     try:
         masks = structure.parameter_masks(model, keep)
-        masked = detached_copy(model).to("cpu", torch.float32).eval()
+        masked = shared_copy(model).to("cpu", torch.float32).eval()
         with torch.no_grad():
             for name, param in masked.named_parameters():
                 if name in masks:
-                    param.mul_(masks[name])
+                    param.data = param.data * masks.pop(name)  # a new tensor: the copy shares the model's storage
             expected = output_tensors(call(masked, x))
         del masked
-        removed = detached_copy(model).to("cpu", torch.float32).eval()
+        removed = shared_copy(model).to("cpu", torch.float32).eval()
         remove_groups(removed, x, {key: idx for key, idx in structure.removal(keep).items() if key in keys and idx})
         with torch.no_grad():
             found = output_tensors(call(removed, x))
