@@ -231,7 +231,7 @@ class Variant:
             return
         assert masks is not None
         if name in ("lightning_prune", "lightning_prune_state"):
-            self.enforcer = enforce_masks(self.model, masks, self.optimizer, state=name == "lightning_prune_state")
+            self.enforcer = enforce_masks(self.model, masks, [self.optimizer], state=name == "lightning_prune_state")
         elif name == "proto_gradmask_nonzero_v":
             apply_masks(self.model, masks)
             proto = GradMaskNonzeroSecondMoment(self.model, masks)

@@ -18,6 +18,20 @@ pytest.importorskip("timm")
 pytest.importorskip("transformers")
 
 
+def _half_removed_like_masked(pruner, model, x):
+    """Remove half of every group's units; assert the compact model computes what the masked one did."""
+    keep = pruner.plan(pruner.dense_keep(), 0.5, 0)
+    masked = copy.deepcopy(model)
+    apply_masks(masked, pruner.parameter_masks(keep))
+    with torch.no_grad():
+        expected = output_tensors(call(masked, x))[0]
+    pruner.commit(keep)
+    with torch.no_grad():
+        found = output_tensors(call(model, x))[0]
+    assert torch.allclose(found, expected, atol=1e-5 * max(1.0, float(expected.abs().max())))
+    return keep
+
+
 @pytest.mark.parametrize(
     ("name", "attention", "count", "size", "segments"),
     [
@@ -40,15 +54,7 @@ def test_whole_heads_are_units_and_the_head_count_follows_the_removal(name, atte
     head_groups = [g for g in pruner.structure.groups if g.unit_of is not None and g.channels == segments * heads * size]
     assert len(head_groups) == 2 and all(g.size == heads for g in head_groups)  # one unit per head, both blocks
 
-    keep = pruner.plan(pruner.dense_keep(), 0.5, 0)
-    masked = copy.deepcopy(model)
-    apply_masks(masked, pruner.parameter_masks(keep))
-    with torch.no_grad():
-        expected = output_tensors(call(masked, x))[0]
-    pruner.commit(keep)
-    with torch.no_grad():
-        found = output_tensors(call(model, x))[0]
-    assert torch.allclose(found, expected, atol=1e-5 * max(1.0, float(expected.abs().max())))
+    keep = _half_removed_like_masked(pruner, model, x)
     for block in range(2):
         module = dict(model.named_modules())[attention.format(block)]
         left = int(keep[head_groups[0].key].sum())
@@ -73,15 +79,7 @@ def test_grouped_query_attention_loses_whole_key_value_groups():
     assert sorted(kv_groups) == [f"model.layers.{i}.self_attn.q_proj" for i in range(2)]
     assert all(g.size == 2 and g.unit_of == (0,) * 16 + (1,) * 16 for g in kv_groups.values())
 
-    keep = pruner.plan(pruner.dense_keep(), 0.5, 0)
-    masked = copy.deepcopy(model)
-    apply_masks(masked, pruner.parameter_masks(keep))
-    with torch.no_grad():
-        expected = output_tensors(call(masked, x))[0]
-    pruner.commit(keep)
-    with torch.no_grad():
-        found = output_tensors(call(model, x))[0]
-    assert torch.allclose(found, expected, atol=1e-5 * max(1.0, float(expected.abs().max())))
+    keep = _half_removed_like_masked(pruner, model, x)
     for layer in model.model.layers:
         attention = layer.self_attn
         assert (attention.q_proj.out_features, attention.k_proj.out_features, attention.v_proj.out_features) == (16, 8, 8)
