@@ -49,6 +49,7 @@ import _common as C  # noqa: E402  (experiments/ is on sys.path when run as a sc
 from lightning_prune import NeuronStructure, Pruning
 from lightning_prune.data import MNISTDataModule
 from lightning_prune.layers import find_prunable_layers
+from lightning_prune.teaching import mean_std, quiet_trainer
 
 #: The transformer (Hugging Face ``ViTConfig`` arguments).
 VIT = dict(image_size=28, patch_size=7, num_channels=1, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
@@ -165,7 +166,7 @@ def fit(seed: int, epochs: int, callback: Pruning | None) -> tuple[ViTClassifier
     L.seed_everything(seed, verbose=False)
     model = ViTClassifier()
     data = MNISTDataModule(batch_size=BATCH_SIZE, seed=seed)
-    trainer = C.trainer(epochs, [callback] if callback else [], num_sanity_val_steps=0)
+    trainer = quiet_trainer(epochs, [callback] if callback else [])
     start = time.perf_counter()
     trainer.fit(model, data)
     seconds = time.perf_counter() - start
@@ -216,7 +217,7 @@ def run(seed: int, quick: bool = False) -> dict[str, Any]:
     last = callback.history[-1]
     return {
         "seed": seed, "epochs": epochs, "warmup": warmup, "finetune": finetune, "per_cycle": settings["per_cycle"],
-        "dense": {**dense_row, "macs": callback._state["dense"]["macs"], "latency_ms": latency["dense"]},
+        "dense": {**dense_row, "macs": callback.dense["macs"], "latency_ms": latency["dense"]},
         "pruned": {**pruned_row, "macs": last["macs"], "latency_ms": latency["pruned"]},
         "cycles": [{k: r[k] for k in ("cycle", "epoch", "sparsity", "params", "macs", "metric")} for r in callback.history],
         "refused": {name: reason for name, reason in callback.pruner.skipped_layers.items()},
@@ -238,7 +239,7 @@ def machine() -> str:
 
 def tables(rows: list[dict[str, Any]]) -> str:
     def ms(values: list[float]) -> str:
-        mean, std = C.mean_std(values)
+        mean, std = mean_std(values)
         return f"{mean:.2f} ± {std:.2f}"
 
     summary = ["| model | test acc (%) | val acc (%) | parameters | MACs per image | heads per layer | FFN width per layer | "
@@ -252,10 +253,10 @@ def tables(rows: list[dict[str, Any]]) -> str:
             f"{ms([x['params'] for x in r]).replace('.00', '')} | {ms([x['macs'] for x in r]).replace('.00', '')} | "
             f"{' / '.join(str(list(h)) for h in heads)} | {' / '.join(str(list(f)) for f in ffn)} | "
             f"{ms([x['latency_ms']['median'] for x in r])} |")
-    drop = C.mean_std([100 * (row["dense"]["test_acc"] - row["pruned"]["test_acc"]) for row in rows])
-    speed = C.mean_std([row["dense"]["latency_ms"]["median"] / row["pruned"]["latency_ms"]["median"] for row in rows])
-    params = C.mean_std([row["pruned"]["params"] / row["dense"]["params"] for row in rows])
-    macs = C.mean_std([row["pruned"]["macs"] / row["dense"]["macs"] for row in rows])
+    drop = mean_std([100 * (row["dense"]["test_acc"] - row["pruned"]["test_acc"]) for row in rows])
+    speed = mean_std([row["dense"]["latency_ms"]["median"] / row["pruned"]["latency_ms"]["median"] for row in rows])
+    params = mean_std([row["pruned"]["params"] / row["dense"]["params"] for row in rows])
+    macs = mean_std([row["pruned"]["macs"] / row["dense"]["macs"] for row in rows])
     summary += ["", f"Test accuracy drop (dense − pruned): {drop[0]:+.2f} ± {drop[1]:.2f} points; pruned/dense parameters "
                 f"{params[0]:.3f} ± {params[1]:.3f}, MACs {macs[0]:.3f} ± {macs[1]:.3f}; CPU speed-up (dense ÷ pruned "
                 f"median latency) {speed[0]:.2f} ± {speed[1]:.2f}×."]
