@@ -109,11 +109,8 @@ def run(experiment: str, seed: int, setting: str | None = "chosen", epochs: int 
     callback = make_pruning(CANDIDATES[experiment][setting]) if setting is not None else None
     trainer = quiet_trainer(epochs, [callback] if callback else [], num_sanity_val_steps=2)  # Lightning's default sanity check, as in the committed runs
     data = DigitsDataModule(batch_size=BATCH_SIZE, seed=seed)
-    start = time.perf_counter()
-    trainer.fit(model, data)
-    fit_seconds = time.perf_counter() - start
-    val_acc = trainer.validate(model, data, verbose=False)[0]["val_acc"]
-    test_acc = trainer.test(model, data, verbose=False)[0]["test_acc"]
+    measured = C.fit_and_evaluate(trainer, model, data)
+    fit_seconds, val_acc, test_acc = measured["fit_seconds"], measured["val_acc"], measured["test_acc"]
     params = sum(p.numel() for p in model.parameters())
     row: dict[str, Any] = {
         "experiment": experiment, "setting": setting or "dense", "seed": seed, "epochs": epochs,

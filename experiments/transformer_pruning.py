@@ -167,13 +167,9 @@ def fit(seed: int, epochs: int, callback: Pruning | None) -> tuple[ViTClassifier
     model = ViTClassifier()
     data = MNISTDataModule(batch_size=BATCH_SIZE, seed=seed)
     trainer = quiet_trainer(epochs, [callback] if callback else [])
-    start = time.perf_counter()
-    trainer.fit(model, data)
-    seconds = time.perf_counter() - start
-    val = trainer.validate(model, data, verbose=False)[0]["val_acc"]
-    test = trainer.test(model, data, verbose=False)[0]["test_acc"]
+    measured = C.fit_and_evaluate(trainer, model, data)
     params = sum(p.numel() for p in model.parameters())
-    return model, {"val_acc": val, "test_acc": test, "params": params, "fit_seconds": seconds, **shape(model)}
+    return model, {**measured, "params": params, **shape(model)}
 
 
 def run(seed: int, quick: bool = False) -> dict[str, Any]:

@@ -126,8 +126,8 @@ def bounded_group_search(graph: tp.DependencyGraph, per_node: int = 64, per_targ
     On some models (torchvision's Swin: window partitions, reshapes of reshapes) the index lists
     grow by the flatten stride at every step and the search never ends in practice. A group that
     needs more than ``per_node`` dependencies per node of the graph, reaches one node more than
-    ``per_target`` times (a search that ends reaches each node once or twice on every model of the
-    zoo), or needs more indices for one dependency than the model's largest parameter has entries,
+    ``per_target`` times (a search that ends reached each node once or twice on the 11 zoo models
+    measured, see ``shared/FIELD_NOTES.md``), or needs more indices for one dependency than the model's largest parameter has entries,
     is not one the library can prune;
     the search is stopped with :class:`UnsupportedModelError` instead of hanging the fit. Torch-Pruning offers
     no limit of its own, so ``Group.add_dep`` is counted while the block runs (and restored after).
