@@ -2,7 +2,11 @@
 
 Attach :class:`Pruning` to a ``lightning.Trainer`` and get the whole loop of the lecture: train,
 score importance, rank, mask or remove, fine-tune, repeat until the target is met or accuracy
-would suffer. Scoring, ranking, masks, structure, surgery and schedules are plain functions and
+would suffer. It is configured with one small object per concern::
+
+    Pruning(schedule=Geometric(target=0.9, per_cycle=0.2, warmup_epochs=4, finetune_epochs=1),
+            criterion="l1", guard=DropGuard(monitor="val_acc", max_drop=0.01))
+ Scoring, ranking, masks, structure, surgery and schedules are plain functions and
 classes (``criteria``, ``ranking``, ``masks``, ``structure``, ``surgery``, ``schedules``,
 ``pruner``), usable without a Trainer.
 """
@@ -15,10 +19,21 @@ from lightning_prune.checkpoint import (
     restore_pruned,
     save_compact,
 )
+from lightning_prune.config import (
+    DropGuard,
+    Global,
+    Neurons,
+    PerLayer,
+    RandomMask,
+    Reinit,
+    Rewind,
+    SignedConstant,
+    Weights,
+)
 from lightning_prune.criteria import CRITERIA, APoZ, Criterion, Magnitude, RandomImportance, Taylor
 from lightning_prune.masks import MaskEnforcer, apply_masks
 from lightning_prune.pruner import Pruner
-from lightning_prune.schedules import sparsity_schedule
+from lightning_prune.schedules import Cubic, Custom, Geometric, OneShot, Schedule
 from lightning_prune.structure import NeuronStructure, remove_zeroed_units
 from lightning_prune.surgery import remove_units
 
@@ -26,6 +41,20 @@ __all__ = [
     "CRITERIA",
     "APoZ",
     "Criterion",
+    "Cubic",
+    "Custom",
+    "DropGuard",
+    "Geometric",
+    "Global",
+    "Neurons",
+    "OneShot",
+    "PerLayer",
+    "RandomMask",
+    "Reinit",
+    "Rewind",
+    "Schedule",
+    "SignedConstant",
+    "Weights",
     "Magnitude",
     "MaskEnforcer",
     "NeuronStructure",
@@ -41,6 +70,5 @@ __all__ = [
     "remove_zeroed_units",
     "restore_pruned",
     "save_compact",
-    "sparsity_schedule",
 ]
 __version__ = "0.1.0"

@@ -199,3 +199,26 @@ def export_program(model: nn.Module, example_input: Any, path: str | Path, dynam
         torch.export.save(torch.export.export(model, inputs, dynamic_shapes=dynamic_shapes), path)
     finally:
         model.train(was_training)
+
+
+def install_restore(module: nn.Module) -> None:
+    """Make ``module`` replay a checkpoint's plan before its weights load (``fit(ckpt_path=...)``,
+    ``test(ckpt_path="best")``), by wrapping its own ``on_load_checkpoint`` until :func:`uninstall_restore`.
+
+    Lightning restores the module (``on_load_checkpoint``, then ``load_state_dict``) before any
+    callback state. Modules that inherit :class:`PrunedCheckpointMixin` need no wrapping.
+    """
+    if getattr(module, "restores_pruned_architecture", False):
+        return
+    original = module.on_load_checkpoint
+
+    def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
+        restore_pruned(module, checkpoint)
+        original(checkpoint)
+
+    module.on_load_checkpoint = on_load_checkpoint
+
+
+def uninstall_restore(module: nn.Module) -> None:
+    """Undo :func:`install_restore` (once the checkpoint is loaded)."""
+    module.__dict__.pop("on_load_checkpoint", None)

@@ -5,8 +5,10 @@ neuron or filter for ``granularity="neuron"`` (one score per row of the weight).
 criterion, decides whether scores are compared per layer or globally.
 
 Criteria that need data (APoZ) or gradients (Taylor) observe a calibration pass run by
-:func:`score_layers`. Any object with the attributes and methods of :class:`Criterion` can be passed
-to :class:`~lightning_prune.Pruning` instead of a name.
+:func:`score_layers` over ``batches`` training batches; how a batch reaches the model is theirs to
+say (``APoZ(forward=...)``, ``Taylor(loss=...)``), so dict batches and preprocessing inside
+``training_step`` work. Any object with the attributes and methods of :class:`Criterion` can be
+passed to :class:`~lightning_prune.Pruning` instead of a name.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from torch import nn
 from lightning_prune.layers import PrunableLayer, is_transposed
 from lightning_prune.statistics import WeightGradientProduct, ZeroActivationRate
 from lightning_prune.tracing import output_tensors
+from lightning_prune.validation import check_int
 
 GRANULARITIES = ("weight", "neuron")
+
 
 
 def _per_unit(values: torch.Tensor) -> torch.Tensor:
@@ -43,12 +47,28 @@ class Criterion:
         needs_activations: The criterion observes a forward pass over calibration data.
         needs_gradients: The criterion observes gradients of the loss over calibration data.
         granularities: The granularities the criterion can score.
+        batches: Calibration batches per cycle (criteria that need data).
     """
 
     name = "criterion"
     needs_activations = False
     needs_gradients = False
     granularities: tuple[str, ...] = GRANULARITIES
+    batches = 0
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The plain settings that shape the scores (what a checkpoint compares on resume)."""
+        plain = (int, float, str, bool, type(None))
+        settings = {key: value for key, value in vars(self).items() if not key.startswith("_") and isinstance(value, plain)}
+        return {"type": type(self).__name__, "name": self.name, **settings}
+
+    def calibration_forward(self, model: nn.Module, batch: Any) -> None:
+        """Feed one calibration batch to the model (criteria that observe activations)."""
+        model(batch_input(batch))
+
+    def calibration_loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """The loss of one calibration batch (criteria that observe gradients)."""
+        return cross_entropy_loss(model, batch)
 
     def begin(self, layers: Sequence[PrunableLayer], sites: Mapping[str, nn.Module]) -> None:
         """Reset statistics and start observing (called before a calibration pass).
@@ -77,7 +97,9 @@ class Magnitude(Criterion):
         p: 1 for L1, 2 for L2.
     """
 
-    def __init__(self, p: int) -> None:
+    def __init__(self, p: int = 1) -> None:
+        if p not in (1, 2):
+            raise ValueError(f"`Magnitude.p` must be 1 (L1) or 2 (L2), got {p!r}.")
         self.p = p
         self.name = f"l{p}"
 
@@ -96,12 +118,18 @@ class RandomImportance(Criterion):
     """Random scores: the control every pruning paper compares against.
 
     Scores depend only on ``seed`` and the cycle, so a resumed run and every DDP rank draw the same.
+
+    Args:
+        seed: Seed of the draws, in [0, 2**32).
+
+    Raises:
+        ValueError: If ``seed`` is out of range.
     """
 
     name = "random"
 
     def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
+        self.seed = check_int("RandomImportance.seed", seed, 0, 2**32)  # seed * 1_000_003 + cycle < 2**64
 
     def scores(self, layers: Sequence[PrunableLayer], granularity: str, cycle: int) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + cycle)
@@ -114,15 +142,33 @@ class APoZ(Criterion):
 
     Hu et al. (2016), "Network Trimming": neurons that are mostly zero over the data are unimportant.
     Counts are :class:`~lightning_prune.statistics.ZeroActivationRate` metrics, reduced across ranks.
+
+    Args:
+        batches: Training batches observed per cycle (>= 1).
+        forward: ``forward(model, batch)`` runs the model on one training batch (default:
+            ``model(batch[0])`` for tuple batches, ``model(batch)`` otherwise). Pass it for dict
+            batches or when ``training_step`` preprocesses the batch.
+
+    Raises:
+        ValueError: If ``batches`` is not an integer >= 1 or ``forward`` is not callable.
     """
 
     name = "apoz"
     needs_activations = True
     granularities = ("neuron",)
 
-    def __init__(self) -> None:
+    def __init__(self, batches: int = 16, forward: Callable[[nn.Module, Any], Any] | None = None) -> None:
+        self.batches = check_int("APoZ.batches", batches, 1)
+        if forward is not None and not callable(forward):
+            raise ValueError(f"`APoZ.forward` must be callable as forward(model, batch) or None, got {forward!r}.")
+        self.forward = forward
         self._stats: dict[str, ZeroActivationRate] = {}
         self._handles: list[Any] = []
+
+    def calibration_forward(self, model: nn.Module, batch: Any) -> None:
+        if self.forward is None:
+            return super().calibration_forward(model, batch)
+        self.forward(model, batch)
 
     def begin(self, layers: Sequence[PrunableLayer], sites: Mapping[str, nn.Module]) -> None:
         self.end()
@@ -151,13 +197,29 @@ class Taylor(Criterion):
     Per weight, the absolute product of the weight and the loss gradient summed over calibration
     batches; per neuron, the absolute sum of those products over the neuron's weights (the
     first-order change of the loss when the whole neuron is removed).
+
+    Args:
+        batches: Training batches whose gradients are summed per cycle (>= 1).
+        loss: ``loss(model, batch) -> Tensor`` for one training batch (default: cross-entropy of
+            the model's logits on ``batch[0]`` against ``batch[1]``). Pass it for dict batches,
+            another loss, or preprocessing inside ``training_step``.
+
+    Raises:
+        ValueError: If ``batches`` is not an integer >= 1 or ``loss`` is not callable.
     """
 
     name = "taylor"
     needs_gradients = True
 
-    def __init__(self) -> None:
+    def __init__(self, batches: int = 16, loss: Callable[[nn.Module, Any], torch.Tensor] | None = None) -> None:
+        self.batches = check_int("Taylor.batches", batches, 1)
+        if loss is not None and not callable(loss):
+            raise ValueError(f"`Taylor.loss` must be callable as loss(model, batch) -> Tensor or None, got {loss!r}.")
+        self.loss = loss
         self._stats: dict[str, WeightGradientProduct] = {}
+
+    def calibration_loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        return cross_entropy_loss(model, batch) if self.loss is None else self.loss(model, batch)
 
     def begin(self, layers: Sequence[PrunableLayer], sites: Mapping[str, nn.Module]) -> None:
         self._stats = {layer.name: WeightGradientProduct(layer.weight.shape).to(layer.weight.device) for layer in layers}
@@ -177,16 +239,16 @@ class Taylor(Criterion):
 
 
 #: Criterion names accepted by :class:`~lightning_prune.Pruning`, each with its factory.
-CRITERIA: dict[str, Callable[[int], Criterion]] = {
-    "l1": lambda seed: Magnitude(1),
-    "l2": lambda seed: Magnitude(2),
-    "apoz": lambda seed: APoZ(),
-    "taylor": lambda seed: Taylor(),
-    "random": lambda seed: RandomImportance(seed),
+CRITERIA: dict[str, Callable[[], Criterion]] = {
+    "l1": lambda: Magnitude(1),
+    "l2": lambda: Magnitude(2),
+    "apoz": APoZ,
+    "taylor": Taylor,
+    "random": RandomImportance,
 }
 
 
-def make_criterion(criterion: str | Criterion, seed: int = 0) -> Criterion:
+def make_criterion(criterion: str | Criterion) -> Criterion:
     """Turn a name from :data:`CRITERIA` into a criterion; pass objects through.
 
     Raises:
@@ -195,7 +257,7 @@ def make_criterion(criterion: str | Criterion, seed: int = 0) -> Criterion:
     if isinstance(criterion, str):
         if criterion not in CRITERIA:
             raise ValueError(f"`criterion` must be one of {sorted(CRITERIA)} or a Criterion object, got {criterion!r}.")
-        return CRITERIA[criterion](seed)
+        return CRITERIA[criterion]()
     if isinstance(criterion, type):
         raise ValueError(
             f"`criterion` must be a Criterion instance, got the class {criterion.__name__}: pass {criterion.__name__}(...)."
@@ -223,7 +285,7 @@ def cross_entropy_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     output = model(inputs)
     logits = output if torch.is_tensor(output) else next(iter(output_tensors(output)), None)
     if logits is None:
-        raise ValueError(f"The model returned {type(output).__name__} without a tensor; pass `calibration_loss=`.")
+        raise ValueError(f"The model returned {type(output).__name__} without a tensor; pass `Taylor(loss=...)`.")
     return F.cross_entropy(logits, targets)
 
 
@@ -235,7 +297,6 @@ def score_layers(
     model: nn.Module | None = None,
     batches: Iterable[Any] = (),
     sites: Mapping[str, nn.Module] | None = None,
-    loss_fn: Callable[[nn.Module, Any], torch.Tensor] = cross_entropy_loss,
 ) -> dict[str, torch.Tensor]:
     """Score every unit, running a calibration pass first when the criterion needs one.
 
@@ -250,7 +311,6 @@ def score_layers(
         model: The model, for criteria that need data.
         batches: Calibration batches, for criteria that need data.
         sites: Layer name to the module whose output is the layer's pre-activation.
-        loss_fn: ``loss_fn(model, batch) -> scalar`` for gradient criteria.
 
     Returns:
         Layer name to scores (weight-shaped, or one per output unit).
@@ -271,12 +331,12 @@ def score_layers(
                 seen += 1
                 if criterion.needs_gradients:
                     with torch.enable_grad():
-                        loss = loss_fn(model, batch)
+                        loss = criterion.calibration_loss(model, batch)
                         grads = torch.autograd.grad(loss, [layer.weight for layer in layers], allow_unused=True)
                     criterion.observe_gradients(layers, grads)
                 else:
                     with torch.no_grad():
-                        model(batch_input(batch))
+                        criterion.calibration_forward(model, batch)
         finally:
             criterion.end()
             model.train(was_training)

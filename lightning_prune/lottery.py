@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_prune.config import Reinit, SignedConstant
 from lightning_prune.masks import apply_masks
 from lightning_prune.surgery import detached_copy
 
@@ -109,6 +110,18 @@ def slice_snapshot(
                  for index, values in state_dict["state"].items()}
         optimizers.append({**clone_tensors(state_dict), "state": state})
     return {**snapshot, "model": model, "optimizers": optimizers, "schedulers": clone_tensors(snapshot["schedulers"])}
+
+
+def slice_to_model(snapshot: Mapping[str, Any], kept: Mapping[str, torch.Tensor], model: nn.Module,
+                   optimizer_names: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """:func:`slice_snapshot` to the shapes ``model`` has now (after a removal)."""
+    return slice_snapshot(snapshot, kept, {name: value.shape for name, value in model.state_dict().items()}, optimizer_names)
+
+
+def optimizer_names(model: nn.Module, optimizers: Sequence[torch.optim.Optimizer]) -> list[list[str]]:
+    """For each optimizer, the parameter name of each entry of its state-dict indexing (param-group order)."""
+    names = {id(param): name for name, param in model.named_parameters()}
+    return [[names.get(id(p), "") for group in optimizer.param_groups for p in group["params"]] for optimizer in optimizers]
 
 
 def reinitialized_state(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
@@ -251,3 +264,18 @@ def scratch_model(model: nn.Module, plan: Mapping[str, Any], seed: int) -> nn.Mo
     apply_plan(model, plan)
     _reinitialise(model, seed)
     return model
+
+
+def control_state(control: Any, model: nn.Module, state: Mapping[str, torch.Tensor],
+                  weights: Sequence[str]) -> Mapping[str, torch.Tensor]:
+    """The values a lottery control rewinds to instead of ``state`` (the rewind point's model state).
+
+    ``Reinit(seed)``: a fresh initialisation (:func:`reinit_control_state`); ``SignedConstant()``:
+    the prunable ``weights`` reduced to their signs (:func:`signed_constant_state`); any other
+    control (``RandomMask`` changes the masks, not the values) or ``None``: ``state`` itself.
+    """
+    if isinstance(control, Reinit):
+        return reinit_control_state(model, control.seed, state, weights)
+    if isinstance(control, SignedConstant):
+        return signed_constant_state(state, weights)
+    return state

@@ -123,3 +123,17 @@ def enforce_masks(
     enforcer.enforce(optimizers)
     enforcer.attach(optimizers, state=state)
     return enforcer
+
+
+def reapply_if_leaked(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[str]:
+    """Zero the pruned weights again if something wrote non-zeros there; return the names it found.
+
+    Masks reach every name of a tied tensor; entries whose shape no longer fits are skipped.
+    """
+    params = dict(model.named_parameters(remove_duplicate=False))
+    with torch.no_grad():
+        leaked = [name for name, mask in masks.items()
+                  if name in params and params[name].shape == mask.shape and bool(params[name][~mask].any())]
+    if leaked:
+        apply_masks(model, masks)
+    return leaked

@@ -12,7 +12,7 @@ scoring or ranking leaves the model as it was.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -20,12 +20,12 @@ from torch import nn
 
 from lightning_prune.checkpoint import mark_pruned
 from lightning_prune.counting import count_macs, count_parameters, kept_macs
-from lightning_prune.criteria import GRANULARITIES, Criterion, cross_entropy_loss, score_layers
+from lightning_prune.config import Granularity, Neurons, Ranking, make_granularity, make_ranking
+from lightning_prune.criteria import Criterion, score_layers
 from lightning_prune.layers import PrunableLayer, find_prunable_layers
 from lightning_prune.masks import Masks
-from lightning_prune.ranking import NORMALIZERS, SCOPES, normalize_scores, prunable_capacity, round_kept, select_units
-
-BUDGETS = ("units", "params", "macs")
+from lightning_prune.ranking import normalize_scores, prunable_capacity, round_kept, select_units
+from lightning_prune.schedules import BUDGETS
 from lightning_prune.structure import NeuronStructure
 from lightning_prune.surgery import Transaction, UnsupportedModelError, remove_units
 from lightning_prune.survivors import Survivors
@@ -47,14 +47,14 @@ class Pruner:
         model: The model (dense architecture).
         example_input: A batch the model accepts, to find layer order, neuron groups and MACs.
         criterion: The importance criterion.
-        granularity: ``"weight"`` or ``"neuron"``.
-        scope: ``"global"`` or ``"layer"``.
-        min_keep: Minimum fraction of each layer's (group's) units kept.
+        granularity: A :class:`~lightning_prune.config.Granularity`, ``"weight"`` or ``"neuron"``.
+        ranking: A :class:`~lightning_prune.config.Ranking`, ``"global"`` or ``"layer"``.
         layers: Glob patterns of module names to prune (``None``: all supported layers).
         ignore_layers: Glob patterns of module names never to prune.
 
     Raises:
-        ValueError: If ``granularity``, ``scope`` or ``min_keep`` is invalid, or no layer can be pruned.
+        ValueError: If ``granularity`` or ``ranking`` is invalid, or no layer can be pruned.
+        UnsupportedModelError: If no neuron of the selected layers can be pruned (naming why).
     """
 
     def __init__(
@@ -62,25 +62,19 @@ class Pruner:
         model: nn.Module,
         example_input: Any,
         criterion: Criterion,
-        granularity: str = "weight",
-        scope: str = "global",
-        min_keep: float = 0.01,
+        granularity: Granularity | str = "weight",
+        ranking: Ranking | str = "global",
         layers: Sequence[str] | None = None,
         ignore_layers: Sequence[str] | None = None,
     ) -> None:
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"`granularity` must be one of {GRANULARITIES}, got {granularity!r}.")
-        if scope not in SCOPES:
-            raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}.")
-        if not 0.0 <= min_keep < 1.0:
-            raise ValueError(f"`min_keep` must be in [0, 1), got {min_keep!r}.")
         self.model = model
         self.criterion = criterion
-        self.granularity = granularity
-        self.scope = scope
-        self.min_keep = min_keep
+        self.granularity_config = make_granularity(granularity)
+        self.ranking = make_ranking(ranking)
+        self.granularity = self.granularity_config.name
+        self.scope, self.min_keep = self.ranking.scope, self.ranking.min_keep
         self.layers: list[PrunableLayer] = find_prunable_layers(model, example_input, layers, ignore_layers)
-        self.structure = NeuronStructure(model, example_input, self.layers) if granularity == "neuron" else None
+        self.structure = NeuronStructure(model, example_input, self.layers) if self.granularity == "neuron" else None
         if self.structure is not None:
             members = {name for group in self.structure.groups for name, _ in group.members}
             self.scored_layers = [layer for layer in self.layers if layer.name in members]
@@ -122,12 +116,9 @@ class Pruner:
         fraction: float | Mapping[str, float],
         cycle: int,
         batches: Iterable[Any] = (),
-        loss_fn: Callable[[nn.Module, Any], torch.Tensor] = cross_entropy_loss,
         present: Mapping[str, torch.Tensor] | None = None,
         budget: str = "units",
         reference: Mapping[str, float] | None = None,
-        round_to: int | None = None,
-        normalize: str | None = None,
     ) -> Keep:
         """New keep-masks that remove ``fraction`` of the budget; ``keep`` only shrinks.
 
@@ -139,35 +130,32 @@ class Pruner:
                 its own fraction.
             cycle: Index of the cycle (seeds random scores).
             batches: Calibration batches for data-driven criteria.
-            loss_fn: Loss for gradient-based criteria.
             present: For neurons, which dense units are still in the model (``None``: all).
             budget: ``"units"``, ``"params"`` or ``"macs"``.
             reference: The dense model's ``{"params", "macs"}`` (for the last two budgets).
-            round_to: Round each group's kept units up to a multiple of this.
-            normalize: Rescale each group's scores before ranking (see
-                :func:`~lightning_prune.ranking.normalize_scores`); ``None`` ranks raw scores.
+
+        The ranking's normaliser and minimum, and the granularity's ``round_to``, are the
+        configuration objects given at construction.
 
         Raises:
             ValueError: If ``budget`` is unknown, ``reference`` is missing for a params/MACs budget,
-                per-layer fractions are combined with one, the budget cannot be reached while
-                each layer keeps its minimum, or ``normalize`` is unknown.
+                per-layer fractions are combined with one, or the budget cannot be reached while
+                each layer keeps its minimum.
         """
         if budget not in BUDGETS:
             raise ValueError(f"`budget` must be one of {BUDGETS}, got {budget!r}.")
-        if normalize is not None and normalize not in NORMALIZERS:
-            raise ValueError(f"`normalize` must be one of {NORMALIZERS} or None, got {normalize!r}.")
         if budget != "units" and (reference is None or budget not in reference):
             raise ValueError(f"budget={budget!r} needs `reference` with the dense model's {budget!r}, got {reference!r}.")
         sites = self.structure.sites if self.structure is not None else {}
-        scores = score_layers(
-            self.criterion, self.scored_layers, self.granularity, cycle, self.model, batches, sites, loss_fn
-        )
+        scores = score_layers(self.criterion, self.scored_layers, self.granularity, cycle, self.model, batches, sites)
         if self.structure is not None:
             scores = self.structure.group_scores(scores)
             if present is not None:
                 scores = {key: _scatter(value, present[key]) for key, value in scores.items()}
+        normalize = self.ranking.normalizer(self.granularity_config)
         if normalize is not None:
             scores = normalize_scores(scores, keep, normalize)
+        round_to = self.granularity_config.round_to if isinstance(self.granularity_config, Neurons) else None
 
         def choose(unit_fraction: float | Mapping[str, float]) -> Keep:
             floors = self.structure.floors if self.structure is not None else None

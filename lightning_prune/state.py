@@ -10,7 +10,7 @@ checkpoint, simply at its default, so old checkpoints keep resuming.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -83,3 +83,78 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], def
         if was != now:
             differences.append(f"{key}: checkpoint {was!r}, now {now!r}")
     return differences
+
+
+def check_same_config(saved: Any, current: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
+    """Refuse to resume a run configured differently from the one that wrote the checkpoint.
+
+    Raises:
+        ValueError: If ``saved`` is not a configuration, or naming every setting that differs.
+    """
+    if not isinstance(saved, Mapping):
+        raise ValueError("The checkpoint's Pruning state has no configuration; it was not written by this callback.")
+    differences = config_differences(saved, current, defaults)
+    if differences:
+        raise ValueError(
+            "The checkpoint's pruning run was configured differently; resume with the same arguments "
+            "(or start a new fit from the weights). Differs: " + "; ".join(differences) + "."
+        )
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level, keys joined with dots (``{"schedule": {"target": 0.9}}`` ->
+    ``{"schedule.target": 0.9}``), so that a difference names the field."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def take_snapshot(model: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer],
+                  keep: Mapping[str, torch.Tensor] | None, present: Mapping[str, torch.Tensor] | None) -> dict[str, Any]:
+    """Copies of the model's state, the optimizers' per-parameter state and the masks: what a rollback restores."""
+    return {
+        "model": clone_tensors(model.state_dict()),
+        "optimizers": [clone_tensors(optimizer.state_dict()["state"]) for optimizer in optimizers],
+        "keep": clone_tensors(keep),
+        "present": clone_tensors(present),
+    }
+
+
+def restore_snapshot(snapshot: Mapping[str, Any], model: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    """Put the model and the optimizers' per-parameter state back to a :func:`take_snapshot` (masks: the caller's)."""
+    model.load_state_dict(snapshot["model"])
+    for optimizer, saved in zip(optimizers, snapshot["optimizers"]):
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        optimizer.state.clear()
+        for index, values in saved.items():
+            optimizer.state[params[index]] = clone_tensors(values)
+
+
+def history_row(cycle: int, epoch: int, stats: Mapping[str, float], dense: Mapping[str, float]) -> dict[str, Any]:
+    """One cycle's history row: the pruner's summary with the kept fractions of the dense model's params and MACs."""
+    return {"cycle": cycle, "epoch": epoch, **stats, "params_fraction": stats["params"] / dense["params"],
+            "macs_fraction": stats["macs"] / dense["macs"] if dense["macs"] else 1.0, "metric": None, "accepted": None}
+
+
+def cycle_line(row: Mapping[str, Any], granularity: str) -> str:
+    """One line saying what a cycle did."""
+    return (f"Pruning cycle {row['cycle']} at epoch {row['epoch']}: {granularity} sparsity {row['sparsity']:.4f}, "
+            f"{int(row['params'])} parameters ({row['params_fraction']:.3f}), {row['macs']:.0f} MACs ({row['macs_fraction']:.3f})")
+
+
+def summary_table(history: Sequence[Mapping[str, Any]]) -> str:
+    """The per-cycle history as a text table."""
+    header = f"{'cycle':>5} {'epoch':>5} {'sparsity':>9} {'params':>10} {'MACs':>12} {'metric':>8} {'accepted':>8}"
+    lines = ["Pruning summary", header]
+    for row in history:
+        metric = "-" if row["metric"] is None else f"{row['metric']:.4f}"
+        accepted = "-" if row["accepted"] is None else ("yes" if row["accepted"] else "ROLLBACK")
+        lines.append(
+            f"{row['cycle']:>5} {row['epoch']:>5} {row['sparsity']:>9.4f} {int(row['params']):>10} "
+            f"{row['macs']:>12.0f} {metric:>8} {accepted:>8}"
+        )
+    return "\n".join(lines)
