@@ -32,16 +32,17 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning_prune import fit_checks
 from lightning_prune.batches import calibration_batches, example_input
 from lightning_prune.checkpoint import PLAN_KEY, input_spec, install_restore, uninstall_restore
-from lightning_prune.config import DropGuard, Granularity, PruningConfig, RandomMask, Ranking, Rewind
+from lightning_prune.config import DropGuard, Granularity, PruningConfig, Ranking, Rewind
 from lightning_prune.counting import count_parameters
 from lightning_prune.criteria import Criterion
-from lightning_prune.distributed import check_ranks_agree, spawned
-from lightning_prune.lottery import (clone_tensors, control_state, optimizer_names, rewind, shuffle_within_groups,
-                                     slice_to_model, training_snapshot)
+from lightning_prune.decisions import (controlled_keep, cycle_due, cycle_fraction, judgement_due, numeric,
+                                       rewind_point_due, verdict)
+from lightning_prune.distributed import check_ranks_agree, masked_during_fit, spawned
+from lightning_prune.lottery import clone_tensors, control_state, optimizer_names, rewind, slice_to_model, training_snapshot
 from lightning_prune.masks import MaskEnforcer, enforce_masks, reapply_if_leaked
 from lightning_prune.pruner import Keep, Pruner
 from lightning_prune.ranking import lopsided
-from lightning_prune.schedules import Schedule, Timeline, layer_exponents, layer_fraction
+from lightning_prune.schedules import Schedule, Timeline, layer_exponents
 from lightning_prune.state import (PruningState, check_same_config, cycle_line, flatten, history_row, non_default,
                                    restore_snapshot, summary_table, take_snapshot)
 
@@ -103,7 +104,7 @@ class Pruning(Callback):
         self.fractions = self.schedule.fractions()
         self.timeline = self._timeline = Timeline.of(self.schedule)  # _timeline: this fit's (fast_dev_run: one prune)
         self.pruner: Pruner | None = None
-        self._exponents: dict[str, float] = {}  # group -> log(1 - its target) / log(1 - target)
+        self._exponents: dict[str, float] = {}  # group -> log(1 - its target) / log(1 - target) (PerLayer.overrides)
         self._commit_during_fit = False
         self._enforcer: MaskEnforcer | None = None
         self._masks: dict[str, torch.Tensor] = {}
@@ -195,16 +196,13 @@ class Pruning(Callback):
                              self.config.ignore_layers)
         self._commit_during_fit = self.remove and trainer.world_size == 1
         if self.remove and not self._commit_during_fit:
-            rank_zero_info(
-                f"Pruning: {trainer.world_size} processes; neurons stay masked during the fit"
-                + (" (and after it: spawned workers return dense-shaped weights)." if spawned(trainer) else
-                   " and are removed on every rank when it ends.")
-            )
+            rank_zero_info(masked_during_fit(trainer))
         dense = self.pruner.dense_keep()
         overrides = self.config.overrides
         self._exponents = layer_exponents(dense, overrides, self.schedule.target) if overrides else {}
-        for message in fit_checks.setup_warnings(dense, self.ranking, self.config.round_to, lambda key: self._fraction_of(
-                key, self.fractions[-1]), self.pruner.skipped_layers, self.schedule.budget == "units"):
+        final = cycle_fraction(self.fractions, -1, self._exponents, list(dense))
+        for message in fit_checks.setup_warnings(dense, self.ranking, self.config.round_to, lambda key: final if isinstance(
+                final, float) else final[key], self.pruner.skipped_layers, self.schedule.budget == "units"):
             rank_zero_warn(f"Pruning: {message}")
         if self._restored is not None:
             self._state, self._restored = self._restored, None
@@ -219,13 +217,13 @@ class Pruning(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
         self._judge_pending(trainer, pl_module, before_epoch=epoch)
-        if self.lottery is not None and self._state.rewind_point is None and epoch == self.lottery.epoch:
+        if rewind_point_due(self.lottery, epoch, self._state):
             point = training_snapshot(pl_module, trainer.optimizers, _schedulers(trainer))
             weights = [layer.weight_name for layer in self.pruner.layers]
             point["model"] = control_state(self.lottery.control, pl_module, point["model"], weights)
             self._state.rewind_point = point
-        cycle = self._timeline.cycle_at(epoch)
-        if self._state.stopped or cycle is None or cycle != self._state.cycle:
+        cycle = cycle_due(self._timeline, epoch, self._state)
+        if cycle is None:
             return
         if cycle == 0 and self.monitor is not None:
             self._state.baseline = self._state.metrics.get(epoch - 1)
@@ -282,20 +280,11 @@ class Pruning(Callback):
         self._enforcer = enforce_masks(pl_module, masks, trainer.optimizers)  # weights zeroed after every step
         self._masks = masks
 
-    def _fraction_of(self, key: str, fraction: float) -> float:
-        """A group's own cumulative fraction when the schedule is at ``fraction``."""
-        return layer_fraction(fraction, self._exponents.get(key, 1.0))
-
     def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule, cycle: int, epoch: int) -> None:
-        fraction = self.fractions[cycle]
-        if self._exponents:
-            fraction = {key: self._fraction_of(key, fraction) for key in self._state.keep}
+        fraction = cycle_fraction(self.fractions, cycle, self._exponents, list(self._state.keep))
         keep = self.pruner.plan(self._state.keep, fraction, cycle, calibration_batches(trainer, self.criterion),
                                 self._state.present, self.schedule.budget, self._state.dense)
-        control = self.lottery.control if self.lottery is not None else None
-        if isinstance(control, RandomMask):
-            generator = torch.Generator().manual_seed(control.seed * 1_000_003 + cycle)
-            keep = shuffle_within_groups(self._state.keep, keep, generator)
+        keep = controlled_keep(self.lottery.control if self.lottery else None, self._state.keep, keep, cycle)
         check_ranks_agree(trainer, keep)
         keep = trainer.strategy.broadcast(keep, src=0)  # bit-identical on every rank from here on
         if self._state.rewind_point is not None:
@@ -307,19 +296,17 @@ class Pruning(Callback):
         self._state.pending = {"cycle": cycle, "epoch": self._timeline.prune_epoch(cycle) + self._timeline.finetune_epochs - 1}
         row = history_row(cycle, epoch, self.pruner.summary(keep, self._masks), self._state.dense)
         self._state.history.append(row)
-        self._log(trainer, {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        self._log(trainer, numeric(row))
         emptied = lopsided({key: torch.ones_like(mask) for key, mask in keep.items()}, keep)
         if emptied and self.ranking.scope == "global":
-            rank_zero_warn(
-                f"Pruning: a global ranking removed most units of {emptied[:5]} while other layers lost none. Their scores "
-                "are probably on another scale: use Global(normalize='mean') or PerLayer(), or protect them with min_keep."
-            )
+            rank_zero_warn(f"Pruning: a global ranking removed most units of {emptied[:5]} while other layers lost none. "
+                           "Use Global(normalize='mean') or PerLayer(), or protect them with min_keep.")
         if self.verbose:
             rank_zero_info(cycle_line(row, self.granularity.name))
 
     def _judge_pending(self, trainer: L.Trainer, pl_module: L.LightningModule, before_epoch: int) -> None:
-        pending = self._state.pending
-        if pending is None or before_epoch <= pending["epoch"]:
+        pending = judgement_due(self._state, before_epoch)
+        if pending is None:
             return
         self._state.pending = None
         if self.monitor is None:
@@ -330,9 +317,7 @@ class Pruning(Callback):
         if self.guard is None or trainer.fast_dev_run:
             return
         baseline, value = self._state.baseline, row["metric"]
-        if baseline is None or value is None:
-            raise ValueError(f"`guard` needs `{self.monitor}` after warm-up and after each cycle; it was not logged.")
-        row["accepted"] = trainer.strategy.broadcast(self.guard.accepts(baseline, value), src=0)  # rank 0 decides
+        row["accepted"] = trainer.strategy.broadcast(verdict(self.guard, baseline, value), src=0)  # rank 0 decides
         if row["accepted"]:
             if self._commit_during_fit:
                 self._commit(trainer, pl_module)

@@ -31,3 +31,10 @@ def check_ranks_agree(trainer: L.Trainer, keep: Mapping[str, torch.Tensor]) -> N
 def spawned(trainer: L.Trainer) -> bool:
     """Whether the fit runs in spawned workers whose weights return to a main process of fixed shape."""
     return getattr(trainer.strategy, "_start_method", "popen") != "popen"
+
+
+def masked_during_fit(trainer: L.Trainer) -> str:
+    """What happens to removed neurons when several processes fit (the wrapped module cannot be reshaped)."""
+    after = (" (and after it: spawned workers return dense-shaped weights)." if spawned(trainer)
+             else " and are removed on every rank when it ends.")
+    return f"Pruning: {trainer.world_size} processes; neurons stay masked during the fit{after}"
