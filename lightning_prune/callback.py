@@ -201,6 +201,9 @@ class Pruning(Callback):
         overrides = self.config.overrides
         self._exponents = layer_exponents(dense, overrides, self.schedule.target) if overrides else {}
         final = cycle_fraction(self.fractions, -1, self._exponents, list(dense))
+        if self.pruner.excluded_layers:
+            rank_zero_info("Pruning: left out (name them in `layers=` to prune them): " + "; ".join(
+                f"{name!r}: {why}" for name, why in self.pruner.excluded_layers.items()))
         for message in fit_checks.setup_warnings(dense, self.ranking, self.config.round_to, lambda key: final if isinstance(
                 final, float) else final[key], self.pruner.skipped_layers, self.schedule.budget == "units"):
             rank_zero_warn(f"Pruning: {message}")

@@ -163,7 +163,26 @@ def find_prunable_layers(
     layers: Sequence[str] | None = None,
     ignore_layers: Sequence[str] | None = None,
 ) -> list[PrunableLayer]:
+    """The layers to prune: :func:`find_layers` without the reasons for the layers left out.
+
+    Raises:
+        ValueError: As :func:`find_layers`.
+    """
+    return find_layers(model, example_input, layers, ignore_layers)[0]
+
+
+def find_layers(
+    model: nn.Module,
+    example_input: Any = None,
+    layers: Sequence[str] | None = None,
+    ignore_layers: Sequence[str] | None = None,
+) -> tuple[list[PrunableLayer], dict[str, str]]:
     """Find the layers to prune.
+
+    Without ``layers``, every supported layer is selected except frozen ones (no parameter requires
+    a gradient: fine-tuning could not recover what pruning them costs) and, with ``example_input``,
+    ones the forward pass never calls (a GAN's discriminator, an unused head): scores, masks and
+    MACs of those would mean nothing for this forward. Name them in ``layers`` to prune them anyway.
 
     The output layers are the prunable layers whose outputs reach the model's output without passing
     through another prunable layer (with ``example_input``: every head of a multi-head model), or
@@ -178,7 +197,8 @@ def find_prunable_layers(
         ignore_layers: Glob patterns of module names never to prune.
 
     Returns:
-        The selected layers, in forward order (or registration order without an input).
+        The selected layers, in forward order (or registration order without an input), and the
+        supported layers left out by default, each with the reason.
 
     Raises:
         ValueError: If a pattern matches no module, if a module selected by name is of a type that
@@ -192,8 +212,16 @@ def find_prunable_layers(
         names = called + [name for name in names if name not in called]
         output_names = set(outputs) or set(called[-1:]) or output_names
 
-    selected = names
-    if layers is not None:
+    selected, excluded = names, {}
+    if layers is None:
+        for name in names:
+            params = list(modules[name].parameters())
+            if params and not any(param.requires_grad for param in params):
+                excluded[name] = "frozen (no parameter requires a gradient)"
+            elif example_input is not None and name not in called:
+                excluded[name] = "never called by the model's forward pass"
+        selected = [name for name in names if name not in excluded]
+    else:
         selected = []
         for pattern in layers:
             matches = [name for name in modules if name and fnmatch.fnmatchcase(name, pattern)]
@@ -215,8 +243,10 @@ def find_prunable_layers(
             )
         selected = [name for name in selected if not fnmatch.fnmatchcase(name, pattern)]
     if not selected:
+        left_out = "; ".join(f"{name!r}: {why}" for name, why in list(excluded.items())[:5])
         raise ValueError(
-            f"No prunable layer left (layers={layers!r}, ignore_layers={ignore_layers!r}). "
+            f"No prunable layer left (layers={layers!r}, ignore_layers={ignore_layers!r}"
+            f"{'; left out by default: ' + left_out + ', select them with `layers=`' if left_out else ''}). "
             f"Supported layer types: {sorted(PRUNABLE_TYPES)}."
         )
-    return [PrunableLayer(name, modules[name], is_output=name in output_names) for name in selected]
+    return [PrunableLayer(name, modules[name], is_output=name in output_names) for name in selected], excluded

@@ -22,7 +22,7 @@ from lightning_prune.checkpoint import mark_pruned
 from lightning_prune.counting import count_macs, count_parameters, kept_macs
 from lightning_prune.config import Granularity, Neurons, Ranking, make_granularity, make_ranking
 from lightning_prune.criteria import Criterion, score_layers
-from lightning_prune.layers import PrunableLayer, find_prunable_layers
+from lightning_prune.layers import PrunableLayer, find_layers
 from lightning_prune.masks import Masks
 from lightning_prune.ranking import normalize_scores, prunable_capacity, round_kept, select_units
 from lightning_prune.schedules import BUDGETS
@@ -73,7 +73,8 @@ class Pruner:
         self.ranking = make_ranking(ranking)
         self.granularity = self.granularity_config.name
         self.scope, self.min_keep = self.ranking.scope, self.ranking.min_keep
-        self.layers: list[PrunableLayer] = find_prunable_layers(model, example_input, layers, ignore_layers)
+        self.layers: list[PrunableLayer]
+        self.layers, self.excluded_layers = find_layers(model, example_input, layers, ignore_layers)
         self.structure = NeuronStructure(model, example_input, self.layers) if self.granularity == "neuron" else None
         if self.structure is not None:
             members = {name for group in self.structure.groups for name, _ in group.members}
