@@ -31,7 +31,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_prune import fit_checks
 from lightning_prune.batches import calibration_batches, example_input
-from lightning_prune.checkpoint import PLAN_KEY, input_spec, install_restore, uninstall_restore
+from lightning_prune.checkpoint import (PLAN_KEY, input_spec, install_restore, name_unreadable_checkpoints,
+                                       uninstall_restore, unname_unreadable_checkpoints)
 from lightning_prune.config import DropGuard, Granularity, PruningConfig, Ranking, Rewind
 from lightning_prune.counting import count_parameters
 from lightning_prune.criteria import Criterion
@@ -162,6 +163,7 @@ class Pruning(Callback):
 
     # ----------------------------------------------------------------------------- hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        name_unreadable_checkpoints(trainer.strategy.checkpoint_io)
         if self.remove:
             install_restore(pl_module)  # any stage may load a checkpoint (test(ckpt_path="best"))
         if stage != "fit":
@@ -180,6 +182,9 @@ class Pruning(Callback):
             return
         fit_checks.check_epochs(self.timeline, trainer.max_epochs)
         fit_checks.check_validation_every_epoch(self.guard, trainer.check_val_every_n_epoch)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        unname_unreadable_checkpoints(trainer.strategy.checkpoint_io)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         uninstall_restore(pl_module)  # the checkpoint is loaded

@@ -17,6 +17,7 @@ Plain exports, without Lightning or pickled classes:
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -222,3 +223,39 @@ def install_restore(module: nn.Module) -> None:
 def uninstall_restore(module: nn.Module) -> None:
     """Undo :func:`install_restore` (once the checkpoint is loaded)."""
     module.__dict__.pop("on_load_checkpoint", None)
+
+
+def name_unreadable_checkpoints(checkpoint_io: Any) -> None:
+    """Make a Lightning ``CheckpointIO`` name the file when it cannot read one (until :func:`unname_unreadable_checkpoints`).
+
+    ``torch.load`` of a truncated file or of something that is not a checkpoint raises an error that
+    names neither the file nor the cause (a zip-reader ``RuntimeError``, or an ``UnpicklingError``
+    about ``weights_only``); :meth:`load_checkpoint` of the plugin instance is wrapped to raise a
+    ``ValueError`` that does. A missing file keeps Lightning's own ``FileNotFoundError``.
+    """
+    original = checkpoint_io.load_checkpoint
+    if getattr(original, "names_unreadable_files", False):
+        return
+
+    def load_checkpoint(path: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(path, *args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as error:
+            reason = (str(error).strip() or type(error).__name__).split(". ")[0].splitlines()[0][:120]
+            cause = ("it is not a checkpoint, or it holds objects that weights-only loading refuses (torch.load's "
+                     "`weights_only`)" if isinstance(error, pickle.UnpicklingError) else "it is truncated or corrupted")
+            raise ValueError(
+                f"The checkpoint {str(path)!r} cannot be read: {cause} ({type(error).__name__}: {reason}). Resume from "
+                "another checkpoint, or start a new fit."
+            ) from error
+
+    load_checkpoint.names_unreadable_files = True
+    checkpoint_io.load_checkpoint = load_checkpoint
+
+
+def unname_unreadable_checkpoints(checkpoint_io: Any) -> None:
+    """Undo :func:`name_unreadable_checkpoints`."""
+    if getattr(checkpoint_io.__dict__.get("load_checkpoint"), "names_unreadable_files", False):
+        del checkpoint_io.load_checkpoint
