@@ -30,6 +30,7 @@ from lightning_prune.config import (
     SignedConstant,
     Weights,
 )
+from lightning_prune.distillation import Distillation
 from lightning_prune.criteria import CRITERIA, APoZ, Criterion, Magnitude, RandomImportance, Taylor
 from lightning_prune.masks import MaskEnforcer, apply_masks
 from lightning_prune.pruner import Pruner
@@ -43,6 +44,7 @@ __all__ = [
     "Criterion",
     "Cubic",
     "Custom",
+    "Distillation",
     "DropGuard",
     "Geometric",
     "Global",

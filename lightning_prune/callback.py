@@ -38,6 +38,8 @@ from lightning_prune.counting import count_parameters
 from lightning_prune.criteria import Criterion
 from lightning_prune.decisions import (controlled_keep, cycle_due, cycle_fraction, judgement_due, numeric,
                                        rewind_point_due, verdict)
+from lightning_prune.distillation import (Distillation, DistillationHook, check_distillable, frozen_teacher,
+                                          teacher_from_state)
 from lightning_prune.distributed import check_ranks_agree, masked_during_fit, spawned
 from lightning_prune.lottery import clone_tensors, control_state, optimizer_names, rewind, slice_to_model, training_snapshot
 from lightning_prune.masks import MaskEnforcer, enforce_masks, reapply_if_leaked
@@ -67,6 +69,9 @@ class Pruning(Callback):
             by more than ``max_drop`` against the dense model, and stop. ``None``: no judgement.
         lottery: ``Rewind(to, control)``: after each prune, rewind to ``"init"`` or an early
             epoch (lottery tickets), optionally with a control experiment. ``None``: fine-tune.
+        distill: ``Distillation(weight, temperature, cycles)``: during fine-tuning, add the
+            temperature-scaled KL to a frozen copy of the dense model (taken after warm-up) to the
+            loss ``training_step`` returns. ``None``: no distillation.
         monitor: A logged validation metric to record after each cycle without judging it (the
             guard's metric is recorded anyway).
         layers: Glob patterns of module names to prune (default: every ``Linear``/``Conv``).
@@ -93,15 +98,17 @@ class Pruning(Callback):
         monitor: str | None = None,
         layers: Sequence[str] | None = None,
         ignore_layers: Sequence[str] | None = None,
+        distill: Distillation | None = None,
         verbose: bool = True,
     ) -> None:
         if not isinstance(verbose, bool):
             raise ValueError(f"`verbose` must be True or False, got {verbose!r}.")
-        self.config = PruningConfig(schedule, criterion, granularity, ranking, guard, lottery, monitor, layers, ignore_layers)
+        self.config = PruningConfig(schedule, criterion, granularity, ranking, guard, lottery, monitor, layers, ignore_layers,
+                                    distill)
         self.schedule, self.criterion, self.granularity = self.config.schedule, self.config.criterion, self.config.granularity
         self.ranking, self.guard, self.lottery, self.monitor = (self.config.ranking, self.config.guard, self.config.lottery,
                                                                 self.config.monitor)
-        self.verbose, self.remove = verbose, self.config.removes
+        self.verbose, self.remove, self.distill = verbose, self.config.removes, self.config.distill
         self.fractions = self.schedule.fractions()
         self.timeline = self._timeline = Timeline.of(self.schedule)  # _timeline: this fit's (fast_dev_run: one prune)
         self.pruner: Pruner | None = None
@@ -110,6 +117,7 @@ class Pruning(Callback):
         self._enforcer: MaskEnforcer | None = None
         self._masks: dict[str, torch.Tensor] = {}
         self._state, self._restored = PruningState(), None
+        self._distiller: DistillationHook | None = None
 
     # ----------------------------------------------------------------------------- state
     @property
@@ -157,6 +165,11 @@ class Pruning(Callback):
         ``ticket_model``, ``save_compact`` and checkpoints replay on a freshly built dense model."""
         return clone_tensors(self._state.plan)
 
+    @property
+    def teacher(self) -> torch.nn.Module | None:
+        """The frozen dense teacher while the fit distils (``distill``), else ``None``."""
+        return self._distiller.teacher if self._distiller is not None else None
+
     def summary_table(self) -> str:
         """The per-cycle history as a text table."""
         return summary_table(self.history)
@@ -172,6 +185,7 @@ class Pruning(Callback):
         fit_checks.check_strategy(type(trainer.strategy).__name__)
         fit_checks.check_one_callback(sum(isinstance(c, Pruning) for c in trainer.callbacks))
         fit_checks.check_not_compiled(self.remove, getattr(pl_module, "_compiler_ctx", None) is not None)
+        check_distillable(self.distill, pl_module.automatic_optimization)
         self._timeline = self.timeline
         if trainer.fast_dev_run:
             self._timeline = Timeline(0, 1, 1)
@@ -185,6 +199,7 @@ class Pruning(Callback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         unname_unreadable_checkpoints(trainer.strategy.checkpoint_io)
+        self._distil(pl_module, None)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         uninstall_restore(pl_module)  # the checkpoint is loaded
@@ -215,6 +230,8 @@ class Pruning(Callback):
         if self._restored is not None:
             self._state, self._restored = self._restored, None
             self.pruner.check_keep(self._state.keep, self._state.present)
+            if self._state.teacher is not None:
+                self._distil(pl_module, teacher_from_state(pl_module, self._state.teacher, bool(self._state.plan["steps"])))
         else:
             self._state.keep = dense
             self._state.present = self.pruner.dense_keep() if self.granularity.name == "neuron" else None
@@ -237,6 +254,9 @@ class Pruning(Callback):
             self._state.baseline = self._state.metrics.get(epoch - 1)
         if cycle == 0 and self.guard is not None:
             self._state.snapshot = take_snapshot(pl_module, trainer.optimizers, self._state.keep, self._state.present)
+        if cycle == 0 and self.distill is not None:  # the dense teacher, after warm-up
+            self._state.teacher = clone_tensors(pl_module.state_dict())
+            self._distil(pl_module, frozen_teacher(pl_module))
         self._prune(trainer, pl_module, cycle, epoch)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -262,6 +282,7 @@ class Pruning(Callback):
             self._enforcer.detach()
         if self.verbose:
             rank_zero_info(self.summary_table())
+        self._distil(pl_module, None)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Re-apply the masks if a callback wrote weights after the last step (``on_train_end``), as
@@ -351,6 +372,14 @@ class Pruning(Callback):
             self._state.plan["steps"].append(removal)
             self._state.present = clone_tensors(self._state.keep)
             self._apply(trainer, pl_module, self._state.keep)
+
+    def _distil(self, pl_module: L.LightningModule, teacher: torch.nn.Module | None) -> None:
+        """Distil from ``teacher`` from now on (``None``: stop)."""
+        if self._distiller is not None:
+            self._distiller.remove()
+            self._distiller = None
+        if teacher is not None:
+            self._distiller = DistillationHook(pl_module, teacher, self.distill, lambda: self.distill.active(self._state.cycle))
 
     def _log(self, trainer: L.Trainer, metrics: dict[str, float]) -> None:
         for logger in trainer.loggers if metrics else ():

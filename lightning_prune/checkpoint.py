@@ -93,7 +93,7 @@ def restore_pruned(module: nn.Module, checkpoint: Mapping[str, Any]) -> bool:
         return False  # the right shapes already, or an unrelated checkpoint: Lightning names the mismatch
     with Transaction(module):
         if _is_pruned(module):
-            dense = _dense_build(module)
+            dense = dense_build(module)
             if dense is None:
                 raise ValueError(
                     f"{type(module).__name__} has had units removed since this checkpoint was written, and it cannot be "
@@ -123,7 +123,7 @@ def _is_pruned(module: nn.Module) -> bool:
     return bool(getattr(module, _PRUNED_FLAG, False))
 
 
-def _dense_build(module: nn.Module) -> nn.Module | None:
+def dense_build(module: nn.Module) -> nn.Module | None:
     """A fresh dense instance of ``module``'s class from its saved hyperparameters, or ``None``."""
     hparams = getattr(module, "hparams", None)
     if not isinstance(hparams, Mapping) or not hparams:

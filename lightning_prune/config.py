@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from lightning_prune.criteria import GRANULARITIES, make_criterion
+from lightning_prune.distillation import Distillation
 from lightning_prune.ranking import NORMALIZERS
 from lightning_prune.schedules import Schedule, make_schedule
 from lightning_prune.validation import Config, as_float, check_choice, check_fraction, check_instance, check_int
@@ -271,7 +272,7 @@ class PruningConfig:
     def __init__(self, schedule: Schedule | str = "oneshot", criterion: Any = "l1", granularity: Granularity | str = "weight",
                  ranking: Ranking | str = "global", guard: DropGuard | None = None, lottery: Rewind | None = None,
                  monitor: str | None = None, layers: Sequence[str] | None = None,
-                 ignore_layers: Sequence[str] | None = None) -> None:
+                 ignore_layers: Sequence[str] | None = None, distill: Distillation | None = None) -> None:
         self.schedule, self.criterion = make_schedule(schedule), make_criterion(criterion)
         self.granularity, self.ranking = make_granularity(granularity), make_ranking(ranking)
         if guard is not None and not isinstance(guard, DropGuard):
@@ -283,8 +284,10 @@ class PruningConfig:
         for name, patterns in (("layers", layers), ("ignore_layers", ignore_layers)):
             if patterns is not None and (isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns)):
                 raise ValueError(f"`{name}` must be a list of module-name patterns or None, got {patterns!r}.")
+        if distill is not None and not isinstance(distill, Distillation):
+            raise ValueError(f"`distill` must be a Distillation or None, got {distill!r}.")
         check_combination(self.schedule, self.granularity, self.ranking, self.criterion, guard, lottery, monitor)
-        self.guard, self.lottery = guard, lottery
+        self.guard, self.lottery, self.distill = guard, lottery, distill
         self.monitor = guard.monitor if guard is not None else monitor
         self.layers = list(layers) if layers is not None else None
         self.ignore_layers = list(ignore_layers) if ignore_layers is not None else None
@@ -314,6 +317,7 @@ class PruningConfig:
             "ranking": self.ranking.fingerprint(),
             "guard": self.guard.fingerprint() if self.guard is not None else None,
             "lottery": self.lottery.fingerprint() if self.lottery is not None else None,
+            "distill": self.distill.fingerprint() if self.distill is not None else None,
             "monitor": self.monitor, "layers": self.layers, "ignore_layers": self.ignore_layers,
         }
 

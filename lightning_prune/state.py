@@ -35,6 +35,7 @@ class PruningState:
         history: One row per cycle (epoch, sparsity, parameters, MACs, metric, accepted).
         snapshot: The last accepted ``{"model", "optimizers", "keep", "present"}`` (with ``max_drop``).
         rewind_point: ``{"model", "optimizers", "schedulers"}`` to rewind to after each prune.
+        teacher: The dense model's state, taken before the first prune (with ``distill``).
     """
 
     cycle: int = 0
@@ -49,6 +50,7 @@ class PruningState:
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     snapshot: dict[str, Any] | None = None
     rewind_point: dict[str, Any] | None = None
+    teacher: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict with copies of every tensor (what goes into a checkpoint)."""
