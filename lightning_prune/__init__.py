@@ -30,11 +30,20 @@ from lightning_prune.config import (
     SignedConstant,
     Weights,
 )
+from lightning_prune.criteria import (
+    CRITERIA,
+    APoZ,
+    Criterion,
+    Magnitude,
+    RandomImportance,
+    Taylor,
+    Wanda,
+)
 from lightning_prune.distillation import Distillation
-from lightning_prune.criteria import CRITERIA, APoZ, Criterion, Magnitude, RandomImportance, Taylor
 from lightning_prune.masks import MaskEnforcer, apply_masks
 from lightning_prune.pruner import Pruner
 from lightning_prune.schedules import Cubic, Custom, Geometric, OneShot, Schedule
+from lightning_prune.semi_structured import NM, to_semi_structured
 from lightning_prune.structure import NeuronStructure, remove_zeroed_units
 from lightning_prune.surgery import remove_units
 
@@ -59,12 +68,14 @@ __all__ = [
     "Weights",
     "Magnitude",
     "MaskEnforcer",
+    "NM",
     "NeuronStructure",
     "PrunedCheckpointMixin",
     "Pruner",
     "Pruning",
     "RandomImportance",
     "Taylor",
+    "Wanda",
     "apply_masks",
     "export_program",
     "load_compact",
@@ -72,5 +83,6 @@ __all__ = [
     "remove_zeroed_units",
     "restore_pruned",
     "save_compact",
+    "to_semi_structured",
 ]
 __version__ = "0.1.0"

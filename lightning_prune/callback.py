@@ -31,23 +31,63 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_prune import fit_checks
 from lightning_prune.batches import calibration_batches, example_input
-from lightning_prune.checkpoint import (PLAN_KEY, input_spec, install_restore, name_unreadable_checkpoints,
-                                       uninstall_restore, unname_unreadable_checkpoints)
-from lightning_prune.config import DropGuard, Granularity, PruningConfig, Ranking, Rewind
+from lightning_prune.checkpoint import (
+    PLAN_KEY,
+    input_spec,
+    install_restore,
+    name_unreadable_checkpoints,
+    uninstall_restore,
+    unname_unreadable_checkpoints,
+)
+from lightning_prune.config import (
+    DropGuard,
+    Granularity,
+    PruningConfig,
+    Ranking,
+    Rewind,
+)
 from lightning_prune.counting import count_parameters
 from lightning_prune.criteria import Criterion
-from lightning_prune.decisions import (controlled_keep, cycle_due, cycle_fraction, judgement_due, numeric,
-                                       rewind_point_due, verdict)
-from lightning_prune.distillation import (Distillation, DistillationHook, check_distillable, frozen_teacher,
-                                          teacher_from_state)
+from lightning_prune.decisions import (
+    controlled_keep,
+    cycle_due,
+    cycle_fraction,
+    judgement_due,
+    numeric,
+    rewind_point_due,
+    verdict,
+)
+from lightning_prune.distillation import (
+    Distillation,
+    DistillationHook,
+    check_distillable,
+    frozen_teacher,
+    teacher_from_state,
+)
 from lightning_prune.distributed import check_ranks_agree, masked_during_fit, spawned
-from lightning_prune.lottery import clone_tensors, control_state, optimizer_names, rewind, slice_to_model, training_snapshot
+from lightning_prune.lottery import (
+    clone_tensors,
+    control_state,
+    optimizer_names,
+    rewind,
+    slice_to_model,
+    training_snapshot,
+)
 from lightning_prune.masks import MaskEnforcer, enforce_masks, reapply_if_leaked
 from lightning_prune.pruner import Keep, Pruner
 from lightning_prune.ranking import lopsided
 from lightning_prune.schedules import Schedule, Timeline, layer_exponents
-from lightning_prune.state import (PruningState, check_same_config, cycle_line, flatten, history_row, non_default,
-                                   restore_snapshot, summary_table, take_snapshot)
+from lightning_prune.state import (
+    PruningState,
+    check_same_config,
+    cycle_line,
+    flatten,
+    history_row,
+    non_default,
+    restore_snapshot,
+    summary_table,
+    take_snapshot,
+)
 
 
 class Pruning(Callback):

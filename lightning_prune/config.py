@@ -31,8 +31,14 @@ from lightning_prune.criteria import GRANULARITIES, make_criterion
 from lightning_prune.distillation import Distillation
 from lightning_prune.ranking import NORMALIZERS
 from lightning_prune.schedules import Schedule, make_schedule
-from lightning_prune.validation import Config, as_float, check_choice, check_fraction, check_instance, check_int
-
+from lightning_prune.validation import (
+    Config,
+    as_float,
+    check_choice,
+    check_fraction,
+    check_instance,
+    check_int,
+)
 
 
 # ----------------------------------------------------------------------------- granularity
@@ -336,6 +342,9 @@ def check_combination(schedule: Schedule, granularity: Granularity, ranking: Ran
         raise ValueError(
             f"`criterion`={getattr(criterion, 'name', criterion)!r} scores {tuple(allowed)} only, got granularity={granularity!r}."
         )
+    check_with = getattr(granularity, "check_with", None)  # a pattern's own rules (NM: the target is 1 - n/m)
+    if callable(check_with):
+        check_with(schedule.target, schedule.budget, ranking)
     if isinstance(ranking, PerLayer) and ranking.overrides and schedule.budget != "units":
         raise ValueError(
             f"`PerLayer.overrides` sets each layer's own fraction of units; it needs the schedule's budget='units', "

@@ -19,13 +19,25 @@ import torch
 from torch import nn
 
 from lightning_prune.checkpoint import mark_pruned
+from lightning_prune.config import (
+    Granularity,
+    Neurons,
+    Ranking,
+    make_granularity,
+    make_ranking,
+)
 from lightning_prune.counting import count_macs, count_parameters, kept_macs
-from lightning_prune.config import Granularity, Neurons, Ranking, make_granularity, make_ranking
 from lightning_prune.criteria import Criterion, score_layers
-from lightning_prune.layers import PrunableLayer, find_layers
+from lightning_prune.layers import PrunableLayer, find_layers, is_transposed
 from lightning_prune.masks import Masks
-from lightning_prune.ranking import normalize_scores, prunable_capacity, round_kept, select_units
+from lightning_prune.ranking import (
+    normalize_scores,
+    prunable_capacity,
+    round_kept,
+    select_units,
+)
 from lightning_prune.schedules import BUDGETS
+from lightning_prune.semi_structured import NM, layers_off_pattern, select_nm
 from lightning_prune.structure import NeuronStructure
 from lightning_prune.surgery import Transaction, UnsupportedModelError, remove_units
 from lightning_prune.survivors import Survivors
@@ -75,6 +87,12 @@ class Pruner:
         self.scope, self.min_keep = self.ranking.scope, self.ranking.min_keep
         self.layers: list[PrunableLayer]
         self.layers, self.excluded_layers = find_layers(model, example_input, layers, ignore_layers)
+        if isinstance(self.granularity_config, NM):
+            off = layers_off_pattern(self.layers, self.granularity_config)
+            self.excluded_layers.update(off)
+            self.layers = [layer for layer in self.layers if layer.name not in off]
+            if not self.layers:
+                raise ValueError(f"No layer fits the N:M pattern: {off}.")
         self.structure = NeuronStructure(model, example_input, self.layers) if self.granularity == "neuron" else None
         if self.structure is not None:
             members = {name for group in self.structure.groups for name, _ in group.members}
@@ -157,6 +175,12 @@ class Pruner:
         if normalize is not None:
             scores = normalize_scores(scores, keep, normalize)
         round_to = self.granularity_config.round_to if isinstance(self.granularity_config, Neurons) else None
+
+        if isinstance(self.granularity_config, NM):
+            if budget != "units" or isinstance(fraction, Mapping):
+                raise ValueError("An N:M pattern removes a fraction of the units, the same in every layer.")
+            transposed = frozenset(layer.name for layer in self.layers if is_transposed(layer.module))
+            return select_nm(scores, keep, fraction, self.granularity_config, transposed)
 
         def choose(unit_fraction: float | Mapping[str, float]) -> Keep:
             floors = self.structure.floors if self.structure is not None else None

@@ -73,3 +73,41 @@ class WeightGradientProduct(Metric):
     def compute(self) -> torch.Tensor:
         """The summed products, shaped like the weight."""
         return self.total
+
+
+class InputFeatureNorm(Metric):
+    """The L2 norm of each input feature of a layer over every example (and position) seen: ``‖X_j‖₂``.
+
+    Wanda's activation statistic (Sun et al. 2023). Squares are summed in ``update`` (float64) and the
+    root is taken in ``compute``, so under DDP the norm is that of all ranks' inputs together.
+
+    Args:
+        num_features: Number of input features (``in_features``, or input channels of a convolution).
+        feature_dim: The dimension of the inputs that indexes features (``-1`` for ``Linear``, ``1``
+            for convolutions, whose spatial positions count as more observations).
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_features: int, feature_dim: int) -> None:
+        super().__init__()
+        self.num_features, self.feature_dim = num_features, feature_dim
+        self.add_state("squares", torch.zeros(num_features, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, inputs: torch.Tensor) -> None:
+        """Add one batch's squared inputs, per feature.
+
+        Raises:
+            ValueError: If the feature dimension does not have ``num_features`` entries.
+        """
+        if inputs.shape[self.feature_dim] != self.num_features:
+            raise ValueError(
+                f"Input of shape {tuple(inputs.shape)} has {inputs.shape[self.feature_dim]} features in dimension "
+                f"{self.feature_dim}, expected {self.num_features}."
+            )
+        per_feature = inputs.detach().movedim(self.feature_dim, -1).reshape(-1, self.num_features).double()
+        self.squares += (per_feature**2).sum(dim=0)
+
+    def compute(self) -> torch.Tensor:
+        """``‖X_j‖₂`` per input feature."""
+        return self.squares.sqrt()
