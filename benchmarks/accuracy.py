@@ -4,8 +4,8 @@ Every run trains the MLP ``in-300-100-10`` (``Classifier("lenet_300_100")``) for
 epochs (30) with Adam 1e-3, batch 64, on two frozen data sets: scikit-learn's digits (64-300-100-10)
 and MNIST-1D (40-300-100-10), and reports the test accuracy of the final model. Pruned runs prune
 at the same epochs with the same schedule: ``WARMUP`` epochs of dense training, then one prune every
-``FINETUNE`` epochs, each removing 20 % of what remains (``sparsity_schedule("geometric", target,
-0.2)``; 11 prunes reach 1 - 0.8^11 = 91.4 %), and fine-tuning to the end of the 30 epochs. With
+``FINETUNE`` epochs, each removing 20 % of what remains (``Geometric(target=target,
+per_cycle=0.2).fractions()``; 11 prunes reach 1 - 0.8^11 = 91.4 %), and fine-tuning to the end of the 30 epochs. With
 ``WARMUP = 1`` and ``FINETUNE = 1`` the prunes come after epochs 0 to 10, as with ModelPruning's usual
 ``amount=lambda epoch: 0.2 if epoch < 11 else 0``, and 19 epochs of fine-tuning follow the last one.
 
@@ -20,12 +20,12 @@ Variants:
     global iterative magnitude pruning). It prunes at the *end* of epoch ``e`` by ``amount(e)``, a
     fraction of the weights still unpruned, chosen so that its cumulative schedule equals ours.
 ``weight_l1_global`` / ``weight_l2_global``
-    ``Pruning(criterion="l1"|"l2", granularity="weight", scope="global", schedule="geometric",
-    per_cycle=0.2, warmup_epochs=WARMUP, finetune_epochs=FINETUNE)``: it prunes at the *start* of
+    ``Pruning(schedule=Geometric(target, per_cycle=0.2, warmup_epochs=WARMUP, finetune_epochs=FINETUNE),
+    criterion="l1"|"l2", granularity="weight", ranking="global")``: it prunes at the *start* of
     epoch ``e + 1``, the same point of training. (For single weights, ``|w|^2`` ranks like ``|w|``:
     the two give the same masks.)
 ``neuron_apoz`` / ``neuron_l2`` / ``neuron_taylor``
-    ``Pruning(criterion=..., granularity="neuron", scope="layer", budget="params", ...)``: whole
+    ``Pruning(schedule=Geometric(..., budget="params"), criterion=..., granularity="neuron", ranking="layer")``: whole
     hidden units removed (physically, during the fit) until the same fraction of the *parameters* is
     gone as the target, with the same prune epochs.
 
@@ -99,10 +99,10 @@ def _in_features(dataset: str) -> int:
 def prune_amounts(target: float, warmup: int, finetune: int, per_cycle: float) -> dict[int, float]:
     """ModelPruning's ``amount`` per epoch: at the end of epoch ``warmup + c * finetune - 1``, the fraction
     of the still-unpruned weights that makes its cumulative sparsity equal our cycle ``c``'s."""
-    from lightning_prune.schedules import sparsity_schedule
+    from lightning_prune import Geometric
 
     amounts, previous = {}, 0.0
-    for cycle, fraction in enumerate(sparsity_schedule("geometric", target, per_cycle)):
+    for cycle, fraction in enumerate(Geometric(target=target, per_cycle=per_cycle).fractions()):
         amounts[warmup + cycle * finetune - 1] = 1.0 - (1.0 - fraction) / (1.0 - previous)
         previous = fraction
     return amounts
@@ -112,7 +112,7 @@ def make_callback(variant: str, target: float, warmup: int, finetune: int, per_c
     """The pruning callback of one variant (``None`` for dense)."""
     from lightning.pytorch.callbacks import ModelPruning
 
-    from lightning_prune import Pruning
+    from lightning_prune import Geometric, Pruning
 
     if variant == "dense":
         return None
@@ -121,13 +121,13 @@ def make_callback(variant: str, target: float, warmup: int, finetune: int, per_c
         return ModelPruning("l1_unstructured", amount=lambda epoch: amounts.get(epoch, 0.0), use_global_unstructured=True,
                             parameter_names=["weight"], use_lottery_ticket_hypothesis=False, make_pruning_permanent=True,
                             verbose=0)
-    common = dict(target=target, schedule="geometric", per_cycle=per_cycle, warmup_epochs=warmup, finetune_epochs=finetune,
-                  verbose=False)
+    timing = dict(target=target, per_cycle=per_cycle, warmup_epochs=warmup, finetune_epochs=finetune)
     if variant.startswith("weight_"):
         criterion = variant.split("_")[1]
-        return Pruning(criterion=criterion, granularity="weight", scope="global", **common)
+        return Pruning(schedule=Geometric(**timing), criterion=criterion, granularity="weight", ranking="global", verbose=False)
     criterion = variant.split("_", 1)[1]
-    return Pruning(criterion=criterion, granularity="neuron", scope="layer", budget="params", **common)
+    return Pruning(schedule=Geometric(**timing, budget="params"), criterion=criterion, granularity="neuron", ranking="layer",
+                   verbose=False)
 
 
 def _digest(tensors: Sequence[torch.Tensor]) -> str:

@@ -462,7 +462,7 @@ def bench_trainer(model_kwargs: dict[str, Any], repeats: int, batches: int, epoc
     from lightning.pytorch.callbacks import Callback, ModelPruning
     from torch.utils.data import DataLoader, TensorDataset
 
-    from lightning_prune.callback import Pruning
+    from lightning_prune import OneShot, Pruning
     from lightning_prune.models import Classifier
 
     gen = torch.Generator().manual_seed(2)
@@ -471,8 +471,8 @@ def bench_trainer(model_kwargs: dict[str, Any], repeats: int, batches: int, epoc
 
     def callbacks(kind: str, module: Classifier) -> list[Callback]:
         if kind == "lightning_prune":
-            return [Pruning(criterion="l1", granularity="weight", scope=mask_scope, target=SPARSITY, schedule="oneshot",
-                            warmup_epochs=0, finetune_epochs=1, verbose=False)]
+            return [Pruning(schedule=OneShot(target=SPARSITY, warmup_epochs=0, finetune_epochs=1), criterion="l1",
+                            granularity="weight", ranking=mask_scope, verbose=False)]
         if kind == "modelpruning":
             linears = [(m, "weight") for m in module.modules() if isinstance(m, _PRUNABLE)]
             return [ModelPruning("l1_unstructured", parameters_to_prune=linears, amount=lambda e: SPARSITY if e == 0 else 0.0,

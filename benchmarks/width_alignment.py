@@ -2,8 +2,8 @@
 
 The inference part measures LeNet-300-100 at a 10x MAC cut (widths 33 and 11) at 0.6 of the MAC cut, far
 below the 0.9 the project aims for, while a 1024-4096-4096 MLP at the same cut reaches 1.0. This part
-asks why, with the library's own pruning path (``Pruner.plan(..., round_to=...)`` then
-``Pruner.commit``, exactly what ``Pruning(granularity="neuron", round_to=...)`` does in a fit):
+asks why, with the library's own pruning path (``Pruner(..., granularity=Neurons(round_to=...))``,
+``Pruner.plan`` then ``Pruner.commit``, exactly what ``Pruning(granularity=Neurons(round_to=...))`` does in a fit):
 
 * every hidden layer keeps a fraction of its units (10 %, 20 %, 30 %, 50 %; L2 norm, per layer);
 * each fraction is taken as it falls (``round_to=None``) and rounded up to a multiple of 8 and of 16;
@@ -66,13 +66,13 @@ def compact(dense: torch.nn.Module, example: torch.Tensor, keep_fraction: float,
 
     The kept units are checked against the dense model with the pruned units masked (outputs equal).
     """
-    from lightning_prune.criteria import make_criterion
+    from lightning_prune import Magnitude, Neurons, PerLayer
     from lightning_prune.masks import apply_masks
     from lightning_prune.pruner import Pruner
 
     model = copy.deepcopy(dense)
-    pruner = Pruner(model, example, make_criterion("l2"), granularity="neuron", scope="layer", min_keep=0.0)
-    keep = pruner.plan(pruner.dense_keep(), 1.0 - keep_fraction, cycle=0, round_to=round_to)
+    pruner = Pruner(model, example, Magnitude(2), granularity=Neurons(round_to=round_to), ranking=PerLayer(min_keep=0.0))
+    keep = pruner.plan(pruner.dense_keep(), 1.0 - keep_fraction, cycle=0)
     masked = copy.deepcopy(dense)
     apply_masks(masked, pruner.parameter_masks(keep))
     pruner.commit(keep)
@@ -194,8 +194,8 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     lines = ["# Width alignment: speedup ÷ MAC cut of compact MLPs", "", f"Command: `{c['command']}`", "",
              C.machine_line(report["machine"], report.get("load_average_at_end")), "",
              f"Quick mode: {c['quick']}. Model: {c['model']}. Batch {c['batch']}, fp32, inference mode. Each hidden layer "
-             "keeps the stated fraction of its units (L2 norm; `Pruner.plan(..., round_to=...)` then `Pruner.commit`, the "
-             "path `Pruning(granularity=\"neuron\", round_to=...)` takes), rounded up to a multiple of `round_to`. "
+             "keeps the stated fraction of its units (L2 norm; `Pruner(..., granularity=Neurons(round_to=...))`, `Pruner.plan` "
+             "then `Pruner.commit`, the path `Pruning(granularity=Neurons(round_to=...))` takes), rounded up to a multiple of `round_to`. "
              f"{c['repeats']} interleaved repeats (seeded random order), each model timed by "
              f"`torch.utils.benchmark.Timer.blocked_autorange(min_run_time={c['block_s']})`; speedup = median of per-repeat ratios to dense. "
              "Every compact model's outputs equal the dense model's with the same units masked "

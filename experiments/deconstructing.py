@@ -4,9 +4,9 @@ Iterative magnitude pruning with rewinding to the initialisation, as in ``lotter
 shorter (``per_cycle`` of each layer's remaining weights per round, ``F`` epochs per round, Adam).
 Two trained variants:
 
-* ``ticket``: the survivors rewind to their original initial values (``rewind="init"``);
+* ``ticket``: the survivors rewind to their original initial values (``lottery=Rewind("init")``);
 * ``signed_constant``: they rewind to ``sign(w0) * std`` of their layer's initial weights
-  (``rewind="init", control="signed_constant"``): only the signs of the initialisation survive.
+  (``Rewind("init", control=SignedConstant())``): only the signs of the initialisation survive.
 
 And, at the start of every round of the ticket run (after the prune and the rewind, before any
 training), the test accuracy of *untrained* networks under a mask, Zhou et al.'s "supermask" test:
@@ -43,7 +43,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 import _common as C  # noqa: E402  (experiments/ is on sys.path when run as a script)
-from lightning_prune import Pruning, apply_masks
+from lightning_prune import Geometric, Pruning, Rewind, SignedConstant, apply_masks
 from lightning_prune.data import DigitsDataModule, MNIST1DDataModule
 from lightning_prune.lottery import random_sign_state, shuffle_within_groups, signed_constant_state
 from lightning_prune.models import Classifier
@@ -55,7 +55,7 @@ DATASETS: dict[str, dict[str, Any]] = {
     "digits": {"data": DigitsDataModule, "arch_kwargs": None, "input_shape": DigitsDataModule.input_shape},
     "mnist1d": {"data": MNIST1DDataModule, "arch_kwargs": {"in_features": 40}, "input_shape": None},
 }
-TRAINED = {"ticket": {"rewind": "init"}, "signed_constant": {"rewind": "init", "control": "signed_constant"}}
+TRAINED = {"ticket": Rewind("init"), "signed_constant": Rewind("init", control=SignedConstant())}
 UNTRAINED = ("mask on init", "signs only", "magnitudes only", "random mask")
 
 
@@ -84,13 +84,14 @@ def run(dataset: str, seed: int, rounds: int = 7, epochs_per_round: int = 8, per
     test_x, test_y = data.splits["test"].tensors
     target = 1.0 - (1.0 - per_cycle) ** rounds
     result: dict[str, Any] = {"dataset": dataset, "seed": seed, "trained": {}, "untrained": {k: [] for k in UNTRAINED}}
-    for variant, options in TRAINED.items():
+    for variant, lottery in TRAINED.items():
         L.seed_everything(seed, verbose=False)
         model = _model(config)
         initial = {name: value.clone() for name, value in model.state_dict().items()}
-        pruning = Pruning(criterion="l1", granularity="weight", scope="layer", target=target, schedule="geometric",
-                          per_cycle=per_cycle, warmup_epochs=epochs_per_round, finetune_epochs=epochs_per_round,
-                          verbose=False, **options)
+        schedule = Geometric(target=target, per_cycle=per_cycle, warmup_epochs=epochs_per_round,
+                             finetune_epochs=epochs_per_round)
+        pruning = Pruning(criterion="l1", granularity="weight", ranking="layer", schedule=schedule, lottery=lottery,
+                          verbose=False)
         assert len(pruning.fractions) == rounds
         recorder = RoundStart(pruning, epochs_per_round)
         trainer = quiet_trainer((rounds + 1) * epochs_per_round, [pruning, recorder], limit_val_batches=0)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import lightning as L
 
-from lightning_prune import Pruning
+from lightning_prune import DropGuard, Geometric, Pruning
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import Classifier
 from lightning_prune.teaching import mean_std, quiet_trainer
@@ -28,14 +28,16 @@ LR = 3e-3
 
 def weight_pruning() -> Pruning:
     """The issue's snippet: iterative global L1 pruning to 90 % of the weights."""
-    return Pruning(criterion="l1", granularity="weight", scope="global", target=0.9, schedule="geometric",
-                   per_cycle=0.2, warmup_epochs=4, finetune_epochs=1, monitor="val_acc", max_drop=0.01, verbose=False)
+    return Pruning(schedule=Geometric(target=0.9, per_cycle=0.2, warmup_epochs=4, finetune_epochs=1),
+                   criterion="l1", granularity="weight", ranking="global",
+                   guard=DropGuard(monitor="val_acc", max_drop=0.01), verbose=False)
 
 
 def neuron_pruning() -> Pruning:
     """Iterative APoZ neuron pruning to half of the hidden units of each layer, 10 % per cycle."""
-    return Pruning(criterion="apoz", granularity="neuron", scope="layer", target=0.5, schedule="geometric",
-                   per_cycle=0.1, warmup_epochs=4, finetune_epochs=2, monitor="val_acc", max_drop=0.02, verbose=False)
+    return Pruning(schedule=Geometric(target=0.5, per_cycle=0.1, warmup_epochs=4, finetune_epochs=2),
+                   criterion="apoz", granularity="neuron", ranking="layer",
+                   guard=DropGuard(monitor="val_acc", max_drop=0.02), verbose=False)
 
 
 VARIANTS = {"dense": lambda: None, "weight_l1_90": weight_pruning, "neuron_apoz_50": neuron_pruning}

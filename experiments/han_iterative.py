@@ -1,12 +1,12 @@
 """Han et al. (2015) on digits or real MNIST: one-shot vs iterative magnitude pruning of LeNet-300-100 weights.
 
 Every run trains the dense model for ``WARMUP`` epochs, then prunes weights by magnitude
-(``granularity="weight"``, ``criterion="l1"``, ``scope="global"``; no rewinding, the surviving
+(``granularity="weight"``, ``criterion="l1"``, ``ranking="global"``; no rewinding, the surviving
 weights keep their trained values and are fine-tuned) to a target sparsity:
 
-* ``iterative``: ``schedule="geometric"``, ``per_cycle=0.2`` (20 % of the remaining weights per
+* ``iterative``: ``schedule=Geometric(target, per_cycle=0.2)`` (20 % of the remaining weights per
   cycle), ``FINETUNE`` epochs of fine-tuning after each cycle;
-* ``oneshot``: ``schedule="oneshot"``, one prune to the target, then as many fine-tuning epochs as
+* ``oneshot``: ``schedule=OneShot(target)``, one prune to the target, then as many fine-tuning epochs as
   the iterative run of the same target has in total (cycles x ``FINETUNE``), so both see the same
   number of epochs.
 
@@ -36,10 +36,9 @@ import lightning as L
 import torch
 
 import _common as C  # noqa: E402  (experiments/ is on sys.path when run as a script)
-from lightning_prune import Pruning
+from lightning_prune import Geometric, OneShot, Pruning
 from lightning_prune.data import DigitsDataModule, MNISTDataModule
 from lightning_prune.models import Classifier
-from lightning_prune.schedules import sparsity_schedule
 from lightning_prune.teaching import mean_std, quiet_trainer
 
 BATCH_SIZE = 64
@@ -75,14 +74,13 @@ def run(method: str, target: float | None, seed: int, dataset: str = "digits", w
     if target is None:
         return {"method": "dense", "target": 0.0, "seed": seed, "epochs": warmup, "sparsity": 0.0, "cycles": 0,
                 "dataset": dataset, **_fit(model, seed, warmup, [], dataset)}
-    cycles = len(sparsity_schedule("geometric", target, 0.2))
+    cycles = len(Geometric(target=target, per_cycle=0.2).fractions())
     finetune_total = cycles * finetune
     if method == "iterative":
-        pruning = Pruning(criterion="l1", granularity="weight", scope="global", target=target, schedule="geometric",
-                          per_cycle=0.2, warmup_epochs=warmup, finetune_epochs=finetune, verbose=False)
+        schedule = Geometric(target=target, per_cycle=0.2, warmup_epochs=warmup, finetune_epochs=finetune)
     else:
-        pruning = Pruning(criterion="l1", granularity="weight", scope="global", target=target, schedule="oneshot",
-                          warmup_epochs=warmup, finetune_epochs=finetune_total, verbose=False)
+        schedule = OneShot(target=target, warmup_epochs=warmup, finetune_epochs=finetune_total)
+    pruning = Pruning(schedule=schedule, criterion="l1", granularity="weight", ranking="global", verbose=False)
     epochs = warmup + finetune_total
     row = _fit(model, seed, epochs, [pruning], dataset)
     nonzero = sum(int((p != 0).sum()) for n, p in model.named_parameters() if n.endswith("weight"))
@@ -104,7 +102,7 @@ Test split: 357 examples, 1 example = 0.28 points.
 * **Iterative beats one-shot: agrees, at high sparsity only.** With the same number of epochs the two
   are equal within noise to 10 % remaining; iterative is ahead by +1.8 ± 0.6 points at 5 % and
   +8.0 ± 0.2 at 2 %. At 1 % both collapse (46 % and 40 %, large spread); not investigated (with
-  `scope="global"` the per-layer floor is `min_keep=0.01`, and the small output layer may be cut to
+  `ranking="global"` the per-layer floor is `min_keep=0.01`, and the small output layer may be cut to
   a few weights).
 * Differences from the paper: digits (64 inputs, 1,080 training images) instead of MNIST; Adam
   instead of SGD; global magnitude ranking instead of Han's per-layer thresholds (quality x std);

@@ -2,15 +2,17 @@
 
 Iterative magnitude pruning as in the paper: per round, 20 % of the remaining weights of each hidden
 layer and 10 % of the output layer's (``granularity="weight"``, ``criterion="l1"``,
-``scope="layer"``, ``schedule="geometric"``, ``per_cycle=0.2``,
-``layer_targets={"*classifier": 1 - 0.9**rounds}``). Each round trains for ``F`` epochs (``warmup_epochs=F`` for the dense round 0,
-``finetune_epochs=F`` afterwards), and after each prune the surviving weights go back to:
+``schedule=Geometric(target=1 - 0.8**rounds, per_cycle=0.2)``,
+``ranking=PerLayer(overrides={"*classifier": 1 - 0.9**rounds})``). Each round trains for ``F`` epochs
+(the schedule's ``warmup_epochs=F`` for the dense round 0, ``finetune_epochs=F`` afterwards), and
+after each prune the surviving weights go back to:
 
-* ``ticket``: their original initialisation (``rewind="init"``), the winning ticket;
-* ``reinit``: a fresh random initialisation with the same masks (``rewind="init", control="reinit"``;
-  the fresh init is drawn once per run from the callback's seed and reused every round);
+* ``ticket``: their original initialisation (``lottery=Rewind("init")``), the winning ticket;
+* ``reinit``: a fresh random initialisation with the same masks
+  (``Rewind("init", control=Reinit(seed=1001 + seed))``; the fresh init is drawn once per run and
+  reused every round);
 * ``random_mask``: the original initialisation, but each round prunes as many weights per layer as
-  magnitude pruning would, chosen at random (``rewind="init", control="random_mask"``).
+  magnitude pruning would, chosen at random (``Rewind("init", control=RandomMask(seed=1000 + seed))``).
 
 Optimizer state (Adam moments) is rewound too. A small callback (:class:`RoundRecorder`) records the
 validation loss and accuracy after every epoch (``trainer.callback_metrics``) and the test accuracy
@@ -45,16 +47,17 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 import _common as C  # noqa: E402  (experiments/ is on sys.path when run as a script)
-from lightning_prune import Pruning
+from lightning_prune import Geometric, PerLayer, Pruning, RandomMask, Reinit, Rewind
 from lightning_prune.data import DigitsDataModule, MNIST1DDataModule, MNISTDataModule
 from lightning_prune.models import Classifier
 from lightning_prune.teaching import accuracy, mean_std, quiet_trainer
 
 BATCH_SIZE = 64
-VARIANTS: dict[str, dict[str, Any]] = {
-    "ticket": {"rewind": "init"},
-    "reinit": {"rewind": "init", "control": "reinit"},
-    "random_mask": {"rewind": "init", "control": "random_mask"},
+#: Each variant's ``lottery`` argument, as recorded in the results (``seed``: the run's seed).
+VARIANTS: dict[str, str] = {
+    "ticket": 'Rewind("init")',
+    "reinit": 'Rewind("init", control=Reinit(seed=1001 + seed))',
+    "random_mask": 'Rewind("init", control=RandomMask(seed=1000 + seed))',
 }
 ARCHS = ("lenet_300_100", "cnn1d")
 DATASETS: dict[str, dict[str, Any]] = {
@@ -91,6 +94,13 @@ class RoundRecorder(Callback):
         pl_module.train(was_training)
 
 
+def lottery(variant: str, seed: int) -> Rewind:
+    """The ``lottery`` argument of a variant (:data:`VARIANTS`). The controls' seeds are those of the
+    earlier flat API's ``Pruning(seed=1000 + seed)``: ``reinit`` drew from seed + 1, ``random_mask`` from seed."""
+    controls = {"ticket": None, "reinit": Reinit(seed=1001 + seed), "random_mask": RandomMask(seed=1000 + seed)}
+    return Rewind("init", control=controls[variant])
+
+
 def run(variant: str, seed: int, dataset: str = "digits", rounds: int = 14, epochs_per_round: int = 15,
         lr: float = 1.2e-3, arch: str = "lenet_300_100") -> dict[str, Any]:
     """Train one variant for ``rounds`` prune rounds (plus the dense round 0) with one seed.
@@ -109,10 +119,11 @@ def run(variant: str, seed: int, dataset: str = "digits", rounds: int = 14, epoc
         raise ValueError(f"arch={arch!r} on {dataset!r} is not supported; expected one of {ARCHS} (cnn1d on mnist1d only)")
     arch_kwargs = config["arch_kwargs"] if arch == "lenet_300_100" else None
     model = Classifier(arch, arch_kwargs=arch_kwargs, lr=lr, input_shape=config["input_shape"])
-    pruning = Pruning(criterion="l1", granularity="weight", scope="layer", target=target, schedule="geometric",
-                      per_cycle=0.2, layer_targets={"*classifier": 1.0 - 0.9 ** rounds},
-                      warmup_epochs=epochs_per_round, finetune_epochs=epochs_per_round,
-                      seed=1000 + seed, verbose=False, **VARIANTS[variant])
+    pruning = Pruning(criterion="l1", granularity="weight",
+                      schedule=Geometric(target=target, per_cycle=0.2, warmup_epochs=epochs_per_round,
+                                         finetune_epochs=epochs_per_round),
+                      ranking=PerLayer(overrides={"*classifier": 1.0 - 0.9 ** rounds}),
+                      lottery=lottery(variant, seed), verbose=False)
     assert len(pruning.fractions) == rounds, (len(pruning.fractions), rounds)
     data = config["data"](batch_size=BATCH_SIZE, seed=seed)
     data.setup("fit")

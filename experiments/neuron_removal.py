@@ -4,8 +4,8 @@
 * ResNetSmall with half its channels removed must stay within 2 points of dense.
 
 Each pruned run is a real ``lightning.Trainer`` fit with the ``Pruning`` callback
-(``granularity="neuron"``, iterative ``schedule="geometric"``); the pruned units are physically
-removed during the fit (``remove=True``, the default for neurons). The dense model of the same
+(``granularity="neuron"``, iterative ``schedule=Geometric(...)``); the pruned units are physically
+removed during the fit (``Neurons(remove=True)``, the default for neurons). The dense model of the same
 experiment is trained for the same number of epochs with the same optimizer (Adam), lr and batch
 size, from the same seed. After every pruned run :func:`run` checks that the model really is
 smaller: each pruned layer's weight has exactly the kept number of output units, and the module's
@@ -35,7 +35,7 @@ import lightning as L
 import torch
 
 import _common as C  # noqa: E402  (experiments/ is on sys.path when run as a script)
-from lightning_prune import Pruning
+from lightning_prune import Geometric, Pruning
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import Classifier
 from lightning_prune.teaching import mean_std, quiet_trainer
@@ -44,12 +44,13 @@ BATCH_SIZE = 64
 SELECTION_SEEDS = (100, 101, 102)
 
 
-def _geometric(criterion: str, scope: str, target: float, per_cycle: float, warmup: int, finetune: int) -> dict[str, Any]:
-    return dict(criterion=criterion, scope=scope, target=target, schedule="geometric", per_cycle=per_cycle,
-                warmup_epochs=warmup, finetune_epochs=finetune)
+def _geometric(criterion: str, ranking: str, target: float, per_cycle: float, warmup: int, finetune: int) -> dict[str, Any]:
+    schedule = dict(target=target, per_cycle=per_cycle, warmup_epochs=warmup, finetune_epochs=finetune)
+    return dict(criterion=criterion, ranking=ranking, schedule={"Geometric": schedule})
 
 
-# Candidate ``Pruning`` arguments per experiment (granularity="neuron" is added by make_pruning).
+# Candidate ``Pruning`` arguments per experiment, as plain values (recorded in the JSON): the
+# schedule's ``{"Geometric": arguments}``; granularity="neuron" is added by make_pruning.
 CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
     "lenet_300_100": {
         f"{c}-{s}-p{p}-f{f}": _geometric(c, s, 0.8, p, 4, f)
@@ -70,7 +71,10 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
 
 
 def make_pruning(settings: dict[str, Any]) -> Pruning:
-    return Pruning(granularity="neuron", verbose=False, **settings)
+    (name, arguments), = settings["schedule"].items()
+    schedule = {"Geometric": Geometric}[name](**arguments)
+    return Pruning(schedule=schedule, criterion=settings["criterion"], ranking=settings["ranking"], granularity="neuron",
+                   verbose=False)
 
 
 def _widths(model: torch.nn.Module) -> dict[str, int]:
@@ -251,7 +255,7 @@ def main() -> None:
         lines += ["## How the settings were chosen", "",
                   f"Every candidate was trained on seeds {', '.join(map(str, SELECTION_SEEDS))} (not the reported "
                   "seeds) and the one with the best mean *validation* accuracy is the acceptance row; the best "
-                  "candidate with the other criterion is shown too. Names: criterion-scope-per_cycle-finetune_epochs; "
+                  "candidate with the other criterion is shown too. Names: criterion-ranking-per_cycle-finetune_epochs; "
                   "all use warmup_epochs=4 and the experiment's epochs (the last cycle is followed by plain "
                   "fine-tuning until `max_epochs`).", "", selection_table(selection_rows), ""]
     (args.out / "neuron_removal.md").write_text("\n".join(lines))

@@ -4,8 +4,8 @@ For each seed:
 
 1. ``dense``: the unpruned model trained for ``E = warmup + finetune`` epochs (reference).
 2. ``fine-tuned``: the same model trained for ``warmup`` epochs, then half of the units of every
-   hidden layer removed at once (``granularity="neuron"``, ``criterion="l2"``, ``scope="layer"``,
-   ``target=0.5``, ``schedule="oneshot"``, ``remove=True``: physically smaller), then fine-tuned for
+   hidden layer removed at once (``granularity=Neurons(remove=True)``: physically smaller,
+   ``criterion="l2"``, ``ranking="layer"``, ``schedule=OneShot(target=0.5)``), then fine-tuned for
    ``finetune`` epochs (same optimizer, its state carried over to the surviving weights).
 3. ``scratch-E``: the compact architecture of step 2, rebuilt from the saved removal plan
    (``pruning.state_dict()["plan"]``) with ``scratch_model(Classifier(...), plan, seed)``, freshly
@@ -49,7 +49,7 @@ import lightning as L
 import torch
 
 import _common as C  # noqa: E402  (experiments/ is on sys.path when run as a script)
-from lightning_prune import Pruning
+from lightning_prune import Neurons, OneShot, Pruning
 from lightning_prune.data import DigitsDataModule, MNIST1DDataModule
 from lightning_prune.lottery import scratch_epochs, scratch_model, ticket_model
 from lightning_prune.models import Classifier
@@ -98,8 +98,8 @@ def run(experiment: str, seed: int, lr_schedule: str = "constant") -> list[dict[
     L.seed_everything(seed, verbose=False)
     model = _model(config, lr_schedule)
     initial = {name: value.clone() for name, value in model.state_dict().items()}
-    pruning = Pruning(criterion="l2", granularity="neuron", scope="layer", target=0.5, schedule="oneshot",
-                      warmup_epochs=config["warmup"], finetune_epochs=config["finetune"], remove=True, verbose=False)
+    schedule = OneShot(target=0.5, warmup_epochs=config["warmup"], finetune_epochs=config["finetune"])
+    pruning = Pruning(schedule=schedule, criterion="l2", granularity=Neurons(remove=True), ranking="layer", verbose=False)
     row = _fit(model, config, seed, total, [pruning])
     last = pruning.history[-1]
     dense_macs, pruned_macs = pruning.dense["macs"], last["macs"]

@@ -9,7 +9,7 @@ real-MNIST subset (3,500 training images, :class:`~lightning_prune.data.MNISTDat
 * **pruned**: the same model, seed and epochs with one ``Pruning(granularity="neuron")`` callback:
   ``WARMUP`` dense epochs, then cycles that remove a fraction of the prunable units (whole attention
   heads, one score per head, and FFN hidden units) and fine-tune, until half of them are gone
-  (``TARGET``); the removed units are physically cut out during the fit (``remove=True``, the default).
+  (``TARGET``); the removed units are physically cut out during the fit (``Neurons(remove=True)``, the default).
   The residual-stream channels (the patch embedding, every ``o_proj`` and ``fc2``) are refused by the
   library: they feed LayerNorm, where a zeroed channel still enters the mean and variance, so masking
   one is not removing it. Only heads and FFN units are pruned.
@@ -46,7 +46,7 @@ from torch.utils import benchmark
 from torchmetrics.classification import MulticlassAccuracy
 
 import _common as C  # noqa: E402  (experiments/ is on sys.path when run as a script)
-from lightning_prune import NeuronStructure, Pruning
+from lightning_prune import Geometric, NeuronStructure, Pruning
 from lightning_prune.data import MNISTDataModule
 from lightning_prune.layers import find_prunable_layers
 from lightning_prune.teaching import mean_std, quiet_trainer
@@ -58,9 +58,10 @@ BATCH_SIZE = 64
 LR = 2e-3
 EPOCHS = 20
 WARMUP = 8
-#: The callback's arguments (``warmup_epochs`` and ``finetune_epochs`` are set by :func:`make_pruning`).
-PRUNING = dict(criterion="taylor", granularity="neuron", scope="layer", target=0.5, schedule="geometric",
-               per_cycle=0.2, monitor="val_acc")
+#: The ``Geometric`` schedule's arguments (``warmup_epochs`` and ``finetune_epochs`` are set by :func:`make_pruning`).
+SCHEDULE = dict(target=0.5, per_cycle=0.2)
+#: The callback's other arguments.
+PRUNING = dict(criterion="taylor", granularity="neuron", ranking="layer", monitor="val_acc")
 FINETUNE = 2
 QUICK = dict(epochs=3, warmup=1, finetune=1, per_cycle=0.3, repeats=3)
 LATENCY_BATCH = 256
@@ -102,8 +103,9 @@ class ViTClassifier(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
 
 
-def make_pruning(warmup: int, finetune: int, per_cycle: float = PRUNING["per_cycle"]) -> Pruning:
-    return Pruning(warmup_epochs=warmup, finetune_epochs=finetune, verbose=False, **{**PRUNING, "per_cycle": per_cycle})
+def make_pruning(warmup: int, finetune: int, per_cycle: float = SCHEDULE["per_cycle"]) -> Pruning:
+    schedule = Geometric(**{**SCHEDULE, "per_cycle": per_cycle}, warmup_epochs=warmup, finetune_epochs=finetune)
+    return Pruning(schedule=schedule, verbose=False, **PRUNING)
 
 
 def attention_modules(module: nn.Module) -> dict[str, nn.Module]:
@@ -179,7 +181,7 @@ def run(seed: int, quick: bool = False) -> dict[str, Any]:
         AssertionError: If the pruned model is not as small as the callback's masks say, a head count
             attribute was not updated, or the compact model and its masked twin differ.
     """
-    settings = QUICK if quick else dict(epochs=EPOCHS, warmup=WARMUP, finetune=FINETUNE, per_cycle=PRUNING["per_cycle"],
+    settings = QUICK if quick else dict(epochs=EPOCHS, warmup=WARMUP, finetune=FINETUNE, per_cycle=SCHEDULE["per_cycle"],
                                         repeats=21)
     epochs, warmup, finetune = settings["epochs"], settings["warmup"], settings["finetune"]
     dense, dense_row = fit(seed, epochs, None)
@@ -300,7 +302,8 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"{name}.json").write_text(json.dumps(
             {"command": command, "vit": VIT, "batch_size": BATCH_SIZE, "lr": LR, "optimizer": "adamw",
-             "epochs": EPOCHS, "warmup": WARMUP, "finetune": FINETUNE, "pruning": PRUNING,
+             "epochs": EPOCHS, "warmup": WARMUP, "finetune": FINETUNE,
+             "pruning": {**PRUNING, "schedule": {"Geometric": SCHEDULE}},
              "latency_batch": LATENCY_BATCH, "runtime_s": runtime, "environment": environment, "cpu": cpu,
              "rows": rows}, indent=2))
     table = tables(rows)
@@ -320,15 +323,16 @@ def main() -> None:
         "from scratch on 3,500 images is a weak MNIST model (LeNet-300-100 reaches about 94 % on the same split, "
         "`han_iterative_mnist.md`) and both models were still improving; what is compared is dense against pruned "
         "at the same number of epochs.", "",
-        f"Pruned: `Pruning(warmup_epochs={first['warmup']}, finetune_epochs={first['finetune']}, "
+        "Pruned: `Pruning(schedule=Geometric(" + ", ".join(f"{k}={v!r}" for k, v in SCHEDULE.items())
+        + f", warmup_epochs={first['warmup']}, finetune_epochs={first['finetune']}), "
         + ", ".join(f"{k}={v!r}" for k, v in PRUNING.items()) + ")`: after the dense warm-up, each cycle removes "
-        "20 % of the remaining units of every group (`scope=\"layer\"`: each layer's heads and each layer's FFN "
+        "20 % of the remaining units of every group (`ranking=\"layer\"`: each layer's heads and each layer's FFN "
         "units are ranked on their own, by Taylor scores |w · ∂L/∂w| averaged over the unit's weights and 16 "
         "calibration batches) and fine-tunes; the last cycle stops at half of the units; the removed heads and FFN units are physically cut "
         "out during the fit and the model trains on until the last epoch. A unit is a whole attention head (its "
         "q/k/v rows and its `o_proj` columns, one score) or an FFN hidden unit (its `fc1` row and `fc2` column). "
         "Every layer ends with half its heads and half its FFN width; which heads and which units go is the "
-        "criterion's choice. (A global ranking, `scope=\"global\"`, counts a head as one unit among 4 + 256 per "
+        "criterion's choice. (A global ranking, `ranking=\"global\"`, counts a head as one unit among 4 + 256 per "
         "layer: in a short trial run, 3 epochs, it removed FFN units only and kept all 16 heads.)", "",
         "Refused by the library (residual-stream channels, one group spanning every block): "
         + ", ".join(f"`{n}`" for n in refused) + f": \"{first['refused'][refused[0]]}\". A LayerNorm normalises each "

@@ -2,8 +2,18 @@
 
 The YAML sets the model (:class:`~lightning_prune.models.Classifier`), the data (any
 ``LightningDataModule``, e.g. :class:`~lightning_prune.data.DigitsDataModule`) and the trainer with
-its callbacks, :class:`~lightning_prune.Pruning` among them. After ``fit`` the pruned model is
-evaluated on the test split. ``lightning-prune fit --print_config`` shows every option.
+its callbacks, :class:`~lightning_prune.Pruning` among them. The callback's configuration objects
+are nested by ``class_path``/``init_args``, shortcut strings stay allowed where ``Pruning`` takes them::
+
+    callbacks:
+      - class_path: lightning_prune.Pruning
+        init_args:
+          schedule: {class_path: lightning_prune.Geometric, init_args: {target: 0.9, per_cycle: 0.2, warmup_epochs: 8}}
+          guard: {class_path: lightning_prune.DropGuard, init_args: {monitor: val_acc, max_drop: 0.01}}
+          granularity: weight
+
+After ``fit`` the pruned model is evaluated on the test split. ``lightning-prune fit --print_config``
+shows every option.
 """
 
 from __future__ import annotations

@@ -231,7 +231,7 @@ class Classifier(PrunedCheckpointMixin, L.LightningModule):
             ``in_features`` follows it, see ``arch_kwargs``).
         lr_schedule: ``"constant"``, or ``"cosine"``: cosine annealing from ``lr`` towards 0 over
             ``lr_schedule_epochs`` epochs, stepped once per epoch (``CosineAnnealingLR``). ``Pruning``
-            leaves the scheduler untouched when it removes neurons. With ``Pruning(rewind=...)`` the
+            leaves the scheduler untouched when it removes neurons. With ``Pruning(lottery=Rewind(...))`` the
             scheduler is rewound with everything else at every round, so each round replays the
             first epochs of the schedule: set ``lr_schedule_epochs`` to the round length (e.g.
             ``finetune_epochs``) for a full anneal per round.

@@ -6,15 +6,15 @@ import sys
 
 import lightning as L
 
-from lightning_prune import Pruning
+from lightning_prune import Geometric, Pruning
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import Classifier
 
 if __name__ == "__main__":
     out_dir = sys.argv[1]
     L.seed_everything(0)
-    pruning = Pruning(criterion="l2", granularity="neuron", target=0.5, schedule="geometric", per_cycle=0.3,
-                      warmup_epochs=1, verbose=False)
+    pruning = Pruning(criterion="l2", granularity="neuron", schedule=Geometric(target=0.5, per_cycle=0.3, warmup_epochs=1),
+                      verbose=False)
     trainer = L.Trainer(max_epochs=3, accelerator="cpu", devices=2, strategy="ddp", callbacks=[pruning],
                         enable_progress_bar=False, logger=False, enable_checkpointing=False,
                         enable_model_summary=False, limit_train_batches=3, limit_val_batches=1)

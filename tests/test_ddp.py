@@ -7,7 +7,7 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_prune import Pruning
+from lightning_prune import Geometric, Neurons, OneShot, Pruning
 from lightning_prune.criteria import APoZ, Taylor
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import Classifier
@@ -17,8 +17,8 @@ from lightning_prune.structure import remove_zeroed_units
 class RecordingAPoZ(APoZ):
     """APoZ that also writes, per rank, the inputs it saw, the layers' weights and its scores."""
 
-    def __init__(self, out_dir):
-        super().__init__()
+    def __init__(self, out_dir, batches):
+        super().__init__(batches=batches)
         self.out_dir, self.seen, self.rank_handle = out_dir, [], None
 
     def begin(self, layers, sites):
@@ -63,9 +63,9 @@ class MaskChecksums(L.Callback):
 @pytest.mark.parametrize("granularity", ["neuron", "weight"])
 def test_ddp_ranks_agree_and_apoz_equals_one_process_over_the_same_data(tmp_path, granularity):
     L.seed_everything(0)
-    criterion = RecordingAPoZ(tmp_path) if granularity == "neuron" else "l1"
-    pruning = Pruning(criterion=criterion, granularity=granularity, target=0.5, schedule="geometric", per_cycle=0.3,
-                      warmup_epochs=1, calibration_batches=3)
+    criterion = RecordingAPoZ(tmp_path, batches=3) if granularity == "neuron" else "l1"
+    pruning = Pruning(criterion=criterion, granularity=granularity,
+                      schedule=Geometric(target=0.5, per_cycle=0.3, warmup_epochs=1))
     trainer = L.Trainer(
         max_epochs=3, accelerator="cpu", devices=2, strategy="ddp_spawn", callbacks=[pruning, MaskChecksums(pruning, tmp_path)],
         enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False,
@@ -91,6 +91,7 @@ def test_ddp_ranks_agree_and_apoz_equals_one_process_over_the_same_data(tmp_path
     for cycle in range(2):
         records = [torch.load(tmp_path / f"scores_rank{r}_cycle{cycle}.pt") for r in range(2)]
         assert not torch.equal(records[0]["inputs"], records[1]["inputs"])  # each rank saw its own shard
+        assert all(record["inputs"].shape[0] == 3 * 32 for record in records)  # APoZ(batches=3) batches of 32
         inputs = torch.cat([record["inputs"] for record in records])  # the global calibration data
         layers = records[0]["layers"]
         first, second = layers["model.features.0"], layers["model.features.2"]
@@ -104,7 +105,7 @@ def test_ddp_ranks_agree_and_apoz_equals_one_process_over_the_same_data(tmp_path
 def test_ranks_with_different_masks_fail_loudly():
     from types import SimpleNamespace
 
-    from lightning_prune.callback import _check_ranks_agree
+    from lightning_prune.distributed import check_ranks_agree
 
     class DisagreeingStrategy:  # what all_gather would return if rank 1 held other masks
         root_device = torch.device("cpu")
@@ -114,7 +115,7 @@ def test_ranks_with_different_masks_fail_loudly():
 
     trainer = SimpleNamespace(world_size=2, strategy=DisagreeingStrategy())
     with pytest.raises(RuntimeError, match=r"masks differ between rank 0 and ranks \[1\]"):
-        _check_ranks_agree(trainer, {"fc": torch.ones(3, dtype=torch.bool)})
+        check_ranks_agree(trainer, {"fc": torch.ones(3, dtype=torch.bool)})
 
 
 def test_popen_ddp_removes_the_same_neurons_on_every_rank_when_the_fit_ends(tmp_path):
@@ -137,14 +138,14 @@ def test_popen_ddp_removes_the_same_neurons_on_every_rank_when_the_fit_ends(tmp_
 class RecordingTaylor(Taylor):
     """Taylor that also writes, per rank, each calibration batch, the model weights and its scores."""
 
-    def __init__(self, out_dir, model_ref):
-        super().__init__()
-        self.out_dir, self.model_ref, self.batches = out_dir, model_ref, []
+    def __init__(self, out_dir, model_ref, batches):
+        super().__init__(batches=batches)
+        self.out_dir, self.model_ref, self.inputs = out_dir, model_ref, []
 
     def begin(self, layers, sites):
         super().begin(layers, sites)
-        self.batches = []
-        self.handle = self.model_ref[0].register_forward_pre_hook(lambda m, args: self.batches.append(args[0].clone()))
+        self.inputs = []
+        self.handle = self.model_ref[0].register_forward_pre_hook(lambda m, args: self.inputs.append(args[0].clone()))
 
     def end(self):
         super().end()
@@ -153,7 +154,7 @@ class RecordingTaylor(Taylor):
     def scores(self, layers, granularity, cycle):
         scores = super().scores(layers, granularity, cycle)
         rank = torch.distributed.get_rank()
-        torch.save({"batches": self.batches, "state": {k: v.clone() for k, v in self.model_ref[0].state_dict().items()},
+        torch.save({"batches": self.inputs, "state": {k: v.clone() for k, v in self.model_ref[0].state_dict().items()},
                     "scores": scores}, f"{self.out_dir}/taylor_rank{rank}.pt")
         return scores
 
@@ -169,8 +170,8 @@ class AttachModel(L.Callback):
 def test_ddp_taylor_scores_equal_one_process_over_the_same_batches(tmp_path):
     L.seed_everything(0)
     holder = []
-    pruning = Pruning(criterion=RecordingTaylor(tmp_path, holder), granularity="neuron", target=0.3, warmup_epochs=1,
-                      calibration_batches=2, remove=False)
+    pruning = Pruning(criterion=RecordingTaylor(tmp_path, holder, batches=2), granularity=Neurons(remove=False),
+                      schedule=OneShot(target=0.3, warmup_epochs=1))
     trainer = L.Trainer(
         max_epochs=2, accelerator="cpu", devices=2, strategy="ddp_spawn", callbacks=[AttachModel(holder), pruning],
         enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False,
@@ -178,6 +179,7 @@ def test_ddp_taylor_scores_equal_one_process_over_the_same_batches(tmp_path):
     )
     trainer.fit(Classifier("lenet_300_100", input_shape=(1, 8, 8)), DigitsDataModule(batch_size=32))
     records = [torch.load(tmp_path / f"taylor_rank{r}.pt") for r in range(2)]
+    assert [len(record["batches"]) for record in records] == [2, 2]  # Taylor(batches=2) on each rank
     model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
     model.load_state_dict(records[0]["state"])
     model.eval()

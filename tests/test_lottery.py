@@ -6,7 +6,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from trainers import make_trainer
-from lightning_prune import Pruning
+from lightning_prune import Geometric, Neurons, OneShot, PerLayer, Pruning, RandomMask, Reinit, Rewind, SignedConstant
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.lottery import (
     clone_tensors,
@@ -45,8 +45,8 @@ class Probe(Callback):
 
 def _lottery_run(rewind, control=None, model_cls=WithScheduler, max_epochs=6, **kwargs):
     L.seed_everything(0)
-    pruning = Pruning(criterion="l1", target=0.6, schedule="geometric", per_cycle=0.3, warmup_epochs=2,
-                      finetune_epochs=1, rewind=rewind, control=control, **kwargs)
+    pruning = Pruning(criterion="l1", schedule=Geometric(target=0.6, per_cycle=0.3, warmup_epochs=2, finetune_epochs=1),
+                      lottery=Rewind(rewind, control=control), **kwargs)
     probe = Probe()
     model = model_cls("lenet_300_100", input_shape=(1, 8, 8))
     trainer = make_trainer(max_epochs, [pruning, probe], limit_train_batches=3, limit_val_batches=1)
@@ -95,7 +95,7 @@ def test_rewinding_every_round_is_not_a_no_op_after_the_first():
 
 
 def test_reinit_control_rewinds_to_a_fresh_initialisation():
-    pruning, probe = _lottery_run("init", control="reinit")
+    pruning, probe = _lottery_run("init", control=Reinit())
     init = probe.states[0]["model"]
     state = probe.states[2]["model"]
     name = "model.features.0.weight"
@@ -120,7 +120,7 @@ def test_signed_constant_and_random_sign_states_keep_one_property_of_the_weights
 
 
 def test_signed_constant_control_rewinds_the_survivors_to_their_signs():
-    pruning, probe = _lottery_run("init", control="signed_constant")
+    pruning, probe = _lottery_run("init", control=SignedConstant())
     init = probe.states[0]["model"]
     for epoch in (2, 3, 4):
         state = probe.states[epoch]["model"]
@@ -138,7 +138,7 @@ def test_signed_constant_of_a_single_weight_is_that_weight():
 
 
 def test_signed_constant_control_with_removed_neurons_keeps_plus_minus_std_of_the_dense_layer():
-    pruning, probe = _lottery_run("init", control="signed_constant", granularity="neuron", scope="layer",
+    pruning, probe = _lottery_run("init", control=SignedConstant(), granularity="neuron", ranking="layer",
                                   model_cls=Classifier)
     init = probe.states[0]["model"]
     std = float(init["model.features.0.weight"].std())
@@ -149,10 +149,11 @@ def test_signed_constant_control_with_removed_neurons_keeps_plus_minus_std_of_th
 
 
 def test_reinit_control_differs_from_the_original_even_when_the_global_seed_matches_its_own():
-    # Pruning(seed=0) draws its fresh initialisation from seed 1; a model built right after
+    # Reinit() draws its fresh initialisation from seed 1; a model built right after
     # seed_everything(1) has exactly that initialisation, so the control must draw another.
     L.seed_everything(1)
-    pruning = Pruning(criterion="l1", target=0.5, warmup_epochs=1, rewind="init", control="reinit", verbose=False)
+    pruning = Pruning(criterion="l1", schedule=OneShot(target=0.5, warmup_epochs=1), lottery=Rewind("init", control=Reinit()),
+                      verbose=False)
     probe = Probe()
     model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
     make_trainer(2, [pruning, probe], limit_train_batches=2, limit_val_batches=1).fit(model, DigitsDataModule(batch_size=32))
@@ -170,7 +171,7 @@ def test_random_mask_control_keeps_the_per_layer_counts():
     for name in before:
         assert int(shuffled[name].sum()) == int(after[name].sum())
         assert not (shuffled[name] & ~before[name]).any()
-    pruning, _ = _lottery_run("init", control="random_mask", scope="layer", model_cls=Classifier)
+    pruning, _ = _lottery_run("init", control=RandomMask(), ranking="layer", model_cls=Classifier)
     for mask in pruning.keep.values():
         assert abs(float((~mask).float().mean()) - 0.6) <= 1 / mask.numel()
 
@@ -186,7 +187,7 @@ def test_scratch_budgets():
 def test_resume_mid_lottery_run_equals_the_uninterrupted_run(tmp_path, granularity):
     def run(ckpt_path=None, extra=()):
         L.seed_everything(0)
-        pruning = Pruning(criterion="l1", target=0.6, schedule="geometric", per_cycle=0.3, warmup_epochs=2, rewind=1,
+        pruning = Pruning(criterion="l1", schedule=Geometric(target=0.6, per_cycle=0.3, warmup_epochs=2), lottery=Rewind(1),
                           granularity=granularity)  # neurons: physically removed, the rewind point cut with them
         model = WithScheduler("lenet_300_100", input_shape=(1, 8, 8))
         trainer = make_trainer(6, [pruning, *extra], limit_train_batches=3, limit_val_batches=1,
@@ -210,7 +211,7 @@ def test_scratch_model_has_the_pruned_architecture_and_a_fresh_init(tmp_path):
     from lightning_prune.lottery import scratch_model, ticket_model
 
     L.seed_everything(0)
-    pruning = Pruning(criterion="l2", granularity="neuron", target=0.5, warmup_epochs=1)
+    pruning = Pruning(criterion="l2", granularity="neuron", schedule=OneShot(target=0.5, warmup_epochs=1))
     model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
     initial = clone_tensors(model.state_dict())
     make_trainer(2, [pruning], limit_train_batches=2, limit_val_batches=1).fit(model, DigitsDataModule(batch_size=32))
@@ -240,8 +241,8 @@ def test_output_layer_pruned_at_half_the_rate_as_in_frankle_and_carbin():
     """20 % of each hidden layer's remaining weights per round, 10 % of the output layer's (the paper's setup)."""
     rounds = 3
     L.seed_everything(0)
-    pruning = Pruning(criterion="l1", scope="layer", target=1 - 0.8**rounds, schedule="geometric", per_cycle=0.2,
-                      warmup_epochs=1, rewind="init", layer_targets={"*classifier": 1 - 0.9**rounds}, verbose=False)
+    pruning = Pruning(criterion="l1", schedule=Geometric(target=1 - 0.8**rounds, per_cycle=0.2, warmup_epochs=1),
+                      ranking=PerLayer(overrides={"*classifier": 1 - 0.9**rounds}), lottery=Rewind("init"), verbose=False)
     model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
     trainer = make_trainer(1 + rounds, [pruning], limit_train_batches=2, limit_val_batches=1)
     trainer.fit(model, DigitsDataModule(batch_size=32))
@@ -271,8 +272,9 @@ class KeepProbe(Probe):
 def test_neuron_rewinding_with_removal_equals_rewinding_the_masked_model(rewind_to):
     def run(remove):
         L.seed_everything(0)
-        pruning = Pruning(criterion="l2", granularity="neuron", scope="layer", target=0.6, schedule="geometric",
-                          per_cycle=0.3, warmup_epochs=2, rewind=rewind_to, remove=remove, verbose=False)
+        pruning = Pruning(criterion="l2", granularity=Neurons(remove=remove), ranking="layer",
+                          schedule=Geometric(target=0.6, per_cycle=0.3, warmup_epochs=2), lottery=Rewind(rewind_to),
+                          verbose=False)
         probe = KeepProbe(pruning)
         model = WithScheduler("lenet_300_100", input_shape=(1, 8, 8))
         make_trainer(6, [pruning, probe], limit_train_batches=3, limit_val_batches=1).fit(

@@ -228,7 +228,7 @@ def test_cosine_schedule_anneals_over_max_epochs_and_survives_neuron_removal() -
 
     from lightning.pytorch.callbacks import Callback
 
-    from lightning_prune import Pruning
+    from lightning_prune import Geometric, Pruning
     from lightning_prune.data import DigitsDataModule
 
     class Lrs(Callback):
@@ -247,8 +247,8 @@ def test_cosine_schedule_anneals_over_max_epochs_and_survives_neuron_removal() -
     L.seed_everything(0, verbose=False)
     module = Classifier("lenet_300_100", input_shape=(1, 8, 8), lr=0.01, lr_schedule="cosine")
     lrs = Lrs()
-    pruning = Pruning(criterion="l2", granularity="neuron", scope="layer", target=0.5, schedule="geometric",
-                      per_cycle=0.3, warmup_epochs=1, finetune_epochs=1, verbose=False)
+    pruning = Pruning(criterion="l2", granularity="neuron", ranking="layer",
+                      schedule=Geometric(target=0.5, per_cycle=0.3, warmup_epochs=1, finetune_epochs=1), verbose=False)
     trainer = make_trainer(4, [pruning, lrs], limit_train_batches=2, limit_val_batches=1)
     trainer.fit(module, DigitsDataModule(batch_size=32))
     assert module.model.features[0].out_features < 300  # neurons were removed during the fit
@@ -259,7 +259,7 @@ def test_cosine_schedule_anneals_over_max_epochs_and_survives_neuron_removal() -
 def test_cosine_schedule_length_can_follow_lottery_rounds() -> None:
     from lightning.pytorch.callbacks import Callback
 
-    from lightning_prune import Pruning
+    from lightning_prune import Geometric, Pruning, Rewind
     from lightning_prune.data import DigitsDataModule
 
     with pytest.raises(ValueError, match="lr_schedule_epochs=0 must be an integer >= 1 or None"):
@@ -275,8 +275,8 @@ def test_cosine_schedule_length_can_follow_lottery_rounds() -> None:
     L.seed_everything(0, verbose=False)
     module = Classifier("lenet_300_100", input_shape=(1, 8, 8), lr=0.01, lr_schedule="cosine", lr_schedule_epochs=3)
     lrs = Lrs()
-    pruning = Pruning(criterion="l1", target=0.5, schedule="geometric", per_cycle=0.3, warmup_epochs=3, finetune_epochs=3,
-                      rewind="init", verbose=False)
+    pruning = Pruning(criterion="l1", schedule=Geometric(target=0.5, per_cycle=0.3, warmup_epochs=3, finetune_epochs=3),
+                      lottery=Rewind("init"), verbose=False)
     trainer = make_trainer(3 + 3 * len(pruning.fractions), [pruning, lrs], limit_train_batches=2, limit_val_batches=1)
     trainer.fit(module, DigitsDataModule(batch_size=32))
     one_round = [0.01 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)]

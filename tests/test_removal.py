@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from trainers import make_trainer
-from lightning_prune import Pruning
+from lightning_prune import DropGuard, Geometric, Neurons, OneShot, Pruning
 from lightning_prune.checkpoint import PLAN_KEY, export_program, load_compact, save_compact
 from lightning_prune.data import DigitsDataModule, MNIST1DDataModule
 from lightning_prune.models import Classifier
@@ -18,8 +18,9 @@ from lightning_prune.models import Classifier
 
 def _prune(tmp_path, arch="lenet_300_100", max_drop=None, **kwargs):
     L.seed_everything(0)
-    pruning = Pruning(criterion="l2", granularity="neuron", target=0.5, schedule="geometric", per_cycle=0.3,
-                      warmup_epochs=1, monitor="val_acc" if max_drop is not None else None, max_drop=max_drop, **kwargs)
+    guard = DropGuard(monitor="val_acc", max_drop=max_drop) if max_drop is not None else None
+    pruning = Pruning(criterion="l2", granularity="neuron", schedule=Geometric(target=0.5, per_cycle=0.3, warmup_epochs=1),
+                      guard=guard, **kwargs)
     checkpoints = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, filename="{epoch}")
     data = MNIST1DDataModule(batch_size=32) if arch == "cnn1d" else DigitsDataModule(batch_size=32)
     model = Classifier(arch, input_shape=data.input_shape, lr=3e-3)
@@ -77,7 +78,7 @@ def test_fit_resumes_from_a_pruned_checkpoint(tmp_path):
     _, pruning, _ = _prune(tmp_path)
     last = sorted(tmp_path.glob("*.ckpt"))[-1]
     L.seed_everything(0)
-    resumed = Pruning(criterion="l2", granularity="neuron", target=0.5, schedule="geometric", per_cycle=0.3, warmup_epochs=1)
+    resumed = Pruning(criterion="l2", granularity="neuron", schedule=Geometric(target=0.5, per_cycle=0.3, warmup_epochs=1))
     model = Classifier("lenet_300_100", input_shape=(1, 8, 8), lr=3e-3)
     trainer = make_trainer(pruning.timeline.epochs_needed + 1, [resumed], limit_train_batches=4, limit_val_batches=1)
     trainer.fit(model, DigitsDataModule(batch_size=32), ckpt_path=str(last))
@@ -112,7 +113,7 @@ class WithoutMixin(Classifier):
 def test_the_callback_restores_the_architecture_for_modules_without_the_mixin(tmp_path):
     _, pruning, _ = _prune(tmp_path)
     last = sorted(tmp_path.glob("*.ckpt"))[-1]
-    resumed = Pruning(criterion="l2", granularity="neuron", target=0.5, schedule="geometric", per_cycle=0.3, warmup_epochs=1)
+    resumed = Pruning(criterion="l2", granularity="neuron", schedule=Geometric(target=0.5, per_cycle=0.3, warmup_epochs=1))
     model = WithoutMixin("lenet_300_100", input_shape=(1, 8, 8), lr=3e-3)
     trainer = make_trainer(pruning.timeline.epochs_needed + 1, [resumed], limit_train_batches=2, limit_val_batches=1)
     trainer.fit(model, DigitsDataModule(batch_size=32), ckpt_path=str(last))
@@ -124,7 +125,7 @@ def test_the_callback_restores_the_architecture_for_modules_without_the_mixin(tm
 @pytest.mark.parametrize("budget", ["macs", "params"])
 def test_budget_in_macs_or_parameters_is_reached(tmp_path, budget):
     L.seed_everything(0)
-    pruning = Pruning(criterion="l2", granularity="neuron", target=0.6, budget=budget, warmup_epochs=1)
+    pruning = Pruning(criterion="l2", granularity="neuron", schedule=OneShot(target=0.6, warmup_epochs=1, budget=budget))
     model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
     trainer = make_trainer(2, [pruning], limit_train_batches=2, limit_val_batches=1)
     trainer.fit(model, DigitsDataModule(batch_size=32))
@@ -138,7 +139,8 @@ def test_budget_in_macs_or_parameters_is_reached(tmp_path, budget):
 
 def test_round_to_keeps_multiples_of_eight(tmp_path):
     L.seed_everything(0)
-    pruning = Pruning(criterion="l2", granularity="neuron", target=0.5, scope="layer", round_to=8, warmup_epochs=1)
+    pruning = Pruning(criterion="l2", granularity=Neurons(round_to=8), ranking="layer",
+                      schedule=OneShot(target=0.5, warmup_epochs=1))
     model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
     make_trainer(2, [pruning], limit_train_batches=2, limit_val_batches=1).fit(model, DigitsDataModule(batch_size=32))
     modules = dict(model.named_modules())
