@@ -30,7 +30,6 @@ machine). ``--quick`` (3 epochs, 2 cycles of 30 %, 3 latency repeats) is what ``
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import random

@@ -6,7 +6,8 @@ would suffer. It is configured with one small object per concern::
 
     Pruning(schedule=Geometric(target=0.9, per_cycle=0.2, warmup_epochs=4, finetune_epochs=1),
             criterion="l1", guard=DropGuard(monitor="val_acc", max_drop=0.01))
- Scoring, ranking, masks, structure, surgery and schedules are plain functions and
+
+Scoring, ranking, masks, structure, surgery and schedules are plain functions and
 classes (``criteria``, ``ranking``, ``masks``, ``structure``, ``surgery``, ``schedules``,
 ``pruner``), usable without a Trainer.
 """

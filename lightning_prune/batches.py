@@ -43,12 +43,16 @@ def calibration_batches(trainer: L.Trainer, criterion: Criterion) -> list[Any]:
     """
     if not (criterion.needs_activations or criterion.needs_gradients):
         return []
+    count = getattr(criterion, "batches", None)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"`criterion`={criterion.name!r} needs `batches`, the number of calibration batches per cycle, "
+                         f"as an integer >= 1; got {count!r}.")
     loader = trainer.train_dataloader
     if not isinstance(loader, torch.utils.data.DataLoader):
         raise ValueError(
             f"`criterion`={criterion.name!r} needs calibration batches from one train DataLoader; got {type(loader).__name__}."
         )
-    batches = [trainer.strategy.batch_to_device(b) for b in itertools.islice(loader, criterion.batches)]
+    batches = [trainer.strategy.batch_to_device(b) for b in itertools.islice(loader, count)]
     if batches and isinstance(batches[0], Mapping):
         if criterion.needs_activations and getattr(criterion, "forward", None) is None:
             raise ValueError(

@@ -145,7 +145,7 @@ class Pruner:
             keep: Current keep-masks (dense coordinates).
             fraction: Cumulative fraction to remove: of all (dense) units for ``budget="units"``,
                 of ``reference["params"]`` or ``reference["macs"]`` for ``"params"``/``"macs"``.
-                With ``scope="layer"`` and ``budget="units"``, a mapping gives each layer (group)
+                With a ``PerLayer`` ranking and ``budget="units"``, a mapping gives each layer (group)
                 its own fraction.
             cycle: Index of the cycle (seeds random scores).
             batches: Calibration batches for data-driven criteria.
