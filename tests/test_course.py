@@ -8,12 +8,13 @@ import nbformat
 import pytest
 
 import lightning_prune
-from lightning_prune import callback, checkpoint, counting, criteria, layers, lottery, masks, pruner, ranking
+from lightning_prune import callback, checkpoint, config, counting, criteria, layers, lottery, masks, pruner, ranking
 from lightning_prune import schedules, statistics, structure, surgery, teaching
 
 COURSE = Path(__file__).parents[1] / "course"
 NOTEBOOKS = sorted(COURSE.glob("*.ipynb"))
-MODULES = [lightning_prune, callback, checkpoint, counting, criteria, layers, lottery, masks, pruner, ranking,
+SOURCES = sorted((COURSE / "teacher" / "source").glob("*/*.ipynb"))  # the assignments' solutions
+MODULES = [lightning_prune, callback, checkpoint, config, counting, criteria, layers, lottery, masks, pruner, ranking,
            schedules, statistics, structure, surgery, teaching]
 LIBRARY_NAMES = {
     name for module in MODULES for name, value in vars(module).items()
@@ -49,3 +50,20 @@ def test_notebook_defines_nothing_the_library_provides(path):
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
                 assert node.name not in LIBRARY_NAMES, f"{path.name} redefines library name {node.name!r}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + SOURCES, ids=[p.name for p in NOTEBOOKS + SOURCES])
+def test_notebook_configures_pruning_with_its_current_arguments(path):
+    """Every ``Pruning(...)`` call names only arguments the callback takes (the flat ``target=``, ``scope=``,
+    ``rewind=``... of before issue 14 became configuration objects) and passes at most one positional (the schedule)."""
+    allowed = set(inspect.signature(lightning_prune.Pruning).parameters)
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        source = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith(("%", "!")))
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Pruning":
+                names = {keyword.arg for keyword in node.keywords if keyword.arg is not None}
+                assert names <= allowed, f"{path.name}: Pruning({', '.join(sorted(names - allowed))}=...) no longer exists"
+                assert len(node.args) <= 1, f"{path.name}: Pruning's only positional argument is the schedule"

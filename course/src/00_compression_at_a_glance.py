@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_prune.teaching import accuracy, quiet_setup, quiet_trainer
-from lightning_prune import Pruning
+from lightning_prune import Geometric, Pruning
 from lightning_prune.counting import count_macs, count_parameters
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import Classifier
@@ -138,17 +138,18 @@ print(f"parameters {dense_row['params']:,}, {dense_row['bytes']:,} bytes as floa
 # ## 1 · Network pruning (网络剪枝)
 #
 # The rest of the course in one call: the `Pruning` callback removes 80 % of the 400 hidden neurons
-# from the trained model in two cycles (60 %, then the rest of the way to 80 %), ranking them by the L2
-# norm of their weights, fine-tuning 3 epochs after each cycle, and physically removing them
-# (`granularity="neuron"`): the result is a plain, narrower LeNet.
+# from the trained model in two cycles (60 %, then the rest of the way to 80 %) with 3 epochs of
+# fine-tuning after each (the schedule, `Geometric(target=0.8, per_cycle=0.6, finetune_epochs=3)`),
+# ranking them by the L2 norm of their weights, and physically removing them (`granularity="neuron"`):
+# the result is a plain, narrower LeNet.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 L.seed_everything(0, verbose=False)
 pruned = Classifier("lenet_300_100", lr=3e-3, input_shape=(1, 8, 8))
 pruned.load_state_dict(teacher.state_dict())
-pruning = Pruning("l2", granularity="neuron", target=0.8, schedule="geometric", per_cycle=0.6,
-                  warmup_epochs=0, finetune_epochs=3, verbose=False)
+pruning = Pruning(Geometric(target=0.8, per_cycle=0.6, finetune_epochs=3), criterion="l2", granularity="neuron",
+                  verbose=False)
 quiet_trainer(pruning.timeline.epochs_needed, [pruning]).fit(pruned, datamodule)
 pruned_row = record("pruned (80 % of neurons)", "pruning", pruned.model)
 print(pruned.model)

@@ -28,8 +28,8 @@
 #   sparsity (稀疏度) each layer ends up with.
 # - Remove weights by masking (`apply_masks`), measure the accuracy drop right after pruning, and win
 #   it back by fine-tuning with the masks enforced.
-# - Run the whole loop with the `Pruning` callback, one-shot versus iterative (`schedule="oneshot"`
-#   versus `"geometric"`), and plot accuracy against sparsity.
+# - Run the whole loop with the `Pruning` callback, one-shot versus iterative
+#   (`schedule=OneShot(...)` versus `Geometric(...)`), and plot accuracy against sparsity.
 #
 # Runs in about 35 s on 2 CPU cores.
 
@@ -41,7 +41,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from lightning_prune.teaching import quiet_setup, quiet_trainer
-from lightning_prune import Magnitude, MaskEnforcer, Pruning, apply_masks
+from lightning_prune import Geometric, Magnitude, MaskEnforcer, OneShot, Pruning, apply_masks
 from lightning_prune.counting import count_parameters
 from lightning_prune.criteria import score_layers
 from lightning_prune.data import DigitsDataModule
@@ -229,16 +229,17 @@ assert nonzero_weights(unmasked) > 0.5 * total_weights
 # ## Step 5: the whole loop in a callback, one-shot versus iterative
 #
 # `Pruning` runs the loop inside `Trainer.fit`: `warmup_epochs` of dense training, then cycles of
-# *score → rank → mask → fine-tune for `finetune_epochs`*. The schedule says how much is pruned per cycle:
+# *score → rank → mask → fine-tune for `finetune_epochs`*. The schedule object says how much is pruned
+# per cycle, and when (both epoch counts are its fields):
 #
-# - `"oneshot"`: one-shot pruning (一次性剪枝), one cycle straight to the target;
-# - `"geometric"`: iterative pruning (迭代剪枝), each cycle removes `per_cycle` of what remains
-#   (Han et al. 2015 prune iteratively; they report that iterative pruning beats one-shot, e.g. 9×
-#   versus 5× on AlexNet).
+# - `OneShot(target=...)`: one-shot pruning (一次性剪枝), one cycle straight to the target;
+# - `Geometric(target=..., per_cycle=...)`: iterative pruning (迭代剪枝), each cycle removes
+#   `per_cycle` of what remains (Han et al. 2015 prune iteratively; they report that iterative pruning
+#   beats one-shot, e.g. 9× versus 5× on AlexNet).
 #
 # For a fair comparison both get the same total number of epochs: 10 of warm-up and then 14 of pruning
 # and fine-tuning (one-shot: 1 cycle × 14 epochs; geometric with `per_cycle=0.5`: its cycles × 2 epochs,
-# padded to the same total).
+# padded to the same total). Both rank all weights together (`ranking="global"`, the default).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -246,18 +247,17 @@ targets = [0.9, 0.95, 0.98, 0.99]
 results = {"oneshot": [], "geometric": []}
 WARMUP, BUDGET = 10, 14
 for target in targets:
-    for schedule in results:
+    for name in results:
         L.seed_everything(0, verbose=False)
         model = Classifier("lenet_300_100", lr=3e-3, input_shape=(1, 8, 8))
-        if schedule == "oneshot":
-            callback = Pruning("l1", scope="global", target=target, schedule="oneshot",
-                               warmup_epochs=WARMUP, finetune_epochs=BUDGET, verbose=False)
+        if name == "oneshot":
+            schedule = OneShot(target=target, warmup_epochs=WARMUP, finetune_epochs=BUDGET)
         else:
-            callback = Pruning("l1", scope="global", target=target, schedule="geometric", per_cycle=0.5,
-                               warmup_epochs=WARMUP, finetune_epochs=2, verbose=False)
+            schedule = Geometric(target=target, per_cycle=0.5, warmup_epochs=WARMUP, finetune_epochs=2)
+        callback = Pruning(schedule=schedule, criterion="l1", ranking="global", verbose=False)
         trainer = quiet_trainer(WARMUP + BUDGET, [callback])
         trainer.fit(model, datamodule)
-        results[schedule].append((callback.history[-1]["sparsity"], len(callback.history), test_accuracy(model)))
+        results[name].append((callback.history[-1]["sparsity"], len(callback.history), test_accuracy(model)))
 
 # %%
 print(f"dense: {dense_acc:.4f}")
@@ -292,8 +292,9 @@ assert results["geometric"][0][2] > dense_acc - 0.03  # 90 % pruned iteratively 
 #   network usable where one big step does not. This is the lecture's (and Han et al.'s) argument for
 #   iterating.
 # - At 99 % both collapse: about 500 weights are too few for this task, however they are chosen. The
-#   loop's stopping rule ("repeat while the accuracy is acceptable") is what `monitor` / `max_drop`
-#   automate: a cycle that costs more than `max_drop` is rolled back and pruning stops.
+#   loop's stopping rule ("repeat while the accuracy is acceptable") is what a guard automates:
+#   with `guard=DropGuard(monitor="val_acc", max_drop=0.01)` a cycle that costs more than `max_drop`
+#   of validation accuracy against the dense model is rolled back and pruning stops.
 
 # %%
 oneshot = {t: r[2] for t, r in zip(targets, results["oneshot"])}
@@ -318,10 +319,12 @@ assert max(oneshot[0.99], geometric[0.99]) < dense_acc - 0.2, (oneshot, geometri
 #
 # ## Exercises
 #
-# 1. Redo the one-shot versus iterative comparison with `scope="layer"`. Does the gap at 98 % change?
-# 2. Use `schedule="cubic", cycles=5` (Zhu & Gupta 2017: large steps first, small steps near the
-#    target) and compare it with `"geometric"` at 98 %.
-# 3. Add `monitor="val_acc", max_drop=0.01` to the geometric run at 99 %. At which cycle does the
-#    callback stop, and what sparsity does the model keep? (`callback.history` has one row per cycle.)
+# 1. Redo the one-shot versus iterative comparison with `ranking="layer"` (`PerLayer()`). Does the gap
+#    at 98 % change?
+# 2. Use `Cubic(target=0.98, cycles=5, ...)` (Zhu & Gupta 2017: large steps first, small steps near the
+#    target) and compare it with `Geometric` at 98 %.
+# 3. Add `guard=DropGuard(monitor="val_acc", max_drop=0.01)` to the geometric run at 99 %. At which
+#    cycle does the callback stop, and what sparsity does the model keep? (`callback.history` has one
+#    row per cycle.)
 # 4. Weight pruning leaves a dense-shaped matrix full of zeros. Time `dense(x)` against the 90 %
 #    pruned model on a large batch: is the pruned model faster? (The lecture's answer, and notebook 4's.)

@@ -27,7 +27,7 @@
 #   how much the criteria agree.
 # - Remove a neuron by hand from a two-layer MLP with plain tensor indexing (a row of W1, an entry of
 #   b1, a column of W2) and check that the output is unchanged when the neuron's output was always zero.
-# - Do the same with the library: `remove_units` for one step, and `Pruning(granularity="neuron")` for
+# - Do the same with the library: `remove_units` for one step, and `Pruning(granularity=Neurons())` for
 #   the whole loop with fine-tuning; compare parameters and MACs before and after (`count_parameters`,
 #   `count_macs`).
 #
@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from lightning_prune.teaching import accuracy, quiet_setup, quiet_trainer
-from lightning_prune import APoZ, Magnitude, Pruning, remove_units
+from lightning_prune import APoZ, Geometric, Magnitude, Neurons, Pruning, remove_units
 from lightning_prune.counting import count_macs, count_parameters
 from lightning_prune.criteria import score_layers
 from lightning_prune.data import DigitsDataModule
@@ -222,24 +222,26 @@ print(f"parameters: {mlp_params:,} -> {surgery_params:,}")
 assert same
 
 # %% [markdown]
-# ## The whole loop: `Pruning(granularity="neuron")`
+# ## The whole loop: `Pruning(granularity=Neurons())`
 #
-# With `granularity="neuron"` the callback scores neurons, ranks them globally over the hidden layers
-# (the 10 output neurons are never pruned), masks the losers, and, once a cycle is done, **physically
-# removes** them (`remove=True` is the default for neurons), carrying the optimizer state over to the
-# smaller matrices. We prune 80 % of LeNet-300-100's 400 hidden neurons, 30 % of the remaining ones per
-# cycle with 2 epochs of fine-tuning each, once with APoZ and once with the L1 norm.
+# With `granularity=Neurons()` (the string `"neuron"` is the same) the callback scores neurons, ranks
+# them globally over the hidden layers (the 10 output neurons are never pruned), masks the losers, and,
+# once a cycle is done, **physically removes** them (`Neurons(remove=True)` is the default;
+# `remove=False` keeps them as masked zeros), carrying the optimizer state over to the smaller
+# matrices. We prune 80 % of LeNet-300-100's 400 hidden neurons, 30 % of the remaining ones per cycle
+# with 2 epochs of fine-tuning each, once with APoZ (`APoZ(batches=16)`: the zero counts come from 16
+# training batches per cycle) and once with the L1 norm (`Magnitude(1)`).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 example = torch.zeros(1, 1, 8, 8)
 runs = {}
-for criterion in ("apoz", "l1"):
+for criterion, importance in (("apoz", APoZ(batches=16)), ("l1", Magnitude(1))):
     L.seed_everything(0, verbose=False)
     model = Classifier("lenet_300_100", lr=3e-3, input_shape=(1, 8, 8))
     before = (count_parameters(model)[1], count_macs(model, example)[""])
-    callback = Pruning(criterion, granularity="neuron", scope="global", target=0.8, schedule="geometric",
-                       per_cycle=0.3, warmup_epochs=10, finetune_epochs=2, verbose=False)
+    callback = Pruning(schedule=Geometric(target=0.8, per_cycle=0.3, warmup_epochs=10, finetune_epochs=2),
+                       criterion=importance, granularity=Neurons(), ranking="global", verbose=False)
     quiet_trainer(10 + 2 * len(callback.fractions) + 2, [callback]).fit(model, datamodule)
     runs[criterion] = {
         "before": before,
@@ -281,7 +283,7 @@ for criterion, run in runs.items():
 # - A hidden neuron owns a row of W1, an entry of b1 and a column of W2. Removing a neuron that is
 #   never active leaves the logits unchanged up to rounding; removing an active one does not.
 # - `remove_units` performs the same surgery, found automatically from the dependency graph, and
-#   `Pruning(granularity="neuron")` runs the whole loop and leaves a genuinely smaller network: the
+#   `Pruning(granularity=Neurons())` runs the whole loop and leaves a genuinely smaller network: the
 #   printed parameter and MAC counts both drop by 9–10×, for a loss of a few points of test accuracy.
 #
 # ## Exercises
@@ -290,7 +292,7 @@ for criterion, run in runs.items():
 #    largest logit change, and how many validation predictions change?
 # 2. Compute the APoZ scores on the training images instead of the validation images. Are the same
 #    neurons dead? Does the manual check still hold on the validation images?
-# 3. Run the loop with `scope="layer"` (each hidden layer loses 80 %). Compare the final widths, the
+# 3. Run the loop with `ranking="layer"` (`PerLayer()`: each hidden layer loses 80 %). Compare the final widths, the
 #    MACs and the accuracy with the global ranking above.
 # 4. Time `model(x)` on a batch of 4096 images for the dense LeNet and the pruned one (use
 #    `time.perf_counter` and take the median of several runs). Is the speed-up close to the MAC

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -247,7 +247,7 @@ assert speedup["csr 50%"] < 1, speedup          # at moderate sparsity the spars
 # once: a layer of 60 units costs about as much as one of 64, and one of 33 about as much as 48.
 # Let us see it on the classic LeNet-300-100 (784 inputs, as for MNIST) with 80 % of its hidden
 # neurons removed: the plain choice keeps 60 and 20 units; `round_kept(..., 16)` (what
-# `Pruning(granularity="neuron", round_to=16)` does at every step) puts back the best-scored of the
+# `Pruning(granularity=Neurons(round_to=16))` does at every step) puts back the best-scored of the
 # just-removed units until each layer's width is a multiple of 16: 64 and 32.
 
 # %%
@@ -312,8 +312,8 @@ assert efficiency["rounded to 16"] > efficiency["plain"], efficiency  # aligned 
 # The rounded network does *more* multiply-accumulates, yet it is about as fast or faster, and its
 # speed-up follows its MAC cut much more closely (the repository's `benchmarks/results/width_alignment.md`
 # measures this for several fractions: 0.74 of the MAC cut at widths 60/20, 0.91 at 64/32). When you
-# prune for speed, round the widths to what the hardware computes in one go: `round_to=8` or `16` on
-# CPUs, multiples of 8 (fp16) or more on GPU tensor cores.
+# prune for speed, round the widths to what the hardware computes in one go: `Neurons(round_to=8)` or
+# `16` on CPUs, multiples of 8 (fp16) or more on GPU tensor cores.
 #
 # ## And on a GPU?
 #

@@ -27,12 +27,12 @@
 #
 # **Learning goals**
 #
-# - Run iterative magnitude pruning with rewinding to the initialisation, `Pruning(rewind="init")`,
-#   inside a real `lightning.Trainer`, and see that rewinding really restores the survivors' initial
-#   weights.
+# - Run iterative magnitude pruning with rewinding to the initialisation,
+#   `Pruning(lottery=Rewind("init"))`, inside a real `lightning.Trainer`, and see that rewinding really
+#   restores the survivors' initial weights.
 # - Compare the winning ticket with the paper's two controls: the same masks with a fresh random
-#   initialisation (`control="reinit"`), and random masks with the same per-layer sparsity
-#   (`control="random_mask"`).
+#   initialisation (`Rewind("init", control=Reinit())`), and random masks with the same per-layer
+#   sparsity (`Rewind("init", control=RandomMask())`).
 # - Read one-seed results honestly against the paper and against the repository's 3-seed,
 #   full-length experiment (`experiments/results/lottery_ticket.md`).
 # - Deconstruct the ticket as Zhou et al. (2019) did: how good is the mask on the *untrained* initial
@@ -49,7 +49,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_prune.teaching import accuracy, quiet_setup, quiet_trainer
-from lightning_prune import Pruning
+from lightning_prune import Geometric, PerLayer, Pruning, RandomMask, Reinit, Rewind
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import Classifier
 
@@ -74,20 +74,24 @@ TARGET = 1 - (1 - PER_CYCLE) ** ROUNDS
 # LeNet-300-100 (64 → 300 → 100 → 10) on the 8×8 digits, trained with Adam (lr 1.2e-3, as in the
 # paper's LeNet experiments). One `Pruning` callback does the whole iterative loop of the paper:
 #
-# 1. train for `F` epochs (`warmup_epochs=F`, round 0, dense);
+# 1. train for `F` epochs (round 0, dense);
 # 2. prune 40 % of the remaining weights of every layer by magnitude (`criterion="l1"`,
-#    `granularity="weight"`, `scope="layer"`, `schedule="geometric"`, `per_cycle=0.4`);
-# 3. put the surviving weights back (`rewind="init"`: every parameter, and Adam's state, to its value
-#    at the start of training), train for `F` epochs (`finetune_epochs=F`), and repeat from 2.
+#    `granularity="weight"`, `ranking=PerLayer()`);
+# 3. put the surviving weights back (`lottery=Rewind("init")`: every parameter, and Adam's state, to
+#    its value at the start of training), train for `F` epochs, and repeat from 2.
+#
+# Steps 1 and 2 and the epochs are the schedule,
+# `Geometric(target=TARGET, per_cycle=0.4, warmup_epochs=F, finetune_epochs=F)`; step 3 is the
+# `lottery` argument.
 #
 # The paper prunes 20 % per round for many more rounds; 40 % per round reaches 7.8 % remaining in 5
 # rounds, which keeps this notebook short. The three variants differ only in step 3:
 #
 # | variant | mask | surviving weights start from |
 # |---|---|---|
-# | `ticket` (`rewind="init"`) | magnitude | their original initial values |
-# | `reinit` (`rewind="init", control="reinit"`) | magnitude | a fresh random initialisation (drawn once, reused every round) |
-# | `random_mask` (`rewind="init", control="random_mask"`) | random, same count per layer | their original initial values |
+# | `ticket` (`Rewind("init")`) | magnitude | their original initial values |
+# | `reinit` (`Rewind("init", control=Reinit())`) | magnitude | a fresh random initialisation (drawn once, reused every round) |
+# | `random_mask` (`Rewind("init", control=RandomMask())`) | random, same count per layer | their original initial values |
 #
 # A small callback records the validation accuracy (`val_acc`, logged by `Classifier`) and the test
 # accuracy after every epoch; for the ticket it also keeps a copy of the weights at the start of
@@ -118,9 +122,9 @@ class RoundRecorder(Callback):
 
 
 VARIANTS = {
-    "ticket": {"rewind": "init"},
-    "reinit": {"rewind": "init", "control": "reinit"},
-    "random_mask": {"rewind": "init", "control": "random_mask"},
+    "ticket": Rewind("init"),
+    "reinit": Rewind("init", control=Reinit()),
+    "random_mask": Rewind("init", control=RandomMask()),
 }
 
 
@@ -129,8 +133,9 @@ def run(variant):
     L.seed_everything(0, verbose=False)
     model = Classifier("lenet_300_100", lr=1.2e-3, input_shape=(1, 8, 8))
     initial = copy.deepcopy(model.state_dict())
-    pruning = Pruning(criterion="l1", granularity="weight", scope="layer", target=TARGET, schedule="geometric",
-                      per_cycle=PER_CYCLE, warmup_epochs=F, finetune_epochs=F, verbose=False, **VARIANTS[variant])
+    pruning = Pruning(schedule=Geometric(target=TARGET, per_cycle=PER_CYCLE, warmup_epochs=F, finetune_epochs=F),
+                      criterion="l1", granularity="weight", ranking=PerLayer(), lottery=VARIANTS[variant],
+                      verbose=False)
     recorder = RoundRecorder(pruning, snapshot_epoch=F)
     quiet_trainer((ROUNDS + 1) * F, [pruning, recorder]).fit(model, datamodule)
     return {"model": model, "initial": initial, "pruning": pruning, "recorder": recorder}
@@ -352,10 +357,11 @@ assert max(supermask["magnitudes only"]) < 0.3, supermask      # nor do the magn
 # - The lottery ticket hypothesis: a big randomly initialised network contains sub-networks (winning
 #   tickets, 中奖彩票) that, trained in isolation from their original initialisation, reach the big
 #   network's accuracy; big networks train easily because they hold many such tickets.
-# - Finding them: iterative magnitude pruning with rewinding, `Pruning(rewind="init")`: after each
-#   prune the survivors (and the optimizer state) go back to their initial values; we checked that
+# - Finding them: iterative magnitude pruning with rewinding, `Pruning(lottery=Rewind("init"))`: after
+#   each prune the survivors (and the optimizer state) go back to their initial values; we checked that
 #   they equal the saved initial `state_dict` exactly.
-# - The controls, `control="reinit"` and `control="random_mask"`, keep the same per-layer sparsity
+# - The controls, `Rewind("init", control=Reinit())` and `Rewind("init", control=RandomMask())`, keep
+#   the same per-layer sparsity
 #   (`pruning.keep`). Random masks collapse at high sparsity; on digits, re-initialised tickets do
 #   about as well as the winning ticket, in this one-seed run and in the 3-seed experiment, while on a
 #   small 1-D CNN the ticket beats re-initialisation at moderate sparsity, as in the paper.
@@ -369,12 +375,12 @@ assert max(supermask["magnitudes only"]) < 0.3, supermask      # nor do the magn
 #    between `ticket` and `reinit` keep their sign? Which between `ticket` and `random_mask`?
 # 2. Use `per_cycle=0.2` and 11 rounds (the paper's rate; about 8.6 % remaining). Does pruning
 #    more gently change the last round's accuracy of each variant?
-# 3. Late rewinding (Frankle et al. 2020): `rewind=1` rewinds to the start of epoch 1 instead of the
-#    initialisation (it needs `rewind <= warmup_epochs`). Does it help the ticket at 7.8 %?
-# 4. One-shot lottery ticket: `schedule="oneshot", target=TARGET` with `warmup_epochs=F,
-#    finetune_epochs=F`. How does one prune to 7.8 % compare with five?
+# 3. Late rewinding (Frankle et al. 2020): `Rewind(1)` rewinds to the start of epoch 1 instead of the
+#    initialisation (it needs `Rewind.to <= warmup_epochs`). Does it help the ticket at 7.8 %?
+# 4. One-shot lottery ticket: `OneShot(target=TARGET, warmup_epochs=F, finetune_epochs=F)`. How does
+#    one prune to 7.8 % compare with five?
 # 5. Raise the learning rate to 1e-2 for all three variants. The paper reports that tickets are
 #    harder to find at large learning rates for deeper networks; what happens here?
-# 6. Train a fourth variant, `control="signed_constant"`: every round rewinds the survivors to
-#    `sign(w) * std` of their layer instead of their initial values. Does it train as well as the
-#    ticket, as Zhou et al. found?
+# 6. Train a fourth variant, `Rewind("init", control=SignedConstant())`: every round rewinds the
+#    survivors to `sign(w) * std` of their layer instead of their initial values. Does it train as well
+#    as the ticket, as Zhou et al. found?

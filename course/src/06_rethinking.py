@@ -30,7 +30,7 @@
 #
 # **Learning goals**
 #
-# - Prune half of the neurons of every layer with `Pruning(granularity="neuron", remove=True)`, fine-tune,
+# - Prune half of the neurons of every layer with `Pruning(granularity=Neurons(remove=True))`, fine-tune,
 #   and save the removal plan, `pruning.plan`.
 # - Rebuild the same compact architecture with a fresh initialisation, `scratch_model(model, plan, seed)`,
 #   and work out Scratch-E and Scratch-B budgets with `scratch_epochs`.
@@ -47,7 +47,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from lightning_prune.teaching import accuracy, quiet_setup, quiet_trainer, widths
-from lightning_prune import Pruning
+from lightning_prune import Neurons, OneShot, PerLayer, Pruning
 from lightning_prune.counting import count_macs, count_parameters
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.lottery import scratch_epochs, scratch_model
@@ -76,10 +76,11 @@ def new_model():
 # ## Step 1: dense reference, then prune and fine-tune
 #
 # The dense model trains for `E` epochs as a reference. The pruned model trains densely for `WARMUP`
-# epochs, then `Pruning` removes 50 % of the neurons of each hidden layer at once, ranked by the L2 norm
-# of their incoming weights (`criterion="l2"`, `scope="layer"`, `schedule="oneshot"`), physically
-# (`remove=True`: the layers become narrower), and fine-tunes for `FINETUNE` epochs. Optimizer: Adam,
-# lr 3e-3, batch 64, all seeded with `SEED`.
+# epochs, then `Pruning` removes 50 % of the neurons of each hidden layer at once
+# (`schedule=OneShot(target=0.5, warmup_epochs=WARMUP, finetune_epochs=FINETUNE)`,
+# `ranking=PerLayer()`), ranked by the L2 norm of their incoming weights (`criterion="l2"`), physically
+# (`granularity=Neurons(remove=True)`: the layers become narrower), and fine-tunes for `FINETUNE`
+# epochs. Optimizer: Adam, lr 3e-3, batch 64, all seeded with `SEED`.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -89,8 +90,8 @@ quiet_trainer(E).fit(dense, datamodule)
 
 L.seed_everything(SEED, verbose=False)
 pruned = new_model()
-pruning = Pruning(criterion="l2", granularity="neuron", scope="layer", target=0.5, schedule="oneshot",
-                  warmup_epochs=WARMUP, finetune_epochs=FINETUNE, remove=True, verbose=False)
+pruning = Pruning(schedule=OneShot(target=0.5, warmup_epochs=WARMUP, finetune_epochs=FINETUNE), criterion="l2",
+                  granularity=Neurons(remove=True), ranking=PerLayer(), verbose=False)
 quiet_trainer(E, [pruning]).fit(pruned, datamodule)
 plan = pruning.plan  # the removals done, replayable on a fresh dense model
 acc = {"dense": accuracy(dense, x_test, y_test), "fine-tuned": accuracy(pruned, x_test, y_test)}
@@ -206,7 +207,7 @@ assert all(value > 0.85 for value in acc.values()), acc
 # %% [markdown]
 # ## Summary
 #
-# - `Pruning(granularity="neuron", remove=True)` produces a physically smaller network, and its removal
+# - `Pruning(granularity=Neurons(remove=True))` produces a physically smaller network, and its removal
 #   plan (`pruning.plan`) describes the compact architecture.
 # - `scratch_model(model, plan, seed)` builds that architecture with fresh weights (same shapes, same
 #   parameter count); `scratch_epochs` gives Scratch-E (same epochs) and Scratch-B (same compute; the
@@ -223,11 +224,11 @@ assert all(value > 0.85 for value in acc.values()), acc
 #    stay the same? Compare with the per-seed table in `experiments/results/rethinking.md`.
 # 2. Remove the 2× cap and train Scratch-B for the full `budgets["scratch_b"]` epochs. Does more training
 #    help, or does the compact model start to overfit (watch `val_acc`)?
-# 3. Prune harder: `target=0.8` or `0.9`. At what width does training from scratch start to fall behind
-#    fine-tuning on digits?
+# 3. Prune harder: `OneShot(target=0.8, ...)` or `0.9`. At what width does training from scratch start
+#    to fall behind fine-tuning on digits?
 # 4. Lottery ticket for structured pruning: instead of `scratch_model`'s fresh initialisation, give the
-#    compact network the *initial* weights of the surviving neurons (hint: `Pruning(rewind="init")` with
-#    `granularity="neuron"`). Does it beat Scratch-E, as the ticket hypothesis would predict?
+#    compact network the *initial* weights of the surviving neurons (hint: `lottery=Rewind("init")` with
+#    `granularity=Neurons()`). Does it beat Scratch-E, as the ticket hypothesis would predict?
 # 5. Shorten the schedule to `WARMUP, FINETUNE = 6, 4`. Scratch-E now gets only 10 epochs while the
 #    fine-tuned network inherits 6 epochs of dense training; does Scratch-E fall behind? Does Scratch-B
 #    (capped at 20 epochs) catch up?

@@ -55,7 +55,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_prune.teaching import accuracy, quiet_setup, quiet_trainer, widths
-from lightning_prune import Pruning, export_program, load_compact, remove_zeroed_units, save_compact
+from lightning_prune import Geometric, Neurons, Pruning, export_program, load_compact, remove_zeroed_units, save_compact
 from lightning_prune.checkpoint import PLAN_KEY
 from lightning_prune.cli import config_path, main
 from lightning_prune.counting import count_parameters
@@ -83,7 +83,10 @@ y_test = torch.cat([yb for _, yb in datamodule.test_dataloader()])
 # is a file that can be versioned and diffed rather than a script. The shipped config runs Han et al.'s
 # iterative magnitude pruning of LeNet-300-100 on the digits: 8 epochs of dense training, then 11
 # cycles of 20 % each down to 90 % of the weights, 2 epochs of fine-tuning per cycle, with a safety
-# net (`max_drop: 0.01`: a cycle that costs more than 1 point of validation accuracy is rolled back).
+# net (a `DropGuard` with `max_drop: 0.01`: a cycle that costs more than 1 point of validation accuracy
+# is rolled back). Each of `Pruning`'s configuration objects is a `class_path` with its `init_args`:
+# the schedule (`lightning_prune.Geometric`) and the guard (`lightning_prune.DropGuard`); the simple
+# ones (`criterion: l1`, `granularity: weight`, `ranking: global`) are given by their short names.
 
 # %%
 print(config_path().read_text())
@@ -91,7 +94,7 @@ print(config_path().read_text())
 # %% [markdown]
 # In a terminal this is `lightning-prune fit --config lenet_digits.yaml`. Here we shorten it to 12
 # epochs (4 dense epochs, then 50 % of the remaining weights per cycle: 50 → 75 → 87.5 → 90 %) by
-# editing a copy of the YAML, override the logger's directory on the command line
+# editing the schedule's `init_args` in a copy of the YAML, override the logger's directory on the command line
 # (`--trainer.logger.init_args.save_dir=...`, any option can be overridden that way), and call the
 # CLI's `main` with the arguments a shell would pass. After `fit` the CLI tests the model (the table
 # below).
@@ -99,7 +102,7 @@ print(config_path().read_text())
 # %%
 config = yaml.safe_load(config_path().read_text())
 config["trainer"]["max_epochs"] = 12
-config["trainer"]["callbacks"][0]["init_args"].update(warmup_epochs=4, per_cycle=0.5)
+config["trainer"]["callbacks"][0]["init_args"]["schedule"]["init_args"].update(warmup_epochs=4, per_cycle=0.5)
 (root / "short.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 args = ["fit", "--config", "short.yaml", "--trainer.logger.init_args.save_dir=runs"]  # relative to `root`
 print("lightning-prune " + " ".join(args))
@@ -201,8 +204,8 @@ assert abs(zeros / total - 0.9) < 0.01
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-pruning_args = dict(criterion="l2", granularity="neuron", target=0.8, schedule="geometric", per_cycle=0.5,
-                    warmup_epochs=4, finetune_epochs=2, verbose=False)
+pruning_args = dict(schedule=Geometric(target=0.8, per_cycle=0.5, warmup_epochs=4, finetune_epochs=2),
+                    criterion="l2", granularity=Neurons(), verbose=False)
 L.seed_everything(0, verbose=False)
 model = Classifier("lenet_300_100", lr=3e-3, input_shape=(1, 8, 8))
 pruning = Pruning(**pruning_args)
@@ -353,8 +356,8 @@ except MisconfigurationException as error:
 # NBVAL_IGNORE_OUTPUT
 L.seed_everything(0, verbose=False)
 ddp_model = Classifier("lenet_300_100", lr=3e-3, input_shape=(1, 8, 8))
-ddp_pruning = Pruning("l2", granularity="neuron", target=0.5, schedule="geometric", per_cycle=0.3,
-                      warmup_epochs=1, verbose=False)
+ddp_pruning = Pruning(Geometric(target=0.5, per_cycle=0.3, warmup_epochs=1), criterion="l2", granularity="neuron",
+                      verbose=False)
 ddp_trainer = L.Trainer(strategy="ddp_notebook", devices=2, accelerator="cpu", max_epochs=3, callbacks=[ddp_pruning],
                         limit_train_batches=8, enable_progress_bar=False, logger=False, enable_checkpointing=False,
                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=root)
@@ -429,7 +432,8 @@ print("temporary directory removed:", not root.exists())
 #
 # 1. Add a second callback to the YAML config: `lightning.pytorch.callbacks.EarlyStopping` on
 #    `val_acc`. Why is it a bad idea together with `Pruning`? (Look at the dip after each cycle in the
-#    accuracy curve.) Then change `max_drop` to `0.0`: at which cycle is the run rolled back?
+#    accuracy curve.) Then change the guard's `max_drop` to `0.0`: at which cycle is the run rolled
+#    back?
 # 2. Resume from `epoch=3.ckpt`, the checkpoint of the last dense epoch, and from `epoch=8.ckpt`. At
 #    which epoch does each resumed run prune first? Are the results still identical?
 # 3. Write a subclass of `Classifier` with `restores_pruned_architecture = False` whose

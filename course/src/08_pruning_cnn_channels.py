@@ -33,8 +33,9 @@
 # - Do one pruning step by hand with the library: score filters by their L2 norm, keep half of each
 #   group, and check that *masking* those channels and *removing* them compute the same function,
 #   with conv weights and BatchNorm buffers that really shrink.
-# - Run the whole loop in a `lightning.Trainer` with one `Pruning(granularity="neuron")` callback, and
-#   compare accuracy, parameters, MACs, channel widths and CPU latency with the dense network.
+# - Run the whole loop in a `lightning.Trainer` with one
+#   `Pruning(granularity="neuron", ranking=PerLayer())` callback, and compare accuracy, parameters,
+#   MACs, channel widths and CPU latency with the dense network.
 #
 # Runs in about 15 s on 2 CPU cores.
 
@@ -48,7 +49,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from lightning_prune.teaching import accuracy, quiet_setup, quiet_trainer
-from lightning_prune import Magnitude, NeuronStructure, Pruning, apply_masks
+from lightning_prune import APoZ, Geometric, Magnitude, NeuronStructure, PerLayer, Pruning, apply_masks
 from lightning_prune.counting import count_macs, count_parameters
 from lightning_prune.criteria import score_layers
 from lightning_prune.data import DigitsDataModule
@@ -279,23 +280,24 @@ assert step_acc < dense_acc - 0.2, step_acc                          # ... and, 
 # ## 3 · The whole loop in a `Trainer`: `Pruning(granularity="neuron")`
 #
 # One callback does everything of section 2 at every cycle, inside an ordinary `trainer.fit`: it scores
-# the filters, averages scores over each group, ranks per group (`scope="layer"`), masks the losers,
+# the filters, averages scores over each group, ranks per group (`ranking=PerLayer()`), masks the losers,
 # fine-tunes, and physically removes the channels once the cycle is done (carrying the optimizer state
 # over to the narrower tensors). We train 4 dense epochs, then prune geometrically, 20 % of the
 # remaining channels per cycle, down to half of every group (4 cycles: 20 %, 36 %, 48.8 %, 50 %), with 2
-# epochs of fine-tuning after each cycle: 12 epochs, as many as the dense run. We run it twice, with
-# the L2 norm of the filters and with APoZ (平均零激活百分比, the average percentage of zeros in a
-# channel's post-ReLU feature maps, over all positions of a few training batches: the channels that are
-# mostly zero go first).
+# epochs of fine-tuning after each cycle (`Geometric(target=0.5, per_cycle=0.2, warmup_epochs=4,
+# finetune_epochs=2)`): 12 epochs, as many as the dense run. We run it twice, with the L2 norm of the
+# filters (`Magnitude(2)`) and with APoZ (平均零激活百分比, the average percentage of zeros in a
+# channel's post-ReLU feature maps, over all positions of a few training batches, `APoZ(batches=16)`:
+# the channels that are mostly zero go first).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 runs = {}
-for criterion in ("l2", "apoz"):
+for criterion, importance in (("l2", Magnitude(2)), ("apoz", APoZ(batches=16))):
     L.seed_everything(0, verbose=False)
     model = Classifier("resnet_small", **ARCH)
-    callback = Pruning(criterion, granularity="neuron", scope="layer", target=0.5, schedule="geometric",
-                       warmup_epochs=4, finetune_epochs=2, verbose=False)
+    callback = Pruning(schedule=Geometric(target=0.5, per_cycle=0.2, warmup_epochs=4, finetune_epochs=2),
+                       criterion=importance, granularity="neuron", ranking=PerLayer(), verbose=False)
     assert 4 + 2 * len(callback.fractions) == EPOCHS
     quiet_trainer(EPOCHS, [callback]).fit(model, datamodule)
     runs[criterion] = {"model": model, "acc": accuracy(model, x_test, y_test), "cycles": len(callback.history)}
@@ -405,7 +407,7 @@ assert median_ms["compact"] * 1.3 < median_ms["dense"], median_ms  # loose: the 
 # - Masking a channel's entries and removing the channel give the same outputs (checked to 1e-5);
 #   removal gives narrower conv weights and BatchNorm buffers. Halving every group leaves about a
 #   quarter of the parameters and MACs, because each conv loses half its outputs *and* half its inputs.
-# - `Pruning(granularity="neuron", scope="layer", target=0.5, schedule="geometric")` in a real
+# - `Pruning(Geometric(target=0.5), granularity="neuron", ranking=PerLayer())` in a real
 #   `Trainer` does all of this with fine-tuning: 3.9× fewer parameters and MACs, test accuracy within
 #   about a point of the dense run of the same length, and a measurably faster network on the CPU
 #   (less than the MAC ratio on such small images).
@@ -424,8 +426,9 @@ assert median_ms["compact"] * 1.3 < median_ms["dense"], median_ms  # loose: the 
 #    *first* member of each group instead of the mean. How many kept channels change?
 # 4. Prune the `VGGSmall` with the same callback (`Classifier("vgg_small", arch_kwargs=...)`). Compare the
 #    parameters, MACs and accuracy with the ResNet's: which has more MACs per parameter, and why?
-# 5. Use `scope="global"` instead of `"layer"`. Which groups lose most of their channels? Does the
-#    latency improve more or less than with per-group ranking at the same number of removed channels?
+# 5. Use `ranking="global"` (`Global()`) instead of `PerLayer()`. Which groups lose most of their
+#    channels? Does the latency improve more or less than with per-group ranking at the same number of
+#    removed channels?
 # 6. Repeat the timing with a batch of 8 images, and with 28 × 28 inputs
 #    (`torch.randn(256, 1, 28, 28)`; the networks accept any size thanks to global average pooling). How
 #    does the speed-up compare with the MAC ratio now?

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch.utils import benchmark
 from transformers import ViTConfig, ViTForImageClassification
 
-from lightning_prune import Magnitude, NeuronStructure, Pruning, apply_masks
+from lightning_prune import Geometric, Magnitude, NeuronStructure, PerLayer, Pruning, Taylor, apply_masks
 from lightning_prune.counting import count_parameters
 from lightning_prune.criteria import score_layers
 from lightning_prune.data import DigitsDataModule
@@ -361,17 +361,18 @@ assert sweep["FFN neurons"][2][0] > sweep["heads"][2][0] + 0.1  # half the FFN n
 # ## 5 · The whole loop in a `Trainer`
 #
 # Now prune the trained ViT while fine-tuning it: one callback, `granularity="neuron"`, Taylor scores
-# (|w · ∂L/∂w|, averaged over a unit's weights: the importance Michel et al. 2019 used for heads),
-# half of every group's units removed (`scope="layer"`: 2 of 4 heads and 64 of 128 FFN neurons per layer)
-# in two cycles of 30 % of what is left, one fine-tuning epoch each, then two more epochs. The
-# `LightningModule` is unchanged: the callback finds the heads, prunes them, updates the head counts and
-# carries AdamW's state over to the smaller tensors.
+# (`Taylor(batches=16)`: |w · ∂L/∂w| with the gradients of 16 training batches, averaged over a unit's
+# weights: the importance Michel et al. 2019 used for heads), half of every group's units removed
+# (`ranking=PerLayer()`: 2 of 4 heads and 64 of 128 FFN neurons per layer) in two cycles of 30 % of what
+# is left, one fine-tuning epoch each (`Geometric(target=0.5, per_cycle=0.3, finetune_epochs=1)`), then
+# two more epochs. The `LightningModule` is unchanged: the callback finds the heads, prunes them,
+# updates the head counts and carries AdamW's state over to the smaller tensors.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 pruned = copy.deepcopy(dense).train()
-callback = Pruning(criterion="taylor", granularity="neuron", scope="layer", target=0.5, schedule="geometric",
-                   per_cycle=0.3, warmup_epochs=0, finetune_epochs=1, verbose=False)
+callback = Pruning(schedule=Geometric(target=0.5, per_cycle=0.3, finetune_epochs=1), criterion=Taylor(batches=16),
+                   granularity="neuron", ranking=PerLayer(), verbose=False)
 with warnings.catch_warnings(record=True) as caught:  # the callback warns about every refused layer
     warnings.simplefilter("always")
     quiet_trainer(len(callback.fractions) + 2, [callback]).fit(pruned, datamodule)
@@ -427,15 +428,15 @@ assert pruned_acc > dense_acc - 0.05, (pruned_acc, dense_acc)
 # - A zeroed channel still enters LayerNorm's mean and variance, so masking a residual channel is not
 #   removing it. The library refuses those channels (naming the LayerNorm) and prunes heads and FFN
 #   neurons only.
-# - `Pruning(granularity="neuron", scope="layer")` prunes a Hugging Face model inside a `Trainer` with
-#   nothing added to the `LightningModule` but a `forward` that returns the logits and an
-#   `example_input_array`.
+# - `Pruning(criterion=Taylor(), granularity="neuron", ranking=PerLayer())` prunes a Hugging Face model
+#   inside a `Trainer` with nothing added to the `LightningModule` but a `forward` that returns the
+#   logits and an `example_input_array`.
 #
 # ## Exercises
 #
-# 1. Use `scope="global"` in section 5. Which units go first, heads or FFN neurons? Why does a global
+# 1. Use `ranking="global"` in section 5. Which units go first, heads or FFN neurons? Why does a global
 #    ranking that counts *units* treat a head (1,048 parameters) and an FFN neuron (65) alike, and what
-#    changes with `budget="params"`?
+#    changes with the schedule's `budget="params"` (`Geometric(..., budget="params")`)?
 # 2. In section 3, zero the channel with the *largest* mean |activation| instead. Is the gap larger or
 #    smaller? What happens to the per-token mean and variance?
 # 3. Repeat section 4 with `Magnitude(1)`, and with scores averaged only over `v_proj`'s rows. Do the same
