@@ -71,8 +71,10 @@ class PruningState:
 
 
 def non_default(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """The entries of ``config`` that differ from ``defaults`` (what a checkpoint stores)."""
-    return {key: value for key, value in config.items() if key not in defaults or defaults[key] != value}
+    """The entries of ``config`` that differ from ``defaults`` (what a checkpoint stores); a key the
+    defaults lack counts as ``None`` there, as in :func:`config_differences`."""
+    return {key: value for key, value in config.items()
+            if (key not in defaults and value is not None) or (key in defaults and defaults[key] != value)}
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[str]:
