@@ -48,6 +48,32 @@ def is_transposed(module: nn.Module) -> bool:
     return (_HF_CONV1D is not None and isinstance(module, _HF_CONV1D)) or bool(getattr(module, "transposed", False))
 
 
+def width_mismatches(module: nn.Module) -> list[str]:
+    """The width attributes of ``module`` that disagree with its weight's shape, as ``"attr=declared (weight: actual)"``.
+
+    A layer whose ``in_channels`` (``in_features``, ``num_features``...) is not its weight's width
+    fails, or silently computes another function, wherever the model's forward reads the attribute
+    (e.g. ``x.view(-1, self.up.in_channels, 2, 2)``). Covered: ``Linear``, convolutions (transposed
+    too) and BatchNorm; other modules give ``[]``.
+    """
+    weight = getattr(module, "weight", None)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        stats = weight if weight is not None else getattr(module, "running_mean", None)
+        widths = {"num_features": stats.shape[0]} if torch.is_tensor(stats) else {}
+    elif not torch.is_tensor(weight) or weight.dim() < 2:
+        widths = {}
+    elif isinstance(module, nn.Linear):
+        widths = {"out_features": weight.shape[0], "in_features": weight.shape[1]}
+    elif isinstance(module, nn.modules.conv._ConvNd):
+        spread = weight.shape[1] * module.groups  # dim 1 holds one conv group's width
+        widths = ({"in_channels": weight.shape[0], "out_channels": spread} if module.transposed
+                  else {"out_channels": weight.shape[0], "in_channels": spread})
+    else:
+        widths = {}
+    return [f"{name}={getattr(module, name)} (weight: {actual})" for name, actual in widths.items()
+            if getattr(module, name) != actual]
+
+
 @dataclass(frozen=True)
 class PrunableLayer:
     """One prunable layer of a model.

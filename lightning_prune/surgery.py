@@ -26,7 +26,7 @@ import torch_pruning as tp
 from torch import nn
 
 from lightning_prune.attention import kv_group_attention, qkv_widths, remove_kv_groups, update_head_counts
-from lightning_prune.layers import hf_conv1d_type
+from lightning_prune.layers import hf_conv1d_type, width_mismatches
 from lightning_prune.survivors import SliceRecorder, Survivors, UnexplainedRemovalError, shared_copy, swap_to_meta
 from lightning_prune.tracing import call, map_tensors, output_tensors
 
@@ -170,8 +170,13 @@ def remove_groups(
 
     Raises:
         ValueError: If a key names no module or a group would lose all of its units.
+        UnsupportedModelError: If Torch-Pruning removed other units of the root layer than those asked,
+            or left a layer of the group whose width attribute is not its weight's (see
+            :func:`~lightning_prune.layers.width_mismatches`); the model is then half-changed, so
+            callers run this on a probe or inside a :class:`Transaction`.
     """
     modules = dict(model.named_modules())
+    names = {id(module): name for name, module in modules.items()}
     graph = graph if graph is not None else build_graph(model, example_input)
     for key, indices in removal.items():
         if not indices:
@@ -188,8 +193,27 @@ def remove_groups(
             remove_kv_groups(attention, sorted(set(indices)))
             continue
         heads = qkv_widths(model)
-        graph.get_pruning_group(module, pruner.prune_out_channels, sorted(set(indices))).prune()
+        group = graph.get_pruning_group(module, pruner.prune_out_channels, sorted(set(indices)))
+        group.prune()
         update_head_counts(heads)
+        _check_widths(key, units - len(set(indices)), pruner.get_out_channels(module), group, names)
+
+
+def _check_widths(key: str, expected: int, found: int, group: Any, names: Mapping[int, str]) -> None:
+    """Raise :class:`UnsupportedModelError` unless the root ``key`` kept ``expected`` units and every
+    layer of the pruned ``group`` has the widths its weights have."""
+    if found != expected:  # e.g. a Linear viewed into channels: each channel owns several of its units
+        raise UnsupportedModelError(
+            f"Torch-Pruning's removal from {key!r} kept {found} of its units where {expected} were to stay: "
+            "it maps them onto the next layers' channels in blocks (a view/reshape), not one by one."
+        )
+    for module in {id(item.dep.target.module): item.dep.target.module for item in group}.values():
+        wrong = width_mismatches(module) if isinstance(module, nn.Module) else []
+        if wrong:
+            raise UnsupportedModelError(
+                f"Torch-Pruning's removal from {key!r} left {names.get(id(module), type(module).__name__)!r} "
+                f"inconsistent: {', '.join(wrong)}."
+            )
 
 
 def surviving_entries(model: nn.Module, example_input: Any, removal: Mapping[str, Sequence[int]]) -> dict[str, Survivors]:

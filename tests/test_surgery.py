@@ -10,7 +10,7 @@ from lightning_prune.layers import find_prunable_layers
 from lightning_prune.masks import MaskEnforcer, apply_masks
 from lightning_prune.models import build_model
 from lightning_prune.structure import NeuronStructure
-from lightning_prune.surgery import remove_units
+from lightning_prune.surgery import UnsupportedModelError, remove_units
 
 SHAPES = {"lenet_300_100": (1, 8, 8), "vgg_small": (1, 8, 8), "resnet_small": (1, 8, 8), "cnn1d": (1, 40)}
 
@@ -88,3 +88,24 @@ def test_removal_that_would_empty_a_layer_is_refused_and_changes_nothing():
     with pytest.raises(ValueError, match="Cannot remove units .* of layer 'features.2', which has 100"):
         remove_units(model, x, {"features.2": list(range(100))})
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(("units", "message"), [
+    ([0], r"kept 28 of its units where 31 were to stay"),  # one unit asked, a whole 4-unit channel removed
+    ([0, 1, 2, 3], r"left 'up1' inconsistent: in_channels=4 \(weight: 7\)"),  # one channel, counted four times
+])
+def test_removal_that_torch_pruning_gets_wrong_is_refused_and_changes_nothing(units, message):
+    from zoo_torch_pruning import ReshapeDeconv  # a Linear viewed into 8 ConvTranspose2d channels, 4 units each
+
+    torch.manual_seed(0)
+    model, x = ReshapeDeconv(channels=8), torch.randn(4, 16)
+    state = copy.deepcopy(model.state_dict())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(UnsupportedModelError, match=message):
+        remove_units(model, x, {"fc": units}, [optimizer])
+    assert (model.fc.out_features, model.up1.in_channels) == (32, 8)
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert optimizer.param_groups[0]["params"] == list(model.parameters())
+    structure = NeuronStructure(model, x, find_prunable_layers(model, x))  # the trial removal refuses fc up front
+    assert not structure.groups and "in blocks" in structure.refused["fc"], structure.refused

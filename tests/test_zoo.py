@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from lightning_prune.checkpoint import input_spec, save_compact
-from lightning_prune.surgery import TraceError, UnsupportedModelError
+from lightning_prune.surgery import UnsupportedModelError
 from lightning_prune.tracing import call, output_tensors
 from zoo import ZOO, outputs, prune_and_compare
 from zoo_torch_pruning import TP_ZOO
@@ -63,16 +63,14 @@ PARTIAL: dict[str, str] = {
 REFUSED: dict[str, str] = {
     "tp_reshape_deconv": "fc is refused (view into ConvTranspose2d channels: removal fails), the transposed convs are "
                          "not prunable layers and head is the output layer",
+    "tp_reshape_deconv_narrow": "as tp_reshape_deconv, at 8 channels: Torch-Pruning maps fc's 32 units onto up1's 8 "
+                                "channels in blocks of 4 (removing one unit removes four, or leaves up1.in_channels "
+                                "unequal to its weight), so the trial removal refuses fc at construction",
     "issue_groupnorm": "both convs' channels feed GroupNorm (refused), head is the output layer",
 }
 
-#: Library bugs: these cases fail (strict xfail, with the exception they fail with) until fixed.
-BUGS: dict[str, tuple[type[Exception], str]] = {
-    "tp_reshape_deconv_narrow": (TraceError, "fc's group (a Linear viewed into ConvTranspose2d channels) passes the "
-                                 "masked-vs-removed check, but Torch-Pruning maps its 32 units to 8 channels "
-                                 "inconsistently: the plan's removal of 10 units leaves up1.in_channels = -2 and "
-                                 "Pruner.commit fails in its re-trace (rolled back: the model is untouched)"),
-}
+#: Library bugs: these cases fail (strict xfail, with the exception they fail with) until fixed. None known.
+BUGS: dict[str, tuple[type[Exception], str]] = {}
 
 
 def _cases():
