@@ -5,7 +5,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from lightning_prune import Pruning
+from lightning_prune import Cubic, DropGuard, Geometric, Global, Neurons, OneShot, Pruning
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import Classifier
 from lightning_prune.ranking import min_units
@@ -45,7 +45,7 @@ def _fit(pruning, max_epochs, optimizer="adam", batches=6, seed=0, **trainer_kwa
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_weight_pruning_follows_the_schedule_and_stays_zero(optimizer, scope):
-    pruning = Pruning(criterion="l1", scope=scope, target=0.875, schedule="geometric", per_cycle=0.5, warmup_epochs=1)
+    pruning = Pruning(schedule=Geometric(target=0.875, per_cycle=0.5, warmup_epochs=1), criterion="l1", ranking=scope)
     model, _, recorder = _fit(pruning, max_epochs=5, optimizer=optimizer)
     assert [row["epoch"] for row in pruning.history] == [1, 2, 3]
     for row, fraction in zip(pruning.history, [0.5, 0.75, 0.875]):
@@ -61,7 +61,8 @@ def test_weight_pruning_follows_the_schedule_and_stays_zero(optimizer, scope):
 
 
 def test_neuron_pruning_with_apoz_masks_whole_units():
-    pruning = Pruning(criterion="apoz", granularity="neuron", scope="layer", target=0.5, warmup_epochs=1, remove=False)
+    pruning = Pruning(schedule=OneShot(target=0.5, warmup_epochs=1), criterion="apoz", granularity=Neurons(remove=False),
+                      ranking="layer")
     model, _, recorder = _fit(pruning, max_epochs=3)
     keep = pruning.keep
     hidden = [layer.name for layer in pruning.pruner.layers if not layer.is_output]
@@ -88,8 +89,8 @@ class DensityModule(Classifier):
 
 def test_rollback_restores_the_last_accepted_weights_and_stops():
     L.seed_everything(0)
-    pruning = Pruning(criterion="l1", target=0.9, schedule="geometric", per_cycle=0.3, warmup_epochs=1,
-                monitor="val_density", max_drop=0.5)
+    pruning = Pruning(schedule=Geometric(target=0.9, per_cycle=0.3, warmup_epochs=1), criterion="l1",
+                      guard=DropGuard("val_density", 0.5))
 
     class AtRollback(Callback):
         """The model at the end of epoch 1 (accepted) and right after the rollback at the start of epoch 3."""
@@ -132,8 +133,9 @@ def test_resume_mid_schedule_reaches_the_same_masks_and_weights(
     from lightning.pytorch.callbacks import EarlyStopping
 
     def pruning():
-        return Pruning(criterion=criterion, granularity=granularity, target=0.8, schedule="geometric",
-                       per_cycle=0.4, warmup_epochs=1, monitor="val_acc", max_drop=0.5, remove=remove)
+        return Pruning(schedule=Geometric(target=0.8, per_cycle=0.4, warmup_epochs=1), criterion=criterion,
+                       granularity=Neurons(remove=remove) if granularity == "neuron" else granularity,
+                       guard=DropGuard("val_acc", 0.5))
 
     def callbacks():
         return [EarlyStopping("val_acc", mode="max", patience=100, check_on_train_epoch_end=False)]
@@ -171,8 +173,7 @@ def test_each_cycle_is_logged_to_the_trainers_loggers(tmp_path):
     from trainers import make_trainer
 
     L.seed_everything(0)
-    pruning = Pruning(criterion="l2", target=0.75, schedule="geometric", per_cycle=0.5, warmup_epochs=1,
-                      monitor="val_acc")
+    pruning = Pruning(schedule=Geometric(target=0.75, per_cycle=0.5, warmup_epochs=1), criterion="l2", monitor="val_acc")
     logger = CSVLogger(tmp_path, name="run")
     trainer = make_trainer(3, [pruning], logger=logger, limit_train_batches=3, limit_val_batches=1)
     trainer.fit(Classifier("lenet_300_100", input_shape=(1, 8, 8)), DigitsDataModule(batch_size=32))
@@ -210,8 +211,8 @@ def test_resume_around_a_rollback_equals_the_uninterrupted_run(tmp_path, resume_
 
     def run(ckpt_path=None, extra=()):
         L.seed_everything(0)
-        pruning = Pruning(criterion="l1", target=0.9, schedule="geometric", per_cycle=0.3, warmup_epochs=1,
-                          monitor="val_density", max_drop=0.5)
+        pruning = Pruning(schedule=Geometric(target=0.9, per_cycle=0.3, warmup_epochs=1), criterion="l1",
+                          guard=DropGuard("val_density", 0.5))
         model = DensityModule("lenet_300_100", input_shape=(1, 8, 8))
         trainer = make_trainer(8, [pruning, *extra], limit_train_batches=4, limit_val_batches=1,
                                enable_checkpointing=bool(extra))
@@ -228,8 +229,7 @@ def test_resume_around_a_rollback_equals_the_uninterrupted_run(tmp_path, resume_
 
 def test_resume_from_a_best_k_checkpoint_equals_the_uninterrupted_run(tmp_path):
     def pruning():
-        return Pruning(criterion="l2", granularity="neuron", target=0.6, schedule="geometric", per_cycle=0.3,
-                       warmup_epochs=1)
+        return Pruning(schedule=Geometric(target=0.6, per_cycle=0.3, warmup_epochs=1), criterion="l2", granularity="neuron")
 
     best = ModelCheckpoint(dirpath=tmp_path, monitor="val_acc", mode="max", save_top_k=2, filename="{epoch}")
     full = pruning()
@@ -254,8 +254,8 @@ def test_global_ranking_with_normalized_scores_does_not_empty_a_small_scale_laye
     model = Classifier("lenet_300_100", input_shape=(1, 8, 8), lr=1e-4)
     with torch.no_grad():
         model.model.features[2].weight.mul_(1e-3)
-    pruning = Pruning(criterion="l2", granularity="neuron", scope="global", target=0.5, warmup_epochs=1,
-                      normalize=normalize, min_keep=0.05, verbose=False)
+    pruning = Pruning(schedule=OneShot(target=0.5, warmup_epochs=1), criterion="l2", granularity="neuron",
+                      ranking=Global(normalize=normalize, min_keep=0.05), verbose=False)
     make_trainer(2, [pruning], limit_train_batches=2, limit_val_batches=1).fit(model, DigitsDataModule(batch_size=32))
     widths = [model.model.features[0].out_features, model.model.features[2].out_features]
     assert (300 - widths[0]) + (100 - widths[1]) == 200  # half of the 400 hidden units went, either way
@@ -272,8 +272,8 @@ def test_normalized_global_neuron_ranking_across_removals_reaches_the_target():
 
     L.seed_everything(0, verbose=False)
     model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
-    pruning = Pruning(criterion="l2", granularity="neuron", scope="global", target=0.6, schedule="geometric",
-                      per_cycle=0.3, warmup_epochs=1, normalize="mean", verbose=False)
+    pruning = Pruning(schedule=Geometric(target=0.6, per_cycle=0.3, warmup_epochs=1), criterion="l2", granularity="neuron",
+                      ranking=Global(normalize="mean"), verbose=False)
     make_trainer(1 + len(pruning.fractions), [pruning], limit_train_batches=2, limit_val_batches=1).fit(
         model, DigitsDataModule(batch_size=32))
     widths = [model.model.features[0].out_features, model.model.features[2].out_features]
@@ -298,28 +298,89 @@ def _fit_without_pruning(epochs, checkpoints):
     trainer.fit(Classifier("lenet_300_100", input_shape=(1, 8, 8)), DigitsDataModule(batch_size=32))
 
 
+def _geometric(target=0.8, per_cycle=0.4):
+    return Geometric(target=target, per_cycle=per_cycle, warmup_epochs=1)
+
+
+@pytest.fixture(scope="module")
+def geometric_checkpoint(tmp_path_factory):
+    """A fit of ``Pruning(schedule=_geometric())`` (L1 weights, 0.4, 0.64, 0.784, 0.8 from epoch 1), with a
+    checkpoint after each epoch; the one a fit resumes from at epoch 2, after the first prune."""
+    return _checkpointed(tmp_path_factory.mktemp("geometric"), Pruning(schedule=_geometric()), epochs=5, resume_epoch=2)
+
+
 @pytest.mark.parametrize(("changes", "named"), [
-    ({"target": 0.7}, "target: checkpoint 0.8, now 0.7"),
-    ({"schedule": "cubic", "per_cycle": None, "cycles": 4}, "schedule: checkpoint 'geometric', now 'cubic'"),
-])
-def test_a_resume_with_a_changed_target_or_schedule_is_refused_by_name(tmp_path, changes, named):
-    arguments = dict(target=0.8, schedule="geometric", per_cycle=0.4, warmup_epochs=1)
-    ckpt = _checkpointed(tmp_path, Pruning(**arguments), epochs=5, resume_epoch=2)
+    ({"schedule": _geometric(target=0.7)}, "schedule.target: checkpoint 0.8, now 0.7"),
+    ({"schedule": Cubic(target=0.8, cycles=4, warmup_epochs=1)}, "schedule.type: checkpoint 'Geometric', now 'Cubic'"),
+    ({"schedule": _geometric(per_cycle=0.5)}, "schedule.per_cycle: checkpoint 0.4, now 0.5"),
+    ({"schedule": Geometric(target=0.8, per_cycle=0.4, warmup_epochs=1, finetune_epochs=2)},
+     "schedule.finetune_epochs: checkpoint 1, now 2"),
+    ({"criterion": "l2"}, "criterion.name: checkpoint 'l1', now 'l2'"),
+    ({"ranking": "layer"}, "ranking.type: checkpoint 'Global', now 'PerLayer'"),
+], ids=["target", "schedule", "per_cycle", "finetune_epochs", "criterion", "ranking"])
+def test_a_resume_with_a_changed_target_or_schedule_is_refused_by_name(geometric_checkpoint, changes, named):
+    pruning = Pruning(**{"schedule": _geometric(), **changes})
     with pytest.raises(ValueError, match="configured differently") as caught:
-        _fit_with(Pruning(**{**arguments, **changes}), 5, [], ckpt_path=ckpt)
-    assert named in str(caught.value)
+        _fit_with(pruning, 9, [], ckpt_path=geometric_checkpoint)
+    assert named in str(caught.value)  # the message names the key that differs
+    assert pruning.history == []  # refused before any cycle: no silent restart from the dense schedule
+
+
+def test_a_resume_with_the_same_configuration_continues_the_schedule(geometric_checkpoint):
+    pruning = Pruning(schedule=_geometric())
+    _fit_with(pruning, 5, [], ckpt_path=geometric_checkpoint)
+    assert [row["epoch"] for row in pruning.history] == [1, 2, 3, 4]  # cycle 0 from the checkpoint, then 1..3
+    assert pruning.history[-1]["sparsity"] == pytest.approx(0.8, abs=1e-3)
+
+
+def _neurons_with_guard():
+    return Pruning(schedule=Geometric(target=0.6, per_cycle=0.3, warmup_epochs=1), criterion="l2", granularity=Neurons(),
+                   guard=DropGuard("val_acc", 0.5))
+
+
+@pytest.fixture(scope="module")
+def neuron_run(tmp_path_factory):
+    """An uninterrupted fit of ``_neurons_with_guard()`` with a checkpoint after each epoch: the folder,
+    the final keep-masks and weights."""
+    folder = tmp_path_factory.mktemp("neurons")
+    pruning = _neurons_with_guard()
+    model, _, _ = _fit_with(pruning, 4, [ModelCheckpoint(dirpath=folder, save_top_k=-1, every_n_epochs=1, filename="{epoch}")])
+    return folder, pruning.keep, model.state_dict()
+
+
+@pytest.mark.parametrize(("key", "stored"), [
+    ("granularity.round_to", True),  # Neurons(round_to=None)
+    ("granularity.remove", True),  # Neurons(remove=True)
+    ("guard.mode", True),  # DropGuard(mode="max")
+    ("ranking.normalize", False),  # Global(normalize="auto"): at the library's default, never stored
+    ("schedule.budget", False),
+])
+def test_a_checkpoint_written_before_an_option_with_a_default_existed_still_resumes(neuron_run, tmp_path, key, stored):
+    folder, keep, weights = neuron_run
+    checkpoint = torch.load(folder / "epoch=1.ckpt", weights_only=False)
+    (state_key,) = [name for name in checkpoint["callbacks"] if name.startswith("Pruning{")]
+    config = checkpoint["callbacks"][state_key]["config"]
+    assert (key in config) == stored, config
+    config.pop(key, None)  # as written by a version without this option: the run had its default
+    torch.save(checkpoint, tmp_path / "older.ckpt")
+    resumed = _neurons_with_guard()
+    model, _, _ = _fit_with(resumed, 4, [], ckpt_path=str(tmp_path / "older.ckpt"))
+    assert len(resumed.history) == 3 and all(torch.equal(keep[k], resumed.keep[k]) for k in keep)
+    state = model.state_dict()
+    for name, value in weights.items():
+        assert value.shape == state[name].shape and torch.allclose(value, state[name], atol=1e-6), name
 
 
 def test_a_resume_with_another_granularity_is_refused(tmp_path):
-    ckpt = _checkpointed(tmp_path, Pruning(target=0.5, warmup_epochs=1), epochs=2, resume_epoch=2)
+    ckpt = _checkpointed(tmp_path, Pruning(schedule=OneShot(target=0.5, warmup_epochs=1)), epochs=2, resume_epoch=2)
     with pytest.raises(ValueError, match=r"written by Pruning\{'granularity': 'weight'\}, this callback is Pruning\{'granularity': 'neuron'\}"):
-        _fit_with(Pruning(target=0.5, warmup_epochs=1, granularity="neuron"), 4, [], ckpt_path=ckpt)
+        _fit_with(Pruning(schedule=OneShot(target=0.5, warmup_epochs=1), granularity="neuron"), 4, [], ckpt_path=ckpt)
 
 
 def test_a_dense_checkpoint_resumed_past_the_first_prune_is_refused_and_before_it_prunes(tmp_path):
     ckpt = _checkpointed(tmp_path, None, epochs=2, resume_epoch=2)  # written without Pruning
     with pytest.raises(ValueError, match="written without a Pruning callback and resumes at epoch 2"):
-        _fit_with(Pruning(target=0.5, warmup_epochs=1), 4, [], ckpt_path=ckpt)
-    late = Pruning(target=0.5, warmup_epochs=3)  # its first prune is still ahead: the fit prunes
+        _fit_with(Pruning(schedule=OneShot(target=0.5, warmup_epochs=1)), 4, [], ckpt_path=ckpt)
+    late = Pruning(schedule=OneShot(target=0.5, warmup_epochs=3))  # its first prune is still ahead: the fit prunes
     _fit_with(late, 4, [], ckpt_path=ckpt)
     assert len(late.history) == 1 and late.history[0]["sparsity"] == pytest.approx(0.5, abs=0.01)

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from trainers import make_trainer
-from lightning_prune import Pruning
+from lightning_prune import Geometric, OneShot, Pruning
 from lightning_prune import surgery
 from lightning_prune.criteria import Magnitude
 from lightning_prune.data import DigitsDataModule
@@ -18,14 +18,18 @@ from lightning_prune.structure import NeuronStructure
 
 
 class FailingAt(Magnitude):
-    """L2 scores, except that cycle `cycle` raises."""
+    """L2 scores, except that cycle `cycle` raises.
+
+    The failing cycle is an injected fault, not a setting: it is private, so it stays out of the
+    criterion's fingerprint and a checkpoint resumes with another one (``FailingAt(-1)``: no fault).
+    """
 
     def __init__(self, cycle):
         super().__init__(2)
-        self.cycle = cycle
+        self._failing_cycle = cycle
 
     def scores(self, layers, granularity, cycle):
-        if cycle == self.cycle:
+        if cycle == self._failing_cycle:
             raise RuntimeError("scoring failed")
         return super().scores(layers, granularity, cycle)
 
@@ -37,8 +41,8 @@ class EpochEndState(Callback):
 
 def _run(tmp_path, criterion, granularity="neuron", ckpt_path=None, max_epochs=4):
     L.seed_everything(0)
-    pruning = Pruning(criterion=criterion, granularity=granularity, target=0.6, schedule="geometric", per_cycle=0.3,
-                      warmup_epochs=1)
+    pruning = Pruning(schedule=Geometric(target=0.6, per_cycle=0.3, warmup_epochs=1), criterion=criterion,
+                      granularity=granularity)
     recorder = EpochEndState()
     model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
     trainer = make_trainer(max_epochs, [pruning, recorder, ModelCheckpoint(tmp_path, filename="{epoch}", save_top_k=-1)],
@@ -114,7 +118,7 @@ def test_a_failing_checkpoint_save_keeps_the_previous_checkpoint(tmp_path, monke
                 monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full")))
 
     L.seed_everything(0)
-    pruning = Pruning(criterion="l2", granularity="neuron", target=0.6, schedule="geometric", per_cycle=0.3, warmup_epochs=1)
+    pruning = Pruning(schedule=Geometric(target=0.6, per_cycle=0.3, warmup_epochs=1), criterion="l2", granularity="neuron")
     model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
     trainer = make_trainer(4, [pruning, FailSecondSave(), ModelCheckpoint(tmp_path, filename="{epoch}", save_top_k=-1)],
                            enable_checkpointing=True, limit_train_batches=3, limit_val_batches=1)
@@ -126,7 +130,7 @@ def test_a_failing_checkpoint_save_keeps_the_previous_checkpoint(tmp_path, monke
 
 
 def test_one_callback_instance_serves_several_fits():
-    pruning = Pruning(criterion="l1", target=0.5, warmup_epochs=1)
+    pruning = Pruning(schedule=OneShot(target=0.5, warmup_epochs=1), criterion="l1")
     for _ in range(2):
         L.seed_everything(0)
         model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
@@ -158,7 +162,7 @@ def test_a_failure_after_the_removal_puts_model_optimizer_and_pruner_back(monkey
     from lightning_prune.pruner import Pruner
 
     model, x, optimizer = _stepped("resnet_small")
-    pruner = Pruner(model, x, Magnitude(2), granularity="neuron", scope="layer")
+    pruner = Pruner(model, x, Magnitude(2), granularity="neuron", ranking="layer")
     keep = pruner.plan(pruner.dense_keep(), 0.5, 0)
     before = _digest(model, optimizer)
     structure, macs = pruner.structure, pruner.macs

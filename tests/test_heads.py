@@ -50,7 +50,7 @@ def test_whole_heads_are_units_and_the_head_count_follows_the_removal(name, atte
         attention = next(n.rsplit(".0.", 1)[0] + ".{}." + n.rsplit(".0.", 1)[1] for n, m in modules.items()
                          if getattr(m, count, None) is not None and ".0." in n)
     heads = getattr(modules[attention.format(0)], count)
-    pruner = Pruner(model, x, Magnitude(2), granularity="neuron", scope="layer")
+    pruner = Pruner(model, x, Magnitude(2), granularity="neuron", ranking="layer")
     head_groups = [g for g in pruner.structure.groups if g.unit_of is not None and g.channels == segments * heads * size]
     assert len(head_groups) == 2 and all(g.size == heads for g in head_groups)  # one unit per head, both blocks
 
@@ -74,7 +74,7 @@ def test_grouped_query_attention_loses_whole_key_value_groups():
     torch.manual_seed(0)
     model, x = ZOO["hf_llama"]()
     model.eval()
-    pruner = Pruner(model, x, Magnitude(2), granularity="neuron", scope="layer")
+    pruner = Pruner(model, x, Magnitude(2), granularity="neuron", ranking="layer")
     kv_groups = {g.key: g for g in pruner.structure.groups if g.key.endswith("self_attn.q_proj")}
     assert sorted(kv_groups) == [f"model.layers.{i}.self_attn.q_proj" for i in range(2)]
     assert all(g.size == 2 and g.unit_of == (0,) * 16 + (1,) * 16 for g in kv_groups.values())

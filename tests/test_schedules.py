@@ -1,16 +1,17 @@
 import math
+import re
 
 import pytest
 
-from lightning_prune.schedules import Timeline, sparsity_schedule
+from lightning_prune.schedules import Cubic, Geometric, OneShot, Timeline
 
 
 def test_oneshot_is_one_step_to_target():
-    assert sparsity_schedule("oneshot", 0.8) == [0.8]
+    assert OneShot(target=0.8).fractions() == [0.8]
 
 
 def test_geometric_prunes_per_cycle_of_what_remains_and_lands_on_target():
-    fractions = sparsity_schedule("geometric", 0.9, per_cycle=0.2)
+    fractions = Geometric(target=0.9, per_cycle=0.2).fractions()
     # 0.8**10 = 0.107 remaining is not yet 0.9 pruned, so an 11th cycle lands exactly on 0.9.
     assert len(fractions) == math.ceil(math.log(0.1) / math.log(0.8)) == 11
     for cycle, fraction in enumerate(fractions[:-1], start=1):
@@ -20,28 +21,34 @@ def test_geometric_prunes_per_cycle_of_what_remains_and_lands_on_target():
 
 
 def test_geometric_exact_power_does_not_add_an_empty_cycle():
-    assert sparsity_schedule("geometric", 0.75, per_cycle=0.5) == [0.5, 0.75]
+    assert Geometric(target=0.75, per_cycle=0.5).fractions() == [0.5, 0.75]
 
 
 def test_cubic_follows_zhu_and_gupta():
-    fractions = sparsity_schedule("cubic", 0.8, cycles=4)
+    fractions = Cubic(target=0.8, cycles=4).fractions()
     assert fractions == pytest.approx([0.8 * (1 - (1 - t / 4) ** 3) for t in range(1, 5)])
     steps = [b - a for a, b in zip([0.0] + fractions, fractions)]
     assert all(later < earlier for earlier, later in zip(steps, steps[1:]))  # big steps first
 
 
 @pytest.mark.parametrize(
-    ("kind", "target", "per_cycle", "cycles", "message"),
+    ("build", "message"),
     [
-        ("linear", 0.5, None, None, "`schedule` must be one of"),
-        ("oneshot", 1.0, None, None, "`target` must be in (0, 1), got 1.0"),
-        ("geometric", 0.5, None, None, "`per_cycle` must be in (0, 1)"),
-        ("cubic", 0.5, None, 0, "`cycles` must be an integer >= 1"),
+        (lambda: OneShot(target=1.0), "`OneShot.target` must be a number in (0, 1), got 1.0"),
+        (lambda: Geometric(target=0.5, per_cycle=None), "`Geometric.per_cycle` must be a number in (0, 1), got None"),
+        (lambda: Cubic(target=0.5, cycles=0), "`Cubic.cycles` must be an integer >= 1, got 0"),
     ],
 )
-def test_invalid_schedules_are_named(kind, target, per_cycle, cycles, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        sparsity_schedule(kind, target, per_cycle, cycles)
+def test_invalid_schedules_are_named(build, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build()
+
+
+def test_an_unknown_schedule_name_is_named():
+    from lightning_prune.schedules import make_schedule
+
+    with pytest.raises(ValueError, match=re.escape("`schedule` must be a Schedule object or one of ['cubic', 'geometric', 'oneshot'], got 'linear'")):
+        make_schedule("linear")
 
 
 def test_timeline_places_cycles_after_warmup():

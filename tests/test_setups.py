@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import StochasticWeightAveraging
 
 from trainers import make_trainer
-from lightning_prune import Pruning
+from lightning_prune import APoZ, DropGuard, Geometric, Neurons, OneShot, Pruning, Taylor
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import Classifier
 
@@ -30,19 +30,19 @@ def _zeros(model):
 
 
 def test_max_steps_that_ends_before_the_schedule_is_refused_naming_the_steps_needed():
-    pruning = Pruning(target=0.6, schedule="geometric", per_cycle=0.4, warmup_epochs=1)  # 2 cycles: 3 epochs
+    pruning = Pruning(schedule=Geometric(target=0.6, per_cycle=0.4, warmup_epochs=1))  # 2 cycles: 3 epochs
     with pytest.raises(ValueError, match=re.escape("`max_steps`=5 ends the fit before this pruning schedule") + ".*max_steps >= 9"):
         _fit(pruning, max_epochs=-1, max_steps=5)
 
 
 def test_max_steps_long_enough_reaches_the_target():
-    pruning = Pruning(target=0.6, schedule="geometric", per_cycle=0.4, warmup_epochs=1)
+    pruning = Pruning(schedule=Geometric(target=0.6, per_cycle=0.4, warmup_epochs=1))
     _fit(pruning, max_epochs=-1, max_steps=9)
     assert pruning.history[-1]["sparsity"] == pytest.approx(0.6, abs=0.01)
 
 
 def test_fast_dev_run_prunes_once_as_a_smoke_test():
-    pruning = Pruning(target=0.8, schedule="geometric", per_cycle=0.5, warmup_epochs=3, monitor="val_acc", max_drop=0.1)
+    pruning = Pruning(schedule=Geometric(target=0.8, per_cycle=0.5, warmup_epochs=3), guard=DropGuard("val_acc", 0.1))
     model, _ = _fit(pruning, max_epochs=10, fast_dev_run=True)
     assert len(pruning.history) == 1 and pruning.history[0]["epoch"] == 0
     assert pruning.history[0]["sparsity"] == pytest.approx(0.5, abs=0.01)  # the schedule's first fraction
@@ -51,24 +51,24 @@ def test_fast_dev_run_prunes_once_as_a_smoke_test():
 
 def test_two_pruning_callbacks_in_one_trainer_are_refused():
     with pytest.raises(ValueError, match="This Trainer has 2 Pruning callbacks; use one"):
-        _fit(Pruning(granularity="neuron", target=0.5), callbacks=[Pruning(target=0.5)])
+        _fit(Pruning(schedule=OneShot(target=0.5), granularity="neuron"), callbacks=[Pruning(schedule=OneShot(target=0.5))])
 
 
 def test_neuron_removal_in_a_compiled_module_is_refused():
     model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
     with pytest.raises(ValueError, match="torch.compile'd module cannot follow"):
-        _fit(Pruning(granularity="neuron", target=0.5), model=torch.compile(model))
+        _fit(Pruning(schedule=OneShot(target=0.5), granularity="neuron"), model=torch.compile(model))
 
 
 def test_round_to_as_wide_as_a_layer_warns_that_it_is_never_pruned():
-    with pytest.warns(UserWarning, match=r"`round_to`=128 is not below the width of \['model.features.2'\]"):
-        _fit(Pruning(granularity="neuron", scope="layer", target=0.5, round_to=128), max_epochs=1)
+    with pytest.warns(UserWarning, match=r"`Neurons.round_to`=128 is not below the width of \['model.features.2'\]"):
+        _fit(Pruning(schedule=OneShot(target=0.5), granularity=Neurons(round_to=128), ranking="layer"), max_epochs=1)
 
 
 def test_weights_averaged_after_the_last_prune_are_masked_again_at_the_end():
     """StochasticWeightAveraging writes its averages (of weights from before the prunes too) in
     on_train_end, after Pruning's; the model must still have the sparsity the history reports."""
-    pruning = Pruning(target=0.6, schedule="geometric", per_cycle=0.4, warmup_epochs=1)
+    pruning = Pruning(schedule=Geometric(target=0.6, per_cycle=0.4, warmup_epochs=1))
     swa = StochasticWeightAveraging(swa_lrs=1e-3, swa_epoch_start=1)
     with pytest.warns(UserWarning, match="were non-zero when the fit ended"):
         model, _ = _fit(pruning, max_epochs=3, callbacks=[swa])
@@ -78,7 +78,7 @@ def test_weights_averaged_after_the_last_prune_are_masked_again_at_the_end():
 
 @pytest.mark.parametrize("precision", ["bf16-true", "64-true"])
 def test_true_precision_fits_prune_neurons(precision):
-    pruning = Pruning(granularity="neuron", target=0.5, warmup_epochs=1)
+    pruning = Pruning(schedule=OneShot(target=0.5, warmup_epochs=1), granularity="neuron")
     model, _ = _fit(pruning, max_epochs=2, precision=precision)
     dtype = torch.bfloat16 if precision == "bf16-true" else torch.float64
     assert model.model.features[0].weight.dtype == dtype
@@ -87,34 +87,83 @@ def test_true_precision_fits_prune_neurons(precision):
 
 
 class _DictBatches(L.LightningDataModule):
-    """Digits as ``{"pixels", "label"}`` batches, as Hugging Face datasets give them."""
+    """Digits as ``{"pixels", "label"}`` batches (or other keys), as Hugging Face datasets give them."""
 
-    def __init__(self):
+    def __init__(self, inputs="pixels", labels="label"):
         super().__init__()
         self.digits = DigitsDataModule(batch_size=32)
+        self.inputs, self.labels = inputs, labels
 
     def setup(self, stage):
         self.digits.setup(stage)
 
     def train_dataloader(self):
         def collate(items):
-            return {"pixels": torch.stack([x for x, _ in items]), "label": torch.tensor([int(y) for _, y in items])}
+            return {self.inputs: torch.stack([x for x, _ in items]), self.labels: torch.tensor([int(y) for _, y in items])}
 
         return torch.utils.data.DataLoader(self.digits.train_dataloader().dataset, batch_size=32, collate_fn=collate)
+
+
+class _DictClassifier(Classifier):
+    """A classifier whose training batches are ``{"x", "y"}`` dicts."""
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step((batch["x"], batch["y"]), batch_idx)
 
 
 def test_dict_batches_without_an_example_input_are_refused_naming_the_fix():
     model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
     model.example_input_array = None
     with pytest.raises(ValueError, match=r"The train batches are dicts \(keys \['label', 'pixels'\]\).*example_input_array"):
-        _fit(Pruning(target=0.5, warmup_epochs=1), model=model, data=_DictBatches(), limit_val_batches=0)
+        _fit(Pruning(schedule=OneShot(target=0.5, warmup_epochs=1)), model=model, data=_DictBatches(), limit_val_batches=0)
 
 
-def test_activation_criteria_with_dict_batches_are_refused_naming_the_way_out():
+@pytest.mark.parametrize(("criterion", "fix"), [
+    (APoZ(batches=2), "pass APoZ(forward=lambda model, batch: model(...)) to say how"),
+    (Taylor(batches=2), "pass Taylor(loss=lambda model, batch: ...) computing it from one of them"),
+], ids=["apoz", "taylor"])
+def test_calibration_criteria_with_dict_batches_are_refused_naming_the_fix(criterion, fix):
     model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
     model.example_input_array = torch.zeros(2, 1, 8, 8)
-    with pytest.raises(ValueError, match="'apoz' feeds each calibration batch's input to forward.*dicts"):
-        _fit(Pruning(criterion="apoz", granularity="neuron", target=0.5), model=model, data=_DictBatches(), limit_val_batches=0)
+    pruning = Pruning(schedule=OneShot(target=0.5), criterion=criterion, granularity="neuron")
+    with pytest.raises(ValueError, match=re.escape(fix)) as caught:
+        _fit(pruning, model=model, data=_DictBatches(), limit_val_batches=0)
+    assert "the train batches are dicts" in str(caught.value)
+    assert pruning.history == []  # refused before anything was pruned
+
+
+def test_apoz_with_a_forward_prunes_a_fit_with_dict_batches():
+    """Issue 15: ``APoZ(forward=...)`` says how a dict batch reaches the model; the calibration runs on it."""
+    seen = []
+
+    def forward(model, batch):
+        seen.append(sorted(batch))
+        return model(batch["x"])
+
+    pruning = Pruning(schedule=Geometric(target=0.6, per_cycle=0.4, warmup_epochs=1), criterion=APoZ(batches=2, forward=forward),
+                      granularity="neuron")
+    model, _ = _fit(pruning, max_epochs=3, model=_DictClassifier("lenet_300_100", input_shape=(1, 8, 8)),
+                    data=_DictBatches("x", "y"), limit_val_batches=0)
+    assert seen == [["x", "y"]] * 4  # two calibration batches per cycle, two cycles
+    assert [row["sparsity"] for row in pruning.history] == pytest.approx([0.4, 0.6], abs=0.01)
+    widths = model.model.features[0].out_features + model.model.features[2].out_features
+    assert widths == 400 - round(0.6 * 400)  # the units left the model
+
+
+def test_taylor_with_a_loss_prunes_a_fit_with_dict_batches():
+    """Issue 15: ``Taylor(loss=...)`` computes each calibration batch's loss from a dict batch."""
+    seen = []
+
+    def loss(model, batch):
+        seen.append(sorted(batch))
+        return torch.nn.functional.cross_entropy(model(batch["x"]), batch["y"])
+
+    pruning = Pruning(schedule=Geometric(target=0.6, per_cycle=0.4, warmup_epochs=1), criterion=Taylor(batches=2, loss=loss))
+    model, _ = _fit(pruning, max_epochs=3, model=_DictClassifier("lenet_300_100", input_shape=(1, 8, 8)),
+                    data=_DictBatches("x", "y"), limit_val_batches=0)
+    assert seen == [["x", "y"]] * 4
+    assert [row["sparsity"] for row in pruning.history] == pytest.approx([0.4, 0.6], abs=0.01)
+    assert _zeros(model) >= 0.59
 
 
 class _TiedTokens(L.LightningModule):
@@ -143,7 +192,7 @@ class _TiedTokens(L.LightningModule):
 @pytest.mark.parametrize("granularity", ["weight", "neuron"])
 def test_tied_embedding_and_output_stay_tied(granularity):
     model = _TiedTokens()
-    pruning = Pruning(granularity=granularity, target=0.4, warmup_epochs=1)
+    pruning = Pruning(schedule=OneShot(target=0.4, warmup_epochs=1), granularity=granularity)
     _fit(pruning, max_epochs=2, model=model, limit_val_batches=0)
     assert model.out.weight is model.embedding.weight  # still one tensor
     if granularity == "weight":  # the shared tensor is masked (no KeyError for the name named_parameters() hides)

@@ -236,6 +236,7 @@ def prune_and_compare(model: nn.Module, x: Any, target: float = 0.3) -> Outcome:
     ``model`` (put in eval mode) ends compact. ``Pruner(...)`` raising ``UnsupportedModelError`` is
     a refusal: it is returned, with whether the model was left untouched. Any other error propagates.
     """
+    from lightning_prune.config import Global
     from lightning_prune.criteria import Magnitude
     from lightning_prune.masks import apply_masks
     from lightning_prune.pruner import Pruner
@@ -245,14 +246,14 @@ def prune_and_compare(model: nn.Module, x: Any, target: float = 0.3) -> Outcome:
     outcome = Outcome(dense=_count(model))
     before = {key: value.clone() for key, value in model.state_dict().items()}
     try:
-        pruner = Pruner(model, x, Magnitude(2), granularity="neuron", scope="global")
+        pruner = Pruner(model, x, Magnitude(2), granularity="neuron", ranking=Global(normalize="mean"))
     except UnsupportedModelError as error:
         after = model.state_dict()
         outcome.refusal = error
         outcome.untouched = before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
         return outcome
     del before
-    keep = pruner.plan(pruner.dense_keep(), target, 0, normalize="mean")
+    keep = pruner.plan(pruner.dense_keep(), target, 0)
     masked = copy.deepcopy(model)
     apply_masks(masked, pruner.parameter_masks(keep))
     outcome.expected = outputs(masked, x)
