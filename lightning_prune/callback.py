@@ -216,7 +216,7 @@ class Pruning(Callback):
 
     # ----------------------------------------------------------------------------- hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        name_unreadable_checkpoints(trainer.strategy.checkpoint_io)
+        name_unreadable_checkpoints(getattr(trainer.strategy, "checkpoint_io", None))
         if self.remove:
             install_restore(pl_module)  # any stage may load a checkpoint (test(ckpt_path="best"))
         if stage != "fit":
@@ -238,7 +238,7 @@ class Pruning(Callback):
         fit_checks.check_validation_every_epoch(self.guard, trainer.check_val_every_n_epoch)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        unname_unreadable_checkpoints(trainer.strategy.checkpoint_io)
+        unname_unreadable_checkpoints(getattr(trainer.strategy, "checkpoint_io", None))
         self._distil(pl_module, None)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

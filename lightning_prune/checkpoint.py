@@ -233,9 +233,9 @@ def name_unreadable_checkpoints(checkpoint_io: Any) -> None:
     about ``weights_only``); :meth:`load_checkpoint` of the plugin instance is wrapped to raise a
     ``ValueError`` that does. A missing file keeps Lightning's own ``FileNotFoundError``.
     """
-    original = checkpoint_io.load_checkpoint
-    if getattr(original, "names_unreadable_files", False):
-        return
+    original = getattr(checkpoint_io, "load_checkpoint", None)
+    if original is None or getattr(original, "names_unreadable_files", False):
+        return  # no plugin (a strategy without one), or wrapped already
 
     def load_checkpoint(path: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -257,5 +257,5 @@ def name_unreadable_checkpoints(checkpoint_io: Any) -> None:
 
 def unname_unreadable_checkpoints(checkpoint_io: Any) -> None:
     """Undo :func:`name_unreadable_checkpoints`."""
-    if getattr(checkpoint_io.__dict__.get("load_checkpoint"), "names_unreadable_files", False):
+    if checkpoint_io is not None and getattr(vars(checkpoint_io).get("load_checkpoint"), "names_unreadable_files", False):
         del checkpoint_io.load_checkpoint

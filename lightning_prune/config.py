@@ -70,7 +70,9 @@ class Neurons(Granularity):
     name = "neuron"
 
     def __init__(self, remove: bool = True, round_to: int | None = None) -> None:
-        self.remove = check_choice("Neurons.remove", remove, (True, False))
+        if not isinstance(remove, bool):
+            raise ValueError(f"`Neurons.remove` must be True or False, got {remove!r}.")
+        self.remove = remove
         self.round_to = None if round_to is None else check_int("Neurons.round_to", round_to, 1)
 
 
@@ -242,8 +244,10 @@ class Rewind(Config):
         return 0 if self.to == "init" else self.to
 
     def fingerprint(self) -> dict[str, Any]:
-        control = self.control.fingerprint() if self.control is not None else None
-        return {**super().fingerprint(), "control": control}
+        fingerprint = super().fingerprint()
+        if self.control is not None:
+            fingerprint["control"] = self.control.fingerprint()
+        return fingerprint
 
 
 # ----------------------------------------------------------------------------- the whole
@@ -292,6 +296,11 @@ class PruningConfig:
                 raise ValueError(f"`{name}` must be a list of module-name patterns or None, got {patterns!r}.")
         if distill is not None and not isinstance(distill, Distillation):
             raise ValueError(f"`distill` must be a Distillation or None, got {distill!r}.")
+        try:
+            self.schedule.fractions()
+        except NotImplementedError as error:
+            raise ValueError(f"`schedule`={self.schedule!r} defines no fractions(): use OneShot, Geometric, Cubic, Custom "
+                             "or a Schedule subclass that defines fractions().") from error
         check_combination(self.schedule, self.granularity, self.ranking, self.criterion, guard, lottery, monitor)
         self.guard, self.lottery, self.distill = guard, lottery, distill
         self.monitor = guard.monitor if guard is not None else monitor

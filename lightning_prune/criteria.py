@@ -23,7 +23,7 @@ from torch import nn
 from lightning_prune.layers import PrunableLayer, is_transposed
 from lightning_prune.statistics import InputFeatureNorm, WeightGradientProduct, ZeroActivationRate
 from lightning_prune.tracing import output_tensors
-from lightning_prune.validation import check_int
+from lightning_prune.validation import check_int, without_defaults
 
 GRANULARITIES = ("weight", "neuron")
 
@@ -57,10 +57,11 @@ class Criterion:
     batches = 0
 
     def fingerprint(self) -> dict[str, Any]:
-        """The plain settings that shape the scores (what a checkpoint compares on resume)."""
+        """The plain settings that shape the scores, without those at their ``__init__`` defaults (what a
+        checkpoint compares on resume)."""
         plain = (int, float, str, bool, type(None))
         settings = {key: value for key, value in vars(self).items() if not key.startswith("_") and isinstance(value, plain)}
-        return {"type": type(self).__name__, "name": self.name, **settings}
+        return {"type": type(self).__name__, "name": self.name, **without_defaults(type(self), settings)}
 
     def calibration_forward(self, model: nn.Module, batch: Any) -> None:
         """Feed one calibration batch to the model (criteria that observe activations)."""
@@ -98,7 +99,7 @@ class Magnitude(Criterion):
     """
 
     def __init__(self, p: int = 1) -> None:
-        if p not in (1, 2):
+        if isinstance(p, bool) or p not in (1, 2):
             raise ValueError(f"`Magnitude.p` must be 1 (L1) or 2 (L2), got {p!r}.")
         self.p = p
         self.name = f"l{p}"

@@ -10,6 +10,7 @@ checkpoint, simply at its default, so old checkpoints keep resuming.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -79,14 +80,48 @@ def non_default(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[str]:
     """``"key: checkpoint X, now Y"`` for every setting where a checkpoint (stored with
-    :func:`non_default`) and the current configuration differ; keys missing on either side are at
-    their defaults."""
+    :func:`non_default`) and the current configuration differ.
+
+    A key missing on either side is at its default: the run's (``defaults``), or, for a field of a
+    configuration object, its class's ``__init__`` default (the object named by ``<prefix>.type``).
+    """
+    was_all, now_all = with_field_defaults({**defaults, **saved}), with_field_defaults({**defaults, **current})
     differences = []
-    for key in sorted(set(saved) | set(current)):
-        was, now = saved.get(key, defaults.get(key)), current.get(key, defaults.get(key))
+    for key in sorted(set(was_all) | set(now_all)):
+        was, now = was_all.get(key), now_all.get(key)
         if was != now:
             differences.append(f"{key}: checkpoint {was!r}, now {now!r}")
     return differences
+
+
+def _configuration_classes() -> dict[str, type]:
+    """Every configuration object's and criterion's class, by name (subclasses included)."""
+    from lightning_prune.criteria import Criterion
+    from lightning_prune.validation import Config
+
+    found: dict[str, type] = {}
+    stack: list[type] = [Config, Criterion]
+    while stack:
+        cls = stack.pop()
+        found.setdefault(cls.__name__, cls)
+        stack.extend(cls.__subclasses__())
+    return found
+
+
+def with_field_defaults(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``flat`` with each named object's missing fields at their ``__init__`` defaults (fingerprints
+    leave them out, see :meth:`lightning_prune.validation.Config.fingerprint`)."""
+    full = dict(flat)
+    classes = _configuration_classes()
+    for key, name in flat.items():
+        if not (key == "type" or key.endswith(".type")) or name not in classes:
+            continue
+        prefix = key[: -len("type")]
+        for parameter in inspect.signature(classes[name].__init__).parameters.values():
+            default = parameter.default
+            if parameter.name != "self" and default is not inspect.Parameter.empty and not callable(default):
+                full.setdefault(prefix + parameter.name, default)
+    return full
 
 
 def check_same_config(saved: Any, current: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:

@@ -63,6 +63,19 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
     return value
 
 
+def without_defaults(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` without the entries equal to ``cls.__init__``'s default for that argument."""
+    parameters = inspect.signature(cls.__init__).parameters
+    return {name: value for name, value in values.items()
+            if name not in parameters or parameters[name].default is inspect.Parameter.empty
+            or not _same(parameters[name].default, value)}
+
+
+def _same(default: Any, value: Any) -> bool:
+    return type(default) is type(value) and default == value if isinstance(default, bool) or isinstance(value, bool) \
+        else default == value
+
+
 class Config:
     """Base of the configuration objects: ``repr``, equality and a fingerprint from ``__init__``'s arguments.
 
@@ -76,9 +89,13 @@ class Config:
         return {name: getattr(self, name) for name in names}
 
     def fingerprint(self) -> dict[str, Any]:
-        """The plain values that shape a run's decisions (callables are left out), with the class name."""
+        """The class name and the fields that differ from their ``__init__`` defaults (callables left out).
+
+        Fields at their defaults are left out, so that a field added later (at its default) does not
+        change the fingerprint of an older run: what a checkpoint stores and compares on resume.
+        """
         values = {name: value for name, value in self._fields().items() if not callable(value)}
-        return {"type": type(self).__name__, **values}
+        return {"type": type(self).__name__, **without_defaults(type(self), values)}
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={value!r}" for name, value in self._fields().items())

@@ -97,14 +97,24 @@ def test_a_field_of_another_schedule_cannot_be_written(build):
 
 
 def test_a_schedule_without_fractions_is_refused_by_name():
-    with pytest.raises(NotImplementedError, match=re.escape("Schedule must define fractions().")):
+    with pytest.raises(ValueError, match=re.escape("`schedule`=Schedule(target=0.5, warmup_epochs=0, finetune_epochs=1, "
+                                                   "budget='units') defines no fractions()")):
         Pruning(schedule=Schedule(target=0.5))
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    (lambda: Neurons(remove=1), "`Neurons.remove` must be True or False, got 1"),
+    (lambda: Magnitude(p=True), "`Magnitude.p` must be 1 (L1) or 2 (L2), got True"),
+])
+def test_a_bool_and_an_int_are_not_interchangeable(build, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build()
 
 
 # ----------------------------------------------------------------------------- granularity and ranking
 @pytest.mark.parametrize(("build", "message"), [
-    (lambda: Neurons(remove="yes"), "`Neurons.remove` must be one of (True, False), got 'yes'."),
-    (lambda: Neurons(remove=None), "`Neurons.remove` must be one of (True, False), got None."),
+    (lambda: Neurons(remove="yes"), "`Neurons.remove` must be True or False, got 'yes'."),
+    (lambda: Neurons(remove=None), "`Neurons.remove` must be True or False, got None."),
     (lambda: Neurons(round_to=0), "`Neurons.round_to` must be an integer >= 1, got 0."),
     (lambda: Neurons(round_to=8.0), "`Neurons.round_to` must be an integer >= 1, got 8.0."),
     (lambda: Neurons(round_to=True), "`Neurons.round_to` must be an integer >= 1, got True."),
@@ -252,7 +262,7 @@ def test_a_calibration_hook_of_the_other_criterion_cannot_be_written(build):
     ({"schedule": 0.9}, "`schedule` must be a Schedule object or one of ['cubic', 'geometric', 'oneshot'], got 0.9."),
     ({"granularity": "channel"}, "`granularity` must be a Granularity object or one of ['neuron', 'weight'], got 'channel'."),
     ({"ranking": "local"}, "`ranking` must be a Ranking object or one of ['global', 'layer'], got 'local'."),
-    ({"criterion": "l3"}, "`criterion` must be one of ['apoz', 'l1', 'l2', 'random', 'taylor'] or a Criterion object, got 'l3'."),
+    ({"criterion": "l3"}, "`criterion` must be one of ['apoz', 'l1', 'l2', 'random', 'taylor', 'wanda'] or a Criterion object, got 'l3'."),
 ], ids=lambda value: value if isinstance(value, str) else "")
 def test_pruning_arguments_are_validated(arguments, message):
     _raises(lambda: Pruning(**arguments), message)
