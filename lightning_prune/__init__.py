@@ -13,13 +13,7 @@ classes (``criteria``, ``ranking``, ``masks``, ``structure``, ``surgery``, ``sch
 """
 
 from lightning_prune.callback import Pruning
-from lightning_prune.checkpoint import (
-    PrunedCheckpointMixin,
-    export_program,
-    load_compact,
-    restore_pruned,
-    save_compact,
-)
+from lightning_prune.checkpoint import PrunedCheckpointMixin, export_program, load_compact, restore_pruned, save_compact
 from lightning_prune.config import (
     DropGuard,
     Global,
@@ -31,15 +25,7 @@ from lightning_prune.config import (
     SignedConstant,
     Weights,
 )
-from lightning_prune.criteria import (
-    CRITERIA,
-    APoZ,
-    Criterion,
-    Magnitude,
-    RandomImportance,
-    Taylor,
-    Wanda,
-)
+from lightning_prune.criteria import CRITERIA, APoZ, Criterion, Magnitude, RandomImportance, Taylor, Wanda
 from lightning_prune.distillation import Distillation
 from lightning_prune.masks import MaskEnforcer, apply_masks
 from lightning_prune.pruner import Pruner

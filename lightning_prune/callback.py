@@ -31,21 +31,15 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_prune import fit_checks
 from lightning_prune.batches import calibration_batches, example_input
+from lightning_prune.callback_state import CheckpointedState
 from lightning_prune.checkpoint import (
-    PLAN_KEY,
     input_spec,
     install_restore,
     name_unreadable_checkpoints,
     uninstall_restore,
     unname_unreadable_checkpoints,
 )
-from lightning_prune.config import (
-    DropGuard,
-    Granularity,
-    PruningConfig,
-    Ranking,
-    Rewind,
-)
+from lightning_prune.config import DropGuard, Granularity, PruningConfig, Ranking, Rewind
 from lightning_prune.counting import count_parameters
 from lightning_prune.criteria import Criterion
 from lightning_prune.decisions import (
@@ -77,20 +71,10 @@ from lightning_prune.masks import MaskEnforcer, enforce_masks, reapply_if_leaked
 from lightning_prune.pruner import Keep, Pruner
 from lightning_prune.ranking import lopsided
 from lightning_prune.schedules import Schedule, Timeline, layer_exponents
-from lightning_prune.state import (
-    PruningState,
-    check_same_config,
-    cycle_line,
-    flatten,
-    history_row,
-    non_default,
-    restore_snapshot,
-    summary_table,
-    take_snapshot,
-)
+from lightning_prune.state import PruningState, cycle_line, history_row, restore_snapshot, take_snapshot
 
 
-class Pruning(Callback):
+class Pruning(CheckpointedState, Callback):
     """Iterative pruning inside ``Trainer.fit``: train, score, rank, prune, fine-tune, repeat.
 
     Args:
@@ -158,61 +142,6 @@ class Pruning(Callback):
         self._masks: dict[str, torch.Tensor] = {}
         self._state, self._restored = PruningState(), None
         self._distiller: DistillationHook | None = None
-
-    # ----------------------------------------------------------------------------- state
-    @property
-    def state_key(self) -> str:
-        # Granularity only: a changed target or schedule must reach `load_state_dict` and fail there,
-        # by name, instead of Lightning dropping the state as another callback's (a silent restart).
-        return self._generate_state_key(granularity=self.granularity.name)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**self._state.to_dict(), "config": non_default(flatten(self.config.fingerprint()), _DEFAULT_CONFIG)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Take the checkpoint's state, if it was made with this configuration.
-
-        Raises:
-            ValueError: Naming every setting that differs between the checkpoint and this callback.
-        """
-        state_dict = dict(state_dict)
-        check_same_config(state_dict.pop("config", None), flatten(self.config.fingerprint()), _DEFAULT_CONFIG)
-        self._restored = PruningState.from_dict(state_dict)
-
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        prefix = type(self).__qualname__ + "{"
-        saved = [key for key in checkpoint.get("callbacks", {}) if key.startswith(prefix)]
-        fit_checks.check_resume_source(saved, self.state_key, checkpoint.get("epoch", 0) + 1, self.timeline)
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """One row per cycle: epoch, sparsity, kept parameters and MACs, metric, accepted."""
-        return self._state.history
-
-    @property
-    def dense(self) -> dict[str, float] | None:
-        """``{"params", "macs"}`` of the model before pruning (set when training starts)."""
-        return dict(self._state.dense) if self._state.dense is not None else None
-
-    @property
-    def keep(self) -> Keep | None:
-        """Current unit keep-masks."""
-        return self._state.keep
-
-    @property
-    def plan(self) -> dict[str, Any] | None:
-        """The removals done so far, ``{"inputs", "steps"}`` (a copy): what ``scratch_model``,
-        ``ticket_model``, ``save_compact`` and checkpoints replay on a freshly built dense model."""
-        return clone_tensors(self._state.plan)
-
-    @property
-    def teacher(self) -> torch.nn.Module | None:
-        """The frozen dense teacher while the fit distils (``distill``), else ``None``."""
-        return self._distiller.teacher if self._distiller is not None else None
-
-    def summary_table(self) -> str:
-        """The per-cycle history as a text table."""
-        return summary_table(self.history)
 
     # ----------------------------------------------------------------------------- hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -336,11 +265,6 @@ class Pruning(Callback):
                 "last prune for averages of the pruned network only."
             )
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        plan = self._state.plan
-        if plan is not None and plan["steps"]:
-            checkpoint[PLAN_KEY] = clone_tensors(plan)
-
     # ----------------------------------------------------------------------------- steps
     def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule, keep: Keep) -> None:
         masks = self.pruner.parameter_masks(keep, self._state.present)
@@ -430,4 +354,3 @@ def _schedulers(trainer: L.Trainer) -> list[Any]:
     return [config.scheduler for config in trainer.lr_scheduler_configs]
 
 
-_DEFAULT_CONFIG = flatten(PruningConfig().fingerprint())  # what checkpoints omit

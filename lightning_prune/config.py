@@ -31,14 +31,7 @@ from lightning_prune.criteria import GRANULARITIES, make_criterion
 from lightning_prune.distillation import Distillation
 from lightning_prune.ranking import NORMALIZERS
 from lightning_prune.schedules import Schedule, make_schedule
-from lightning_prune.validation import (
-    Config,
-    as_float,
-    check_choice,
-    check_fraction,
-    check_instance,
-    check_int,
-)
+from lightning_prune.validation import Config, as_float, check_choice, check_fraction, check_instance, check_int
 
 
 # ----------------------------------------------------------------------------- granularity

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_prune.layers import PrunableLayer, is_transposed
-from lightning_prune.statistics import InputFeatureNorm, WeightGradientProduct, ZeroActivationRate
+from lightning_prune.statistics import WeightGradientProduct, ZeroActivationRate
 from lightning_prune.tracing import output_tensors
 from lightning_prune.validation import check_int, without_defaults
 
@@ -239,69 +239,6 @@ class Taylor(Criterion):
         return {layer.name: _per_unit(_units_first(layer, totals[layer.name])).abs() for layer in layers}
 
 
-class Wanda(Criterion):
-    """Pruning by Weights and activations (Sun et al. 2023): ``|W_ij| · ‖X_j‖₂`` per weight.
-
-    A weight matters as much as its size times the size of the input it multiplies: ``‖X_j‖₂`` is
-    the L2 norm of input feature ``j`` over the calibration batches
-    (:class:`~lightning_prune.statistics.InputFeatureNorm`, summed across ranks). For a convolution
-    the norm is per input channel, over all positions. Weights (and N:M patterns) only. The paper
-    ranks each output row's weights on their own; here the ranking is the run's (per layer or
-    global), and one-shot Wanda without fine-tuning is its setting.
-
-    Args:
-        batches: Training batches observed per cycle (>= 1).
-        forward: ``forward(model, batch)`` runs the model on one training batch (as for :class:`APoZ`).
-
-    Raises:
-        ValueError: If ``batches`` is not an integer >= 1 or ``forward`` is not callable.
-    """
-
-    name = "wanda"
-    needs_activations = True
-    granularities = ("weight",)
-
-    def __init__(self, batches: int = 16, forward: Callable[[nn.Module, Any], Any] | None = None) -> None:
-        self.batches = check_int("Wanda.batches", batches, 1)
-        if forward is not None and not callable(forward):
-            raise ValueError(f"`Wanda.forward` must be callable as forward(model, batch) or None, got {forward!r}.")
-        self.forward = forward
-        self._stats: dict[str, InputFeatureNorm] = {}
-        self._handles: list[Any] = []
-
-    def calibration_forward(self, model: nn.Module, batch: Any) -> None:
-        if self.forward is None:
-            return super().calibration_forward(model, batch)
-        self.forward(model, batch)
-
-    def begin(self, layers: Sequence[PrunableLayer], sites: Mapping[str, nn.Module]) -> None:
-        self.end()
-        self._stats = {}
-        for layer in layers:
-            weight = _units_first(layer, layer.weight)
-            feature_dim = -1 if weight.dim() == 2 else 1  # Linear / HF Conv1D: last; convolutions: channels
-            stat = InputFeatureNorm(weight.shape[1], feature_dim).to(layer.weight.device)
-            self._stats[layer.name] = stat
-            self._handles.append(layer.module.register_forward_pre_hook(
-                lambda module, args, stat=stat: stat.update(args[0])))
-
-    def end(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def scores(self, layers: Sequence[PrunableLayer], granularity: str, cycle: int) -> dict[str, torch.Tensor]:
-        if not self._stats:
-            raise RuntimeError("Wanda has no statistics: run a calibration pass (`score_layers`) first.")
-        result = {}
-        for layer in layers:
-            weight = _units_first(layer, layer.weight.detach()).abs().double()
-            norm = self._stats[layer.name].compute().to(weight.device)
-            score = weight * norm.reshape(1, -1, *([1] * (weight.dim() - 2)))
-            result[layer.name] = score.transpose(0, 1) if is_transposed(layer.module) else score
-        return result
-
-
 #: Criterion names accepted by :class:`~lightning_prune.Pruning`, each with its factory.
 CRITERIA: dict[str, Callable[[], Criterion]] = {
     "l1": lambda: Magnitude(1),
@@ -309,8 +246,7 @@ CRITERIA: dict[str, Callable[[], Criterion]] = {
     "apoz": APoZ,
     "taylor": Taylor,
     "random": RandomImportance,
-    "wanda": Wanda,
-}
+}  # and "wanda", registered at the end of this module
 
 
 def make_criterion(criterion: str | Criterion) -> Criterion:
@@ -415,3 +351,10 @@ def score_layers(
         if not torch.isfinite(score).all():
             raise ValueError(f"Criterion {criterion.name!r} gave non-finite scores for layer {layer.name!r}.")
     return scores
+
+
+# Wanda lives in its own module, on top of the base class above; it is registered here so that
+# ``criterion="wanda"`` and ``from lightning_prune.criteria import Wanda`` work like the others.
+from lightning_prune.wanda import Wanda  # noqa: E402
+
+CRITERIA["wanda"] = Wanda

@@ -19,23 +19,12 @@ import torch
 from torch import nn
 
 from lightning_prune.checkpoint import mark_pruned
-from lightning_prune.config import (
-    Granularity,
-    Neurons,
-    Ranking,
-    make_granularity,
-    make_ranking,
-)
+from lightning_prune.config import Granularity, Neurons, Ranking, make_granularity, make_ranking
 from lightning_prune.counting import count_macs, count_parameters, kept_macs
 from lightning_prune.criteria import Criterion, score_layers
 from lightning_prune.layers import PrunableLayer, find_layers, is_transposed
 from lightning_prune.masks import Masks
-from lightning_prune.ranking import (
-    normalize_scores,
-    prunable_capacity,
-    round_kept,
-    select_units,
-)
+from lightning_prune.ranking import normalize_scores, prunable_capacity, round_kept, select_units
 from lightning_prune.schedules import BUDGETS
 from lightning_prune.semi_structured import NM, layers_off_pattern, select_nm
 from lightning_prune.structure import NeuronStructure

@@ -71,7 +71,7 @@ def test_non_finite_scores_name_the_layer():
 
 
 def test_unknown_criterion_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"`criterion` must be one of \['apoz', 'l1', 'l2', 'random', 'taylor'\]"):
+    with pytest.raises(ValueError, match=r"`criterion` must be one of \['apoz', 'l1', 'l2', 'random', 'taylor', 'wanda'\]"):
         make_criterion("l3")
     with pytest.raises(ValueError, match="has no `scores"):
         make_criterion(object())
