@@ -39,13 +39,14 @@
 # - Say what each family compresses (parameters, bits per parameter, or computation per input) and
 #   measure it: parameters, serialized bytes, MACs per example, latency, test accuracy.
 # - Prune neurons with the library (`Pruning(granularity="neuron")`); distill a teacher into a small
-#   student with softened outputs (temperature); quantize to int8 by hand and with
+#   student with softened outputs (temperature), and distill the dense model into the network being
+#   pruned (`Pruning(distill=Distillation(...))`); quantize to int8 by hand and with
 #   `torch.ao.quantization.quantize_dynamic`; factorise a `Linear` layer by SVD (W ≈ U V); add an
 #   early exit with a confidence threshold.
 # - Read the numbers honestly: on a model this small, fewer bytes and MACs do not always mean less
 #   time.
 #
-# Runs in about 20 s on 2 CPU cores.
+# Runs in about 30 s on 2 CPU cores.
 
 # %%
 import copy
@@ -60,8 +61,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_prune.teaching import accuracy, quiet_setup, quiet_trainer
-from lightning_prune import Geometric, Pruning
+from lightning_prune.teaching import accuracy, mean_std, quiet_setup, quiet_trainer
+from lightning_prune import Distillation, Geometric, Pruning
+from lightning_prune.distillation import distillation_loss
 from lightning_prune.counting import count_macs, count_parameters
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import Classifier
@@ -240,6 +242,82 @@ assert abs(student_row["acc"] - label_row["acc"]) < 0.05, (student_row, label_ro
 # nearly 100 % sure on its own training images, so its soft targets add little to the labels.
 # Distillation pays off when the teacher knows something the labels do not say, e.g. an ensemble
 # teacher, or far more unlabeled inputs than labeled ones (exercise 1).
+#
+# ### Distillation *while* pruning
+#
+# The families combine (more on that below the final table), and distillation has a natural place
+# inside the pruning loop: the fine-tuning after each prune can learn from the dense model's outputs
+# as well as from the labels. The **student** is the network being pruned; the **teacher** is a
+# frozen copy of the dense model *after warm-up*, taken just before the first prune, so it is a
+# trained network. It stays dense while neurons are removed from the student and is never trained.
+# The library does this with one argument, `Pruning(..., distill=Distillation(weight, temperature))`:
+# during every cycle's fine-tuning it adds
+#
+# `weight · T² · KL(softmax(teacher / T) ‖ softmax(student / T))`
+#
+# to the loss that the module's `training_step` returns (the cross-entropy on the labels stays, with
+# weight 1). This is the soft term of the formula above. The callback wraps `training_step`: it reads
+# the student's logits from the step's `self(x)` call and runs the teacher on the same inputs.
+# The term that the library computes (`distillation_loss`), for the small student above at T = 2,
+# is the formula written out:
+
+# %%
+with torch.no_grad():
+    student_logits, teacher_logits = student(x_test), teacher(x_test)
+term = distillation_loss(student_logits, teacher_logits, temperature=2.0)
+by_hand = 2.0 ** 2 * F.kl_div(F.log_softmax(student_logits / 2.0, dim=1), F.softmax(teacher_logits / 2.0, dim=1),
+                              reduction="batchmean")
+print(f"distillation_loss: {term:.4f}; T² · KL written out: {by_hand:.4f}")
+assert torch.isclose(term, by_hand)
+
+# %% [markdown]
+# Now the committed experiment's setting in miniature: start from the trained LeNet above (its 10
+# epochs are the warm-up, so the callback's teacher is this model), remove 90 % of each hidden
+# layer's neurons in four cycles (50 %, 75 %, 87.5 %, 90 %) with 2 epochs of fine-tuning after each,
+# once with `distill=Distillation(weight=0.5, temperature=2.0)` (the setting the experiment chose for
+# the digits on validation data) and once without, three training orders (seeds) each. Both runs of a seed
+# see the same batches in the same order.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+distill_results = {"pruned": [], "pruned + distilled": []}
+for seed in (0, 1, 2):
+    for name, distill in (("pruned", None), ("pruned + distilled", Distillation(weight=0.5, temperature=2.0))):
+        L.seed_everything(seed, verbose=False)
+        fine_tuned = Classifier("lenet_300_100", lr=3e-3, input_shape=(1, 8, 8))
+        fine_tuned.load_state_dict(teacher.state_dict())
+        neuron_pruning = Pruning(Geometric(target=0.9, per_cycle=0.5, finetune_epochs=2), criterion="l2",
+                                 granularity="neuron", ranking="layer", distill=distill, verbose=False)
+        trainer = quiet_trainer(neuron_pruning.timeline.epochs_needed, [neuron_pruning])
+        trainer.fit(fine_tuned, DigitsDataModule(batch_size=64, seed=seed))
+        distill_results[name].append(accuracy(fine_tuned, x_test, y_test))
+    hidden_widths = [fine_tuned.model.features[i].out_features for i in (0, 2)]
+    print(f"seed {seed}: widths {hidden_widths}, test accuracy pruned {distill_results['pruned'][-1]:.4f}, "
+          f"pruned + distilled {distill_results['pruned + distilled'][-1]:.4f} (distillation term in the last "
+          f"epoch: {float(trainer.logged_metrics['pruning/distillation']):.3f})")
+for name, accuracies in distill_results.items():
+    print(f"{name:18s}: {mean_std(accuracies)[0]:.4f} ± {mean_std(accuracies)[1]:.4f}   (dense teacher {teacher_acc:.4f})")
+
+# %%
+assert hidden_widths == [30, 10], hidden_widths
+plain_mean, distilled_mean = (mean_std(distill_results[name])[0] for name in ("pruned", "pruned + distilled"))
+assert plain_mean > teacher_acc - 0.12 and distilled_mean > teacher_acc - 0.12, distill_results
+assert abs(distilled_mean - plain_mean) < 0.03, distill_results  # within a couple of points
+assert distilled_mean < plain_mean + 0.02, distill_results  # no clear gain from distillation here
+
+# %% [markdown]
+# Distillation does not help in this run: the two means are within a couple of points, and the
+# distilled one is not the higher (printed above; about a point lower when this notebook was last
+# executed). Three seeds of 8 short epochs are not enough to rank the two, but the committed experiment (`experiments/results/distillation.md`; 20 epochs, the setting
+# chosen on validation seeds, test accuracy over 3 seeds) found the same on the digits: pruned
+# 0.937 ± 0.002, pruned + distilled 0.937 ± 0.013 (dense 0.973 ± 0.004); on MNIST-1D 0.586 ± 0.005
+# vs 0.595 ± 0.019, and on a 5,000-image subset of real MNIST 0.935 ± 0.006 vs 0.927 ± 0.004. No gain
+# beyond the seed-to-seed spread. This is unlike Hinton et al.'s MNIST result, where a small net made
+# 146 test errors trained alone and 74 distilled from a big one (which made 67). Our setting differs in
+# three ways that plausibly explain it. The student is not trained from scratch but pruned from its own
+# teacher, so it starts from the teacher's function. The teacher is trained for only 8 epochs on a few
+# thousand images, and knows little that the labels do not say. Only three (weight, T) pairs with
+# T ≤ 4 were tried; Hinton et al. used T = 20.
 #
 # ## 3 · Parameter quantization (参数量化)
 #
@@ -542,7 +620,8 @@ plt.show()
 # - On the same trained LeNet-300-100 (all numbers in the table above): neuron pruning kept 80 of the
 #   400 hidden neurons, about 10× fewer parameters, for about 3 points of test accuracy; a 21× smaller
 #   student came within about 2–3 points of the teacher (distillation did not beat training on labels
-#   on this easy data); int8 weights cut the bytes by about 3.6× at the same accuracy; a rank-8
+#   on this easy data, and distilling the dense model into the network being pruned,
+#   `Pruning(distill=Distillation(...))`, did not help either, here or in the committed experiment); int8 weights cut the bytes by about 3.6× at the same accuracy; a rank-8
 #   factorisation cut the parameters by about 6.7× for about 2 points after fine-tuning; an early exit
 #   answered about 70 % of the images after the first layer, with about 38 % fewer MACs on average
 #   and no accuracy lost.
@@ -554,6 +633,8 @@ plt.show()
 # 1. Distillation: train the student with `temperature=1, alpha=1` (pure imitation of the teacher),
 #    and with `temperature=8`. Then give the students only 100 labeled training images but let the
 #    teacher label all 1,080 (soft targets need no labels): does distillation now beat the control?
+#    While pruning: try `Distillation(weight=2.0, temperature=8.0)`, and `cycles=[3]` (distil only
+#    the last, hardest cycle). Does either move the mean beyond the spread over the three seeds?
 # 2. Quantization: quantize per *row* (one scale per output neuron) instead of per tensor, and with 4
 #    bits (codes in [−7, 7]). How do the largest error and the accuracy change?
 # 3. Low rank: plot test accuracy right after the factorisation (no fine-tuning) against k = 2, 4, 8,

@@ -34,9 +34,11 @@
 #   matrix are still multiplied; a sparse kernel pays for its irregular memory access; a narrower
 #   network is just a smaller dense problem.
 # - See that the widths left after removal matter: multiples of 8 or 16 units run faster per MAC.
-# - Know why the same holds on GPUs, and which structured sparsity patterns (N:M) hardware does support.
+# - Know why the same holds on GPUs, and which weight pattern hardware does support: 2:4 (N:M)
+#   semi-structured sparsity. Prune to it (`granularity=NM(2, 4)`), export it (`to_semi_structured`),
+#   and see that on a CPU it is no faster.
 #
-# Runs in about 25 s on 2 CPU cores.
+# Runs in about 35 s on 2 CPU cores.
 
 # %%
 import copy
@@ -324,7 +326,134 @@ assert efficiency["rounded to 16"] > efficiency["plain"], efficiency  # aligned 
 # sparsity: removed neurons or channels (a smaller dense problem, as above), and since NVIDIA Ampere
 # (A100) the **2:4 (N:M) pattern**, at most 2 non-zeros in every 4 consecutive weights, which the
 # sparse tensor cores run at up to 2× the dense throughput. (The repository's
-# `benchmarks/results/inference_gpu_machine.md` has measurements on a GPU machine.)
+# `benchmarks/results/inference_gpu_machine.md` has measurements of masked, CSR and compact networks
+# on a GPU machine; it does not time 2:4.)
+#
+# ## 2:4 semi-structured sparsity (半结构化稀疏): the weight pattern GPUs accelerate
+#
+# Between irregular weights and whole neurons lies **N:M semi-structured sparsity**: at most N
+# non-zeros in every group of M consecutive input weights of a row. The zeros are still wherever the
+# small weights were *within* a group, but every group has the same amount of work, which is regular
+# enough for hardware. NVIDIA's sparse tensor cores (Ampere and newer) run **2:4**: they store only the
+# 2 kept values of every 4, plus a 2-bit position for each, and skip the other two multiplications.
+# The sparsity is fixed at 50 %, far less than weight pruning reaches, but on the right GPU it is
+# faster.
+#
+# The library prunes to this pattern with `granularity=NM(2, 4)`: at each prune it keeps the
+# best-scored weights of every group of 4 (here by magnitude, the default criterion), following the
+# schedule. `Geometric(target=0.5, per_cycle=0.3)` keeps 3 of every 4, then 2 of every 4 (the target
+# must be 1 − 2/4 = 0.5). A LeNet-300-100 on the 8×8 digits, with 4 epochs of warm-up and 2 of
+# fine-tuning after each prune. For comparison, the dense network is trained for the same 8 epochs.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import lightning as L
+import torch.utils.benchmark as benchmark
+
+from lightning_prune import NM, Geometric, Pruning, to_semi_structured
+from lightning_prune.data import DigitsDataModule
+from lightning_prune.models import Classifier
+from lightning_prune.semi_structured import NMLinear, select_nm
+from lightning_prune.teaching import accuracy, quiet_setup, quiet_trainer
+
+quiet_setup(0)
+digits = DigitsDataModule(batch_size=64, seed=0)
+digits.setup("fit")
+x_digits = torch.cat([xb for xb, _ in digits.test_dataloader()])
+y_digits = torch.cat([yb for _, yb in digits.test_dataloader()])
+
+two_four = Pruning(Geometric(target=0.5, per_cycle=0.3, warmup_epochs=4, finetune_epochs=2), granularity=NM(2, 4),
+                   verbose=False)
+sparse_net = Classifier("lenet_300_100", lr=3e-3, input_shape=(1, 8, 8))
+quiet_trainer(two_four.timeline.epochs_needed, [two_four]).fit(sparse_net, digits)
+L.seed_everything(0, verbose=False)
+dense_net = Classifier("lenet_300_100", lr=3e-3, input_shape=(1, 8, 8))
+quiet_trainer(two_four.timeline.epochs_needed).fit(dense_net, digits)
+sparse_acc, dense_acc = accuracy(sparse_net, x_digits, y_digits), accuracy(dense_net, x_digits, y_digits)
+print(f"test accuracy after {two_four.timeline.epochs_needed} epochs: 2:4-pruned {sparse_acc:.4f}, dense {dense_acc:.4f}")
+
+# %% [markdown]
+# The pattern: the first row of the first layer (its 64 input weights, in 16 groups of 4; 1 = kept),
+# and the non-zeros per group in every layer.
+
+# %%
+first_row = sparse_net.model.features[0].weight.detach()[0]
+print("features.0, row 0:", " ".join("".join(str(int(v)) for v in group) for group in (first_row != 0).reshape(-1, 4)))
+for name, module in sparse_net.model.named_modules():
+    if isinstance(module, torch.nn.Linear):
+        per_group = (module.weight.detach() != 0).reshape(module.out_features, -1, 4).sum(-1)
+        print(f"{name:11s} {str(tuple(module.weight.shape)):10s}: non-zeros per group of 4 from {int(per_group.min())} "
+              f"to {int(per_group.max())}; {float((module.weight == 0).float().mean()):.0%} of the weights are zero")
+        assert int(per_group.max()) <= 2, name
+assert sparse_acc > dense_acc - 0.05, (sparse_acc, dense_acc)
+
+# %% [markdown]
+# **Export.** The masked model still stores every zero. `to_semi_structured(model)` replaces each
+# `Linear` whose weight is 2:4 in place. On CUDA in half precision, the weight becomes a
+# `torch.sparse.to_sparse_semi_structured` tensor, which the sparse tensor cores multiply. Elsewhere
+# (here) the layer becomes an `NMLinear`: the kept values and one byte of position per value. This is
+# the reference form, which rebuilds the dense weight at every call. It must compute exactly what the
+# masked model does:
+
+# %%
+exported = copy.deepcopy(sparse_net.model).eval()
+print(to_semi_structured(exported))
+kept_values = sum(module.values.numel() for module in exported.modules() if isinstance(module, NMLinear))
+all_weights = sum(module.weight.numel() for module in sparse_net.model.modules() if isinstance(module, torch.nn.Linear))
+print(f"weights stored: {all_weights:,} dense → {kept_values:,} values + {kept_values:,} one-byte positions")
+with torch.no_grad():
+    difference = (exported(x_digits) - sparse_net.model.eval()(x_digits)).abs().max().item()
+print(f"largest difference between the exported and the masked model's outputs: {difference:.1e}")
+assert difference < 1e-5, difference
+
+# %% [markdown]
+# **Timing on the CPU.** LeNet-300-100 on the digits is too small to time. Fixed costs per call would
+# dominate. So take one `Linear` layer of 1024 → 1024 at batch 256 (like the layers above, and the
+# smallest size of `python -m benchmarks.semi_structured`): dense, the same layer with a 2:4 mask
+# (`select_nm` keeps the 2 largest weights of every 4), and that masked layer as an `NMLinear`. Each is
+# timed with `torch.utils.benchmark.Timer`, 10 calls per measurement, interleaved in a random order
+# over 5 repeats, median kept. The timings vary from run to run.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+torch.manual_seed(0)
+layer = torch.nn.Linear(1024, 1024).eval()
+masked_layer = copy.deepcopy(layer)
+weight_scores = {"w": masked_layer.weight.detach().abs()}
+two_four_mask = select_nm(weight_scores, {"w": torch.ones_like(masked_layer.weight, dtype=torch.bool)}, 0.5, NM(2, 4))
+with torch.no_grad():
+    masked_layer.weight.mul_(two_four_mask["w"])
+compressed_layer = NMLinear(masked_layer, 2, 4).eval()
+x_layer = torch.randn(BATCH, 1024)
+contenders = {"dense": layer, "masked 2:4": masked_layer, "NMLinear 2:4": compressed_layer}
+layer_times = {name: [] for name in contenders}
+with torch.inference_mode():
+    assert torch.allclose(compressed_layer(x_layer), masked_layer(x_layer), atol=1e-5)
+    for _ in range(5):
+        for i in torch.randperm(len(contenders), generator=generator).tolist():
+            name, module = list(contenders.items())[i]
+            timer = benchmark.Timer("module(x)", globals={"module": module, "x": x_layer}, num_threads=1)
+            layer_times[name].append(timer.timeit(10).median)
+layer_ms = {name: 1000 * statistics.median(t) for name, t in layer_times.items()}
+for name, ms in layer_ms.items():
+    print(f"{name:13s}: {ms:6.2f} ms per call, speed-up vs dense {layer_ms['dense'] / ms:.2f}×")
+
+# %%
+assert layer_ms["dense"] / layer_ms["masked 2:4"] < 1.5, layer_ms    # the zeros are still multiplied
+assert layer_ms["dense"] / layer_ms["NMLinear 2:4"] < 1.2, layer_ms  # and decompressing only adds work
+
+# %% [markdown]
+# On the CPU, 2:4 gains nothing. The masked layer takes about as long as the dense one, for the same
+# reason as in the first section: the zeros are still multiplied. The `NMLinear` is slower, because it
+# rebuilds the dense weight before every product. A CPU has no instruction that skips 2 of every 4
+# multiplications, so a 2:4 matrix is just a dense matrix with zeros in it.
+#
+# The speed-up needs **sparse tensor cores**, on NVIDIA GPUs of the Ampere generation or newer. There,
+# `to_semi_structured` stores each 2:4 weight in the compressed form those cores read. NVIDIA quotes
+# up to twice the dense throughput. **This project has not measured that speed-up on a GPU.** The
+# benchmark `python -m benchmarks.semi_structured` times dense vs 2:4 for one layer at several sizes.
+# It runs the sparse-tensor-core version when a CUDA device is present; otherwise it says so in its
+# report and times only the CPU versions shown here.
 #
 # ## Summary
 #
@@ -335,6 +464,10 @@ assert efficiency["rounded to 16"] > efficiency["plain"], efficiency  # aligned 
 # - Neuron pruning gives a smaller *dense* network: it runs with the ordinary kernels and its speed-up
 #   follows the MAC reduction. This is why the lecture recommends neuron (structured) pruning in
 #   practice, even though weight pruning removes more parameters at the same accuracy.
+# - The exception is 2:4 semi-structured sparsity (at most 2 non-zeros in every 4 consecutive input
+#   weights; `granularity=NM(2, 4)`, exported with `to_semi_structured`). It costs little accuracy here,
+#   and NVIDIA's sparse tensor cores (Ampere and newer) run it faster than dense. On a CPU the masked
+#   and the exported layers are no faster than dense. This project has not measured the GPU speed-up.
 #
 # ## Exercises
 #
@@ -349,3 +482,6 @@ assert efficiency["rounded to 16"] > efficiency["plain"], efficiency  # aligned 
 # 5. Remove 90 % of LeNet-300-100's hidden neurons (widths 30/10) and compare with `round_kept(..., 8)`
 #    and `round_kept(..., 16)`. Which widths does each give, and which is fastest per MAC? At such small
 #    widths, what else limits the speed-up?
+# 6. Prune the digits LeNet to 2:4 in one step (`OneShot(target=0.5, warmup_epochs=4, finetune_epochs=4)`)
+#    instead of 3:4 and then 2:4. Does the accuracy change? Then try `NM(1, 4)` (target 0.75). How
+#    much accuracy does the stricter pattern cost?
