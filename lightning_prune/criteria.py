@@ -138,7 +138,43 @@ class RandomImportance(Criterion):
         return {layer.name: torch.rand(shape(layer), generator=generator) for layer in layers}
 
 
-class APoZ(Criterion):
+class ObservingCriterion(Criterion):
+    """Base of the criteria that observe activations over calibration batches through hooks (APoZ, Wanda).
+
+    Args:
+        batches: Training batches observed per cycle (>= 1).
+        forward: ``forward(model, batch)`` runs the model on one training batch (default:
+            ``model(batch[0])`` for tuple batches, ``model(batch)`` otherwise). Pass it for dict
+            batches or when ``training_step`` preprocesses the batch.
+
+    Raises:
+        ValueError: If ``batches`` is not an integer >= 1 or ``forward`` is not callable.
+    """
+
+    needs_activations = True
+
+    def __init__(self, batches: int = 16, forward: Callable[[nn.Module, Any], Any] | None = None) -> None:
+        self.batches = check_int(f"{type(self).__name__}.batches", batches, 1)
+        if forward is not None and not callable(forward):
+            raise ValueError(
+                f"`{type(self).__name__}.forward` must be callable as forward(model, batch) or None, got {forward!r}."
+            )
+        self.forward = forward
+        self._stats: dict[str, Any] = {}
+        self._handles: list[Any] = []
+
+    def calibration_forward(self, model: nn.Module, batch: Any) -> None:
+        if self.forward is None:
+            return super().calibration_forward(model, batch)
+        self.forward(model, batch)
+
+    def end(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+class APoZ(ObservingCriterion):
     """Activation frequency, ``1 - APoZ``: how often each neuron's post-ReLU output is non-zero.
 
     Hu et al. (2016), "Network Trimming": neurons that are mostly zero over the data are unimportant.
@@ -155,21 +191,7 @@ class APoZ(Criterion):
     """
 
     name = "apoz"
-    needs_activations = True
     granularities = ("neuron",)
-
-    def __init__(self, batches: int = 16, forward: Callable[[nn.Module, Any], Any] | None = None) -> None:
-        self.batches = check_int("APoZ.batches", batches, 1)
-        if forward is not None and not callable(forward):
-            raise ValueError(f"`APoZ.forward` must be callable as forward(model, batch) or None, got {forward!r}.")
-        self.forward = forward
-        self._stats: dict[str, ZeroActivationRate] = {}
-        self._handles: list[Any] = []
-
-    def calibration_forward(self, model: nn.Module, batch: Any) -> None:
-        if self.forward is None:
-            return super().calibration_forward(model, batch)
-        self.forward(model, batch)
 
     def begin(self, layers: Sequence[PrunableLayer], sites: Mapping[str, nn.Module]) -> None:
         self.end()
@@ -180,11 +202,6 @@ class APoZ(Criterion):
             self._stats[layer.name] = stat
             site = sites.get(layer.name, layer.module)
             self._handles.append(site.register_forward_hook(lambda module, args, output, stat=stat: stat.update(output)))
-
-    def end(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
 
     def scores(self, layers: Sequence[PrunableLayer], granularity: str, cycle: int) -> dict[str, torch.Tensor]:
         if not self._stats:

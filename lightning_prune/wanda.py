@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
-from lightning_prune.criteria import Criterion, _units_first
+from lightning_prune.criteria import ObservingCriterion, _units_first
 from lightning_prune.layers import PrunableLayer, is_transposed
 from lightning_prune.statistics import InputFeatureNorm
-from lightning_prune.validation import check_int
 
 
-class Wanda(Criterion):
+class Wanda(ObservingCriterion):
     """Pruning by Weights and activations (Sun et al. 2023): ``|W_ij| · ‖X_j‖₂`` per weight.
 
     A weight matters as much as its size times the size of the input it multiplies: ``‖X_j‖₂`` is
@@ -33,21 +31,7 @@ class Wanda(Criterion):
     """
 
     name = "wanda"
-    needs_activations = True
     granularities = ("weight",)
-
-    def __init__(self, batches: int = 16, forward: Callable[[nn.Module, Any], Any] | None = None) -> None:
-        self.batches = check_int("Wanda.batches", batches, 1)
-        if forward is not None and not callable(forward):
-            raise ValueError(f"`Wanda.forward` must be callable as forward(model, batch) or None, got {forward!r}.")
-        self.forward = forward
-        self._stats: dict[str, InputFeatureNorm] = {}
-        self._handles: list[Any] = []
-
-    def calibration_forward(self, model: nn.Module, batch: Any) -> None:
-        if self.forward is None:
-            return super().calibration_forward(model, batch)
-        self.forward(model, batch)
 
     def begin(self, layers: Sequence[PrunableLayer], sites: Mapping[str, nn.Module]) -> None:
         self.end()
@@ -59,11 +43,6 @@ class Wanda(Criterion):
             self._stats[layer.name] = stat
             self._handles.append(layer.module.register_forward_pre_hook(
                 lambda module, args, stat=stat: stat.update(args[0])))
-
-    def end(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
 
     def scores(self, layers: Sequence[PrunableLayer], granularity: str, cycle: int) -> dict[str, torch.Tensor]:
         if not self._stats:
