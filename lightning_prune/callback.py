@@ -13,10 +13,9 @@ only ever restores weights of the current architecture. With several processes (
 module cannot be reshaped, so units stay masked during the fit.
 
 Every decision is taken at the *start* of an epoch (or at the end of training for the last cycle),
-after any checkpoint of the previous epoch and before any of this one, so a run resumed from any
-checkpoint takes the same decisions as the uninterrupted run. The decisions themselves live in the
-configuration objects (:mod:`lightning_prune.config`, :mod:`lightning_prune.schedules`), the checks
-in :mod:`lightning_prune.fit_checks`, the pruning step in :class:`~lightning_prune.pruner.Pruner`.
+after any checkpoint of the previous epoch and before any of this one, so a resumed run takes the
+same decisions as the uninterrupted one. The decisions are pure functions (:mod:`.decisions`), the
+checks are in :mod:`.fit_checks`, the pruning step is :class:`~lightning_prune.pruner.Pruner`.
 """
 
 from __future__ import annotations
@@ -32,42 +31,19 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning_prune import fit_checks
 from lightning_prune.batches import calibration_batches, example_input
 from lightning_prune.callback_state import CheckpointedState
-from lightning_prune.checkpoint import (
-    input_spec,
-    install_restore,
-    name_unreadable_checkpoints,
-    uninstall_restore,
-    unname_unreadable_checkpoints,
-)
+from lightning_prune.checkpoint import (input_spec, install_restore, name_unreadable_checkpoints, uninstall_restore,
+                                        unname_unreadable_checkpoints)
 from lightning_prune.config import DropGuard, Granularity, PruningConfig, Ranking, Rewind
 from lightning_prune.counting import count_parameters
 from lightning_prune.criteria import Criterion
-from lightning_prune.decisions import (
-    controlled_keep,
-    cycle_due,
-    cycle_fraction,
-    judgement_due,
-    numeric,
-    rewind_point_due,
-    verdict,
-)
-from lightning_prune.distillation import (
-    Distillation,
-    DistillationHook,
-    check_distillable,
-    frozen_teacher,
-    teacher_from_state,
-)
+from lightning_prune.decisions import (controlled_keep, cycle_due, cycle_fraction, judgement_due, numeric,
+                                       rewind_point_due, verdict)
+from lightning_prune.distillation import (Distillation, DistillationHook, check_distillable, frozen_teacher,
+                                          teacher_from_state)
 from lightning_prune.distributed import check_ranks_agree, masked_during_fit, spawned
-from lightning_prune.lottery import (
-    clone_tensors,
-    control_state,
-    optimizer_names,
-    rewind,
-    slice_to_model,
-    training_snapshot,
-)
-from lightning_prune.masks import MaskEnforcer, enforce_masks, reapply_if_leaked
+from lightning_prune.lottery import (clone_tensors, control_state, optimizer_names, rewind, slice_to_model,
+                                     training_snapshot)
+from lightning_prune.masks import MaskEnforcer, enforce_masks, leak_warning, reapply_if_leaked
 from lightning_prune.pruner import Keep, Pruner
 from lightning_prune.ranking import lopsided
 from lightning_prune.schedules import Schedule, Timeline, layer_exponents
@@ -83,10 +59,10 @@ class Pruning(CheckpointedState, Callback):
             with ``warmup_epochs``, ``finetune_epochs`` and ``budget``. ``"oneshot"``,
             ``"geometric"``, ``"cubic"``: that schedule at its defaults (target 0.5).
         criterion: Importance of each unit: ``Magnitude(p)``, ``APoZ(batches, forward)``,
-            ``Taylor(batches, loss)``, ``RandomImportance(seed)``, your own ``Criterion``, or
-            ``"l1"``, ``"l2"``, ``"apoz"``, ``"taylor"``, ``"random"``.
-        granularity: ``Weights()`` / ``"weight"`` (unstructured) or ``Neurons(remove, round_to)`` /
-            ``"neuron"`` (whole output units, filters and heads, with their coupled parameters).
+            ``Taylor(batches, loss)``, ``Wanda(batches, forward)``, ``RandomImportance(seed)``, your
+            own ``Criterion``, or ``"l1"``, ``"l2"``, ``"apoz"``, ``"taylor"``, ``"wanda"``, ``"random"``.
+        granularity: ``Weights()`` / ``"weight"`` (unstructured), ``NM(n, m)`` (N:M semi-structured)
+            or ``Neurons(remove, round_to)`` / ``"neuron"`` (whole output units, filters and heads).
         ranking: ``Global(normalize, min_keep)`` / ``"global"`` or ``PerLayer(overrides, min_keep)`` /
             ``"layer"``.
         guard: ``DropGuard(monitor, max_drop, mode)``: roll back a cycle that worsens the metric
@@ -258,12 +234,7 @@ class Pruning(CheckpointedState, Callback):
         StochasticWeightAveraging does with its averages, or an EMA callback listed after this one."""
         leaked = reapply_if_leaked(pl_module, self._masks)
         if leaked:
-            rank_zero_warn(
-                f"Pruning: pruned weights of {leaked[:3]}{'...' if len(leaked) > 3 else ''} were non-zero when the fit "
-                "ended (a callback such as StochasticWeightAveraging or an EMA wrote weights after the last pruning step); "
-                "the masks were re-applied, so the model has the sparsity of the history. Start the averaging after the "
-                "last prune for averages of the pruned network only."
-            )
+            rank_zero_warn(leak_warning(leaked))
 
     # ----------------------------------------------------------------------------- steps
     def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule, keep: Keep) -> None:

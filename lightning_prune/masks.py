@@ -137,3 +137,11 @@ def reapply_if_leaked(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> li
     if leaked:
         apply_masks(model, masks)
     return leaked
+
+
+def leak_warning(leaked: list[str]) -> str:
+    """What to tell a user whose masked weights :func:`reapply_if_leaked` found non-zero after a fit."""
+    return (f"Pruning: pruned weights of {leaked[:3]}{'...' if len(leaked) > 3 else ''} were non-zero when the fit "
+            "ended (a callback such as StochasticWeightAveraging or an EMA wrote weights after the last pruning step); "
+            "the masks were re-applied, so the model has the sparsity of the history. Start the averaging after the "
+            "last prune for averages of the pruned network only.")
