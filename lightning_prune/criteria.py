@@ -179,15 +179,7 @@ class APoZ(ObservingCriterion):
 
     Hu et al. (2016), "Network Trimming": neurons that are mostly zero over the data are unimportant.
     Counts are :class:`~lightning_prune.statistics.ZeroActivationRate` metrics, reduced across ranks.
-
-    Args:
-        batches: Training batches observed per cycle (>= 1).
-        forward: ``forward(model, batch)`` runs the model on one training batch (default:
-            ``model(batch[0])`` for tuple batches, ``model(batch)`` otherwise). Pass it for dict
-            batches or when ``training_step`` preprocesses the batch.
-
-    Raises:
-        ValueError: If ``batches`` is not an integer >= 1 or ``forward`` is not callable.
+    Arguments (``batches``, ``forward``) as :class:`ObservingCriterion`.
     """
 
     name = "apoz"

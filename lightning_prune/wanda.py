@@ -22,12 +22,7 @@ class Wanda(ObservingCriterion):
     ranks each output row's weights on their own; here the ranking is the run's (per layer or
     global), and one-shot Wanda without fine-tuning is its setting.
 
-    Args:
-        batches: Training batches observed per cycle (>= 1).
-        forward: ``forward(model, batch)`` runs the model on one training batch (as for :class:`APoZ`).
-
-    Raises:
-        ValueError: If ``batches`` is not an integer >= 1 or ``forward`` is not callable.
+    Arguments (``batches``, ``forward``) as :class:`~lightning_prune.criteria.ObservingCriterion`.
     """
 
     name = "wanda"
