@@ -27,6 +27,7 @@ from lightning_prune.config import (
 )
 from lightning_prune.criteria import CRITERIA, APoZ, Criterion, Magnitude, RandomImportance, Taylor, Wanda
 from lightning_prune.distillation import Distillation
+from lightning_prune.latency import Latency
 from lightning_prune.masks import MaskEnforcer, apply_masks
 from lightning_prune.pruner import Pruner
 from lightning_prune.schedules import Cubic, Custom, Geometric, OneShot, Schedule
@@ -44,6 +45,7 @@ __all__ = [
     "DropGuard",
     "Geometric",
     "Global",
+    "Latency",
     "Neurons",
     "OneShot",
     "PerLayer",

@@ -40,7 +40,8 @@ from lightning_prune.decisions import (controlled_keep, cycle_due, cycle_fractio
                                        rewind_point_due, verdict)
 from lightning_prune.distillation import (Distillation, DistillationHook, check_distillable, frozen_teacher,
                                           teacher_from_state)
-from lightning_prune.distributed import check_ranks_agree, masked_during_fit, spawned
+from lightning_prune.distributed import check_ranks_agree, masked_during_fit, measured_on_rank_zero, spawned
+from lightning_prune.latency import Latency, final_check, model_seconds
 from lightning_prune.lottery import (clone_tensors, control_state, optimizer_names, rewind, slice_to_model,
                                      training_snapshot)
 from lightning_prune.masks import MaskEnforcer, enforce_masks, leak_warning, reapply_if_leaked
@@ -182,6 +183,9 @@ class Pruning(CheckpointedState, Callback):
             self._state.present = self.pruner.dense_keep() if self.granularity.name == "neuron" else None
             self._state.plan = {"inputs": input_spec(example), "steps": []}
             self._state.dense = {"params": count_parameters(pl_module)[1], "macs": self.pruner.macs[""]}
+            if isinstance(self.schedule.budget, Latency):  # the lookup table of NetAdapt/HALP, measured once
+                table = measured_on_rank_zero(trainer, lambda: self.pruner.measure_latency(self.schedule.budget).state_dict())
+                self._state.latency = {"table": table, "final": None}
         self._apply(trainer, pl_module, self._state.keep)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -225,6 +229,8 @@ class Pruning(CheckpointedState, Callback):
         if self._enforcer is not None:
             self._enforcer.enforce(trainer.optimizers)
             self._enforcer.detach()
+        if self._state.latency is not None and (self._commit_during_fit or (self.remove and not spawned(trainer))):
+            self._check_latency(trainer, pl_module)
         if self.verbose:
             rank_zero_info(self.summary_table())
         self._distil(pl_module, None)
@@ -247,7 +253,7 @@ class Pruning(CheckpointedState, Callback):
     def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule, cycle: int, epoch: int) -> None:
         fraction = cycle_fraction(self.fractions, cycle, self._exponents, list(self._state.keep))
         keep = self.pruner.plan(self._state.keep, fraction, cycle, calibration_batches(trainer, self.criterion),
-                                self._state.present, self.schedule.budget, self._state.dense)
+                                self._state.present, self.schedule.budget, self._state.reference())
         keep = controlled_keep(self.lottery.control if self.lottery else None, self._state.keep, keep, cycle)
         check_ranks_agree(trainer, keep)
         keep = trainer.strategy.broadcast(keep, src=0)  # bit-identical on every rank from here on
@@ -258,7 +264,8 @@ class Pruning(CheckpointedState, Callback):
         if self._commit_during_fit and self.guard is None:
             self._commit(trainer, pl_module)
         self._state.pending = {"cycle": cycle, "epoch": self._timeline.prune_epoch(cycle) + self._timeline.finetune_epochs - 1}
-        row = history_row(cycle, epoch, self.pruner.summary(keep, self._masks), self._state.dense)
+        row = history_row(cycle, epoch, self.pruner.summary(keep, self._masks, self._state.reference().get("latency")),
+                          self._state.dense)
         self._state.history.append(row)
         self._log(trainer, numeric(row))
         emptied = lopsided({key: torch.ones_like(mask) for key, mask in keep.items()}, keep)
@@ -307,6 +314,16 @@ class Pruning(CheckpointedState, Callback):
             self._state.plan["steps"].append(removal)
             self._state.present = clone_tensors(self._state.keep)
             self._apply(trainer, pl_module, self._state.keep)
+
+    def _check_latency(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Time the compact model (the final check of a latency budget) and warn if it misses the target."""
+        budget = self.schedule.budget
+        measured = measured_on_rank_zero(trainer, lambda: model_seconds(pl_module, self.pruner.example_input, budget))
+        self._state.latency["final"] = measured
+        removed, line, missed = final_check(self._state.reference()["latency"], measured, self.schedule.target, budget)
+        self._log(trainer, {"latency_removed": removed})
+        (rank_zero_warn if missed else rank_zero_info)(line + (" Missed by more than Latency.tolerance: the table "
+                                                               "predicts per layer; the rest is taken as fixed." if missed else ""))
 
     def _distil(self, pl_module: L.LightningModule, teacher: torch.nn.Module | None) -> None:
         """Distil from ``teacher`` from now on (``None``: stop)."""

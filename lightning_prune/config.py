@@ -336,7 +336,7 @@ def check_combination(schedule: Schedule, granularity: Granularity, ranking: Ran
 
     Raises:
         ValueError: Naming both objects' fields, when the criterion cannot score the granularity,
-            ``PerLayer.overrides`` meets a params/MACs budget, a guard or late rewind has no
+            ``PerLayer.overrides`` meets a params/MACs/latency budget, a latency budget meets masking, a guard or late rewind has no
             warm-up to measure, or ``monitor`` differs from the guard's.
     """
     allowed = getattr(criterion, "granularities", GRANULARITIES)
@@ -347,6 +347,12 @@ def check_combination(schedule: Schedule, granularity: Granularity, ranking: Ran
     check_with = getattr(granularity, "check_with", None)  # a pattern's own rules (NM: the target is 1 - n/m)
     if callable(check_with):
         check_with(schedule.target, schedule.budget, ranking)
+    if getattr(schedule.budget, "name", None) == "latency" and not (isinstance(granularity, Neurons) and granularity.remove):
+        raise ValueError(
+            f"A latency budget (`{type(schedule).__name__}.budget`={schedule.budget!r}) counts the compact model's speed; "
+            f"masked weights and masked neurons run at dense speed. It needs granularity=Neurons(remove=True), got "
+            f"{granularity!r}."
+        )
     if isinstance(ranking, PerLayer) and ranking.overrides and schedule.budget != "units":
         raise ValueError(
             f"`PerLayer.overrides` sets each layer's own fraction of units; it needs the schedule's budget='units', "

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import lightning as L
 import torch
@@ -38,3 +39,8 @@ def masked_during_fit(trainer: L.Trainer) -> str:
     after = (" (and after it: spawned workers return dense-shaped weights)." if spawned(trainer)
              else " and are removed on every rank when it ends.")
     return f"Pruning: {trainer.world_size} processes; neurons stay masked during the fit{after}"
+
+
+def measured_on_rank_zero(trainer: L.Trainer, measure: Callable[[], Any]) -> Any:
+    """``measure()`` run on rank 0 alone (timings are not disturbed by the other ranks) and broadcast to all."""
+    return trainer.strategy.broadcast(measure() if trainer.is_global_zero else None, src=0)

@@ -22,6 +22,7 @@ from lightning_prune.checkpoint import mark_pruned
 from lightning_prune.config import Granularity, Neurons, Ranking, make_granularity, make_ranking
 from lightning_prune.counting import count_macs, count_parameters, kept_macs
 from lightning_prune.criteria import Criterion, score_layers
+from lightning_prune.latency import Latency, LatencyTable, layer_widths
 from lightning_prune.layers import PrunableLayer, find_layers, is_transposed
 from lightning_prune.masks import Masks
 from lightning_prune.ranking import normalize_scores, prunable_capacity, round_kept, select_units
@@ -125,22 +126,25 @@ class Pruner:
         cycle: int,
         batches: Iterable[Any] = (),
         present: Mapping[str, torch.Tensor] | None = None,
-        budget: str = "units",
-        reference: Mapping[str, float] | None = None,
+        budget: str | Latency = "units",
+        reference: Mapping[str, Any] | None = None,
     ) -> Keep:
         """New keep-masks that remove ``fraction`` of the budget; ``keep`` only shrinks.
 
         Args:
             keep: Current keep-masks (dense coordinates).
             fraction: Cumulative fraction to remove: of all (dense) units for ``budget="units"``,
-                of ``reference["params"]`` or ``reference["macs"]`` for ``"params"``/``"macs"``.
+                of ``reference["params"]`` or ``reference["macs"]`` for ``"params"``/``"macs"``, of
+                the latency predicted by ``reference["latency"]`` (a :class:`LatencyTable`) for a
+                :class:`Latency` budget.
                 With a ``PerLayer`` ranking and ``budget="units"``, a mapping gives each layer (group)
                 its own fraction.
             cycle: Index of the cycle (seeds random scores).
             batches: Calibration batches for data-driven criteria.
             present: For neurons, which dense units are still in the model (``None``: all).
-            budget: ``"units"``, ``"params"`` or ``"macs"``.
-            reference: The dense model's ``{"params", "macs"}`` (for the last two budgets).
+            budget: ``"units"``, ``"params"``, ``"macs"`` or a :class:`Latency`.
+            reference: The dense model's ``{"params", "macs"}``, and ``"latency"``: its
+                :class:`LatencyTable` (for the budgets other than units).
 
         The ranking's normaliser and minimum, and the granularity's ``round_to``, are the
         configuration objects given at construction.
@@ -150,10 +154,13 @@ class Pruner:
                 per-layer fractions are combined with one, or the budget cannot be reached while
                 each layer keeps its minimum.
         """
-        if budget not in BUDGETS:
-            raise ValueError(f"`budget` must be one of {BUDGETS}, got {budget!r}.")
+        config, budget = (budget, budget.name) if isinstance(budget, Latency) else (None, budget)
+        if budget not in BUDGETS or (budget == "latency" and config is None):
+            raise ValueError(f"`budget` must be one of {BUDGETS[:3]} or a Latency, got {budget!r}.")
         if budget != "units" and (reference is None or budget not in reference):
             raise ValueError(f"budget={budget!r} needs `reference` with the dense model's {budget!r}, got {reference!r}.")
+        if config is not None and self.structure is None:
+            raise ValueError("A latency budget needs neuron granularity: masked weights run at dense speed.")
         sites = self.structure.sites if self.structure is not None else {}
         scores = score_layers(self.criterion, self.scored_layers, self.granularity, cycle, self.model, batches, sites)
         if self.structure is not None:
@@ -163,6 +170,8 @@ class Pruner:
         normalize = self.ranking.normalizer(self.granularity_config)
         if normalize is not None:
             scores = normalize_scores(scores, keep, normalize)
+        if config is not None and config.per_second and self.scope == "global":
+            scores = self._per_second(scores, keep, present, reference["latency"])
         round_to = self.granularity_config.round_to if isinstance(self.granularity_config, Neurons) else None
 
         if isinstance(self.granularity_config, NM):
@@ -182,11 +191,36 @@ class Pruner:
             raise ValueError(f"Per-layer fractions count units; they cannot be combined with budget={budget!r}.")
         return self._search(choose, keep, present, fraction, budget, reference)
 
+    def measure_latency(self, config: Latency) -> LatencyTable:
+        """Time every layer of the (dense) model at the widths pruning can give it (see :mod:`~lightning_prune.latency`)."""
+        least = {key: torch.arange(size) < min(size, max(1, self.structure.floors[key]))
+                 for key, size in self.structure.sizes.items()}
+        dense, narrowest = layer_widths(self.layers), layer_widths(self.layers, self.parameter_masks(least))
+        varying = {name: (dense[name][0] != narrowest[name][0], dense[name][1] != narrowest[name][1]) for name in dense}
+        return LatencyTable.measure(self.model, self.layers, self.example_input, varying, config)
+
+    def _per_second(self, scores: Keep, keep: Keep, present: Keep | None, table: LatencyTable) -> Keep:
+        """Scores divided by each group's predicted seconds saved per unit, relative to the mean (HALP)."""
+        now = table.predict(layer_widths(self.layers, self.parameter_masks(keep, present)))
+        saved = {}
+        for key, mask in keep.items():
+            kept = mask.nonzero().flatten()
+            step = max(1, len(kept) // 10)
+            if len(kept) <= step:
+                continue
+            trial = {**keep, key: mask.clone().index_fill_(0, kept[:step].to(mask.device), False)}
+            saved[key] = (now - table.predict(layer_widths(self.layers, self.parameter_masks(trial, present)))) / step
+        positive = [value for value in saved.values() if value > 0]
+        mean = sum(positive) / len(positive) if positive else 1.0
+        return {key: score / max(saved.get(key, 0.0) / mean, 1e-3) for key, score in scores.items()}
+
     def _search(self, choose, keep, present, fraction: float, budget: str, reference) -> Keep:
-        """Bisect the unit fraction whose keep-masks remove ``fraction`` of the params/MACs."""
+        """Bisect the unit fraction whose keep-masks remove ``fraction`` of the params/MACs/latency."""
 
         def removed(candidate: Keep) -> float:
             masks = self.parameter_masks(candidate, present)
+            if budget == "latency":
+                return reference["latency"].removed(layer_widths(self.layers, masks))
             kept = count_parameters(self.model, masks)[0] if budget == "params" else kept_macs(self.macs, masks)
             return 1.0 - kept / reference[budget]
 
@@ -198,6 +232,8 @@ class Pruner:
             raise ValueError(
                 f"Removing {fraction:.4f} of the {budget} is out of reach: at most {removed(choose(high)):.4f} "
                 f"while each layer keeps `min_keep`={self.min_keep} of its units."
+                + (" The rest of the model and each layer's fixed cost stay: a larger `Latency.batch_size` makes "
+                   "the layers' share larger." if budget == "latency" else "")
             )
         while high - low > 0.5 / units:
             middle = (low + high) / 2
@@ -251,12 +287,16 @@ class Pruner:
             mark_pruned(self.model)  # its shapes are no longer its class's (see checkpoint.restore_pruned)
         return removal, kept
 
-    def summary(self, keep: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        """Sparsity (overall and per layer/group), kept parameters and MACs of the current model."""
+    def summary(self, keep: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
+                latency: LatencyTable | None = None) -> dict[str, float]:
+        """Sparsity (overall and per layer/group), kept parameters and MACs of the current model, and
+        with a latency ``table``, the predicted fraction of the dense latency kept (``latency_fraction``)."""
         pruned = sum(int((~mask).sum()) for mask in keep.values())
         units = sum(mask.numel() for mask in keep.values())
         params_kept, _ = count_parameters(self.model, masks)
         stats = {"sparsity": pruned / units, "params": float(params_kept), "macs": kept_macs(self.macs, masks)}
+        if latency is not None:
+            stats["latency_fraction"] = 1.0 - latency.removed(layer_widths(self.layers, masks))
         for name, mask in keep.items():
             stats[f"sparsity/{name}"] = 1.0 - float(mask.float().mean())
         return stats

@@ -15,9 +15,22 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lightning_prune.latency import Latency
 from lightning_prune.validation import Config, check_choice, check_fraction, check_instance, check_int
 
-BUDGETS = ("units", "params", "macs")
+BUDGETS = ("units", "params", "macs", "latency")
+
+
+def make_budget(name: str, value: str | Latency) -> str | Latency:
+    """``"units"``, ``"params"`` or ``"macs"`` as given; ``"latency"`` as ``Latency()``; a ``Latency`` as given.
+
+    Raises:
+        ValueError: Naming ``name``, for anything else.
+    """
+    if isinstance(value, Latency):
+        return value
+    value = check_choice(name, value, BUDGETS)
+    return Latency() if value == "latency" else value
 
 
 class Schedule(Config):
@@ -28,27 +41,33 @@ class Schedule(Config):
 
     Args:
         target: Final fraction removed, in (0, 1): of prunable units, or of the dense model's
-            parameters or MACs (see ``budget``).
+            parameters, MACs or latency (see ``budget``).
         warmup_epochs: Epochs of dense training before the first prune.
         finetune_epochs: Epochs of fine-tuning after each prune (>= 1).
-        budget: What ``target`` counts: ``"units"``, ``"params"`` or ``"macs"``.
+        budget: What ``target`` counts: ``"units"``, ``"params"``, ``"macs"``, or the compact model's
+            latency on the fit's device (a :class:`~lightning_prune.latency.Latency`, or ``"latency"``
+            for its defaults).
 
     Raises:
         ValueError: Naming the field, for a value out of range.
     """
 
-    def __init__(self, target: float = 0.5, warmup_epochs: int = 0, finetune_epochs: int = 1, budget: str = "units") -> None:
+    def __init__(self, target: float = 0.5, warmup_epochs: int = 0, finetune_epochs: int = 1,
+                 budget: str | Latency = "units") -> None:
         self.target = check_fraction(f"{type(self).__name__}.target", target)
         self.warmup_epochs = check_int(f"{type(self).__name__}.warmup_epochs", warmup_epochs, 0)
         self.finetune_epochs = check_int(f"{type(self).__name__}.finetune_epochs", finetune_epochs, 1)
-        self.budget = check_choice(f"{type(self).__name__}.budget", budget, BUDGETS)
+        self.budget = make_budget(f"{type(self).__name__}.budget", budget)
 
     def fractions(self) -> list[float]:
         """Cumulative fraction removed after each cycle, non-decreasing, ending at ``target``."""
         raise NotImplementedError(f"{type(self).__name__} must define fractions().")
 
     def fingerprint(self) -> dict[str, Any]:
-        return {**super().fingerprint(), "fractions": self.fractions()}
+        fingerprint = {**super().fingerprint(), "fractions": self.fractions()}
+        if isinstance(self.budget, Latency):
+            fingerprint["budget"] = self.budget.fingerprint()
+        return fingerprint
 
 
 class OneShot(Schedule):
@@ -68,7 +87,7 @@ class Geometric(Schedule):
     """
 
     def __init__(self, target: float = 0.5, per_cycle: float = 0.2, warmup_epochs: int = 0, finetune_epochs: int = 1,
-                 budget: str = "units") -> None:
+                 budget: str | Latency = "units") -> None:
         super().__init__(target, warmup_epochs, finetune_epochs, budget)
         self.per_cycle = check_fraction("Geometric.per_cycle", per_cycle)
 
@@ -87,7 +106,7 @@ class Cubic(Schedule):
     """
 
     def __init__(self, target: float = 0.5, cycles: int = 10, warmup_epochs: int = 0, finetune_epochs: int = 1,
-                 budget: str = "units") -> None:
+                 budget: str | Latency = "units") -> None:
         super().__init__(target, warmup_epochs, finetune_epochs, budget)
         self.cycles = check_int("Cubic.cycles", cycles, 1)
 
@@ -110,7 +129,7 @@ class Custom(Schedule):
     """
 
     def __init__(self, fraction: Callable[[int], float], cycles: int, warmup_epochs: int = 0, finetune_epochs: int = 1,
-                 budget: str = "units") -> None:
+                 budget: str | Latency = "units") -> None:
         if not callable(fraction):
             raise ValueError(f"`Custom.fraction` must be callable as fraction(cycle) -> float, got {fraction!r}.")
         self.fraction, self.cycles = fraction, check_int("Custom.cycles", cycles, 1)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from lightning_prune.latency import LatencyTable
 from lightning_prune.lottery import clone_tensors
 
 
@@ -37,6 +38,9 @@ class PruningState:
         snapshot: The last accepted ``{"model", "optimizers", "keep", "present"}`` (with ``max_drop``).
         rewind_point: ``{"model", "optimizers", "schedulers"}`` to rewind to after each prune.
         teacher: The dense model's state, taken before the first prune (with ``distill``).
+        latency: With a latency budget, ``{"table"}``: the :class:`~lightning_prune.latency.LatencyTable`
+            measured on the dense model (as plain data), and ``"final"``: the compact model's
+            measured seconds at the end of the fit.
     """
 
     cycle: int = 0
@@ -52,6 +56,12 @@ class PruningState:
     snapshot: dict[str, Any] | None = None
     rewind_point: dict[str, Any] | None = None
     teacher: dict[str, Any] | None = None
+    latency: dict[str, Any] | None = None
+
+    def reference(self) -> dict[str, Any]:
+        """What budgets other than units count against: the dense ``params`` and ``macs``, and the ``latency`` table."""
+        table = LatencyTable.from_state(self.latency["table"]) if self.latency is not None else None
+        return {**(self.dense or {}), **({"latency": table} if table is not None else {})}
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict with copies of every tensor (what goes into a checkpoint)."""

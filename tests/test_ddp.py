@@ -118,20 +118,22 @@ def test_ranks_with_different_masks_fail_loudly():
         check_ranks_agree(trainer, {"fc": torch.ones(3, dtype=torch.bool)})
 
 
-def test_popen_ddp_removes_the_same_neurons_on_every_rank_when_the_fit_ends(tmp_path):
+@pytest.mark.parametrize("budget", ["units", "latency"])
+def test_popen_ddp_removes_the_same_neurons_on_every_rank_when_the_fit_ends(tmp_path, budget):
     import subprocess
     import sys
     from pathlib import Path
 
     script = Path(__file__).with_name("ddp_popen_fit.py")
-    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
+    done = subprocess.run([sys.executable, str(script), str(tmp_path), budget], capture_output=True, text=True, timeout=300,
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"popen_rank{r}.json").read_text()) for r in range(2)]
-    assert ranks[0] == ranks[1]  # identical compact models (shapes and weights) on both ranks
+    assert ranks[0] == ranks[1]  # identical compact models (shapes and weights) on both ranks, and latency tables
+    assert (ranks[0]["latency"] is None) == (budget == "units")  # a latency table is measured on rank 0, broadcast
     dense = {n: list(p.shape) for n, p in Classifier("lenet_300_100").named_parameters()}
     assert ranks[0]["shapes"] != dense
-    assert sum(torch.Size(s).numel() for s in ranks[0]["shapes"].values()) < 0.6 * sum(
+    assert sum(torch.Size(s).numel() for s in ranks[0]["shapes"].values()) < (0.6 if budget == "units" else 1.0) * sum(
         torch.Size(s).numel() for s in dense.values())
 
 
