@@ -9,7 +9,8 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from lightning_prune.models import Classifier
-from lightning_prune.teaching import accuracy, mean_std, quiet_trainer, widths
+from lightning_prune.teaching import (accuracy, committed_figure, committed_result, mean_std, quiet_trainer,
+                                     repository_file, widths)
 from trainers import make_trainer
 
 
@@ -98,3 +99,28 @@ def test_widths_lists_every_linear_layer_in_order():
 def test_mean_std_is_the_mean_and_sample_standard_deviation(values, expected):
     mean, std = mean_std(values)
     assert mean == pytest.approx(expected[0]) and std == pytest.approx(expected[1])
+
+
+def test_committed_result_loads_the_json_and_prints_its_command_and_where_it_ran(capsys):
+    result = committed_result("experiments/results/lottery_ticket_mnist.json")
+    assert result["command"].startswith("python experiments/lottery_ticket.py")
+    printed = capsys.readouterr().out
+    assert "experiments/results/lottery_ticket_mnist.json" in printed and result["command"] in printed
+    assert result["environment"] in printed
+    gpu = committed_result("benchmarks/results/inference_gpu_machine.json")  # a benchmark: config.command, machine
+    printed = capsys.readouterr().out
+    assert gpu["config"]["command"] in printed and "NVIDIA H200" in printed
+    committed_result("benchmarks/results/width_alignment.json")
+    assert "CPU only" in capsys.readouterr().out
+
+
+def test_committed_result_says_when_the_file_is_not_in_the_checkout():
+    with pytest.raises(FileNotFoundError, match="not in this checkout"):
+        committed_result("experiments/results/no_such_result.json")
+    assert repository_file("experiments/results/wanda.json").is_file()
+
+
+def test_committed_figure_is_the_png_itself():
+    image = committed_figure("experiments/results/lottery_ticket_mnist.png")
+    assert image.data == repository_file("experiments/results/lottery_ticket_mnist.png").read_bytes()
+    assert image.format == "png"

@@ -304,6 +304,61 @@ assert geometric[0.98] > oneshot[0.98] + 0.05, (oneshot, geometric)
 assert max(oneshot[0.99], geometric[0.99]) < dense_acc - 0.2, (oneshot, geometric)
 
 # %% [markdown]
+# ### Three seeds, and the paper's network on real MNIST
+#
+# The run above is one seed on the 8×8 digits. The repository's reproduction,
+# `experiments/han_iterative.py`, runs the same comparison (global magnitude ranking, `per_cycle=0.2`,
+# the same epochs for both) with 3 seeds, on the digits and on the paper's own LeNet-300-100: 784
+# inputs, 266,200 weights, on the frozen real-MNIST subset (3,500 training images, 1,000 test images,
+# so one image is 0.1 points). Han et al. (2015) report for this network on full MNIST: 1.64 % test error
+# dense, 1.59 % after pruning to 8 % of the weights (12× fewer: 267K → 22K parameters), so no loss; their
+# evidence that iterating beats one-shot is on AlexNet (9× vs about 5× without loss), not on LeNet.
+# Both runs are committed (4 and 8 minutes on 2 CPU cores); test accuracy in %, mean ± std over 3 seeds:
+
+# %%
+import statistics
+
+from lightning_prune.teaching import committed_figure, committed_result
+
+han = {}
+for dataset, path in (("digits", "experiments/results/han_iterative.json"),
+                      ("mnist", "experiments/results/han_iterative_mnist.json")):
+    rows = committed_result(path)["rows"]
+    accs = {}
+    for row in rows:
+        accs.setdefault((row["method"], row["target"]), []).append(100 * row["test_acc"])
+    han[dataset] = {key: statistics.mean(a) for key, a in accs.items()}
+    print(f"dense: {han[dataset]['dense', 0.0]:.2f} ± {statistics.stdev(accs['dense', 0.0]):.2f}")
+    print(f"{'remaining':>9} {'iterative':>13} {'one-shot':>13} {'difference':>10}")
+    for target in sorted({t for method, t in accs if method == "iterative"}):
+        it, one = accs["iterative", target], accs["oneshot", target]
+        print(f"{1 - target:>9.0%} {statistics.mean(it):>6.2f} ± {statistics.stdev(it):4.2f} "
+              f"{statistics.mean(one):>6.2f} ± {statistics.stdev(one):4.2f} {statistics.mean(it) - statistics.mean(one):>+10.2f}")
+    print()
+committed_figure("experiments/results/han_iterative_mnist.png")
+
+# %%
+mnist = han["mnist"]
+dense_mnist = mnist["dense", 0.0]
+assert 93 < dense_mnist < 95                                            # far below Han's 98.4 %: 3,500 images
+assert min(mnist["iterative", 0.92], mnist["oneshot", 0.92]) >= dense_mnist - 0.1   # 8 % of the weights: no loss
+assert mnist["iterative", 0.98] >= dense_mnist - 0.1                    # iterative: no loss even at 2 %
+assert mnist["iterative", 0.98] - mnist["oneshot", 0.98] > 1.5          # one-shot loses 2.1 points there
+assert abs(mnist["iterative", 0.8] - mnist["oneshot", 0.8]) < 0.3       # at 20 %: equal
+digits = han["digits"]
+assert digits["iterative", 0.98] - digits["oneshot", 0.98] > 5          # digits: +8 points at 2 %
+
+# %% [markdown]
+# Against the paper, honestly. On real MNIST both schedules keep the dense accuracy at 8 % of the weights
+# (Han's 12× without loss: **agrees**), and iterative pruning keeps it down to 2 % (50×), where one-shot
+# loses about 2 points: iterating helps at high sparsity, as on the digits above (where the gap at 2 % is
+# 8 points) and as Han et al. show on AlexNet. Above 5 % of the weights the two are equal within noise.
+# But the dense network reaches 93.8 %, not Han's 98.4 %: it sees 3,500 training images, not 60,000, and
+# Adam for 10 epochs, not SGD to convergence, so only the *shape* of the result can be compared, not the
+# accuracy. The pruned runs also train longer than the dense one (18-28 epochs against 10), which helps
+# them reach "no loss".
+
+# %% [markdown]
 # ## Summary
 #
 # - Magnitude importance: `|w|` (L1) and `w²` (L2) rank weights identically, so they prune the same

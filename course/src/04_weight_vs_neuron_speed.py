@@ -312,22 +312,79 @@ assert efficiency["rounded to 16"] > efficiency["plain"], efficiency  # aligned 
 
 # %% [markdown]
 # The rounded network does *more* multiply-accumulates, yet it is about as fast or faster, and its
-# speed-up follows its MAC cut much more closely (the repository's `benchmarks/results/width_alignment.md`
-# measures this for several fractions: 0.74 of the MAC cut at widths 60/20, 0.91 at 64/32). When you
-# prune for speed, round the widths to what the hardware computes in one go: `Neurons(round_to=8)` or
-# `16` on CPUs, multiples of 8 (fp16) or more on GPU tensor cores.
+# speed-up follows its MAC cut much more closely. One run on a loaded machine says little, so here is
+# the repository's benchmark of the same thing (`benchmarks/width_alignment.py`, run by the command
+# printed below): LeNet-300-100 at MNIST size, batch 256, one CPU thread of a 2-core machine, 9
+# interleaved repeats, for four fractions of units kept, plain and rounded up to multiples of 8 and 16.
+# Its machine was loaded during the run (see `benchmarks/results/RESULTS.md`), so the ratios may be
+# pessimistic; read the min–max ranges.
+
+# %%
+from lightning_prune.teaching import committed_figure, committed_result
+
+alignment = committed_result("benchmarks/results/width_alignment.json")
+variants = alignment["results"]["variants"]
+print(f"{'kept':>5} {'round_to':>8} {'widths':>8} {'MAC cut':>8} {'speed-up [min-max]':>20} {'speed-up ÷ MAC cut':>19}")
+for v in variants.values():
+    if "same_as" in v:
+        continue  # rounding to 16 gave the same widths as rounding to 8
+    speedup = v["speedup"]
+    print(f"{v['keep_fraction']:>5.0%} {str(v['round_to'] or '—'):>8} {'/'.join(map(str, v['widths'])):>8} "
+          f"{v['mac_cut']:>7.2f}× {speedup['median']:>6.2f}× [{speedup['min']:.2f}–{speedup['max']:.2f}] "
+          f"{v['speedup_over_mac_cut']:>19.2f}")
+committed_figure("benchmarks/results/width_alignment.png")
+
+# %%
+for kept in (10, 20, 30, 50):  # at every fraction, rounded widths use the MACs better than plain ones
+    plain = variants[f"keep_{kept}_round_1"]["speedup_over_mac_cut"]
+    assert variants[f"keep_{kept}_round_8"]["speedup_over_mac_cut"] > plain, kept
+    assert variants[f"keep_{kept}_round_16"]["speedup_over_mac_cut"] > plain, kept
+
+# %% [markdown]
+# At every fraction the rounded widths turn more of the MAC cut into speed: at 20 % kept, 0.74 of the
+# MAC cut at widths 60/20 against 0.90 at 64/32. When you prune for speed, round the widths to what the
+# hardware computes in one go: `Neurons(round_to=8)` or `16` on CPUs, multiples of 8 (fp16) or more on
+# GPU tensor cores.
 #
 # ## And on a GPU?
 #
 # GPUs are even more dense hardware than CPUs: thousands of lanes doing the same multiply on regular
 # tiles of a matrix. Irregular sparsity breaks those tiles, so a sparse library (cuSPARSE) typically
 # beats dense cuBLAS only at very high sparsity (often quoted as well above 90–95 %), and the masked
-# model is, as here, exactly as slow as the dense one. What GPUs do accelerate is *structured*
-# sparsity: removed neurons or channels (a smaller dense problem, as above), and since NVIDIA Ampere
-# (A100) the **2:4 (N:M) pattern**, at most 2 non-zeros in every 4 consecutive weights, which the
-# sparse tensor cores run at up to 2× the dense throughput. (The repository's
-# `benchmarks/results/inference_gpu_machine.md` has measurements of masked, CSR and compact networks
-# on a GPU machine; it does not time 2:4.)
+# model is exactly as slow as the dense one. What GPUs do accelerate is *structured* sparsity: removed
+# neurons or channels (a smaller dense problem, as above), and since NVIDIA Ampere (A100) the **2:4
+# (N:M) pattern**, at most 2 non-zeros in every 4 consecutive weights, which the sparse tensor cores
+# run at up to 2× the dense throughput (NVIDIA's figure; not measured here, see below).
+#
+# This notebook runs on a CPU. The repository has one GPU measurement, from a lent machine with an
+# **NVIDIA H200** (`benchmarks/inference.py`, command below): the masked, CSR and compact versions of
+# an MLP 1024-4096-4096 and of LeNet-300-100 (784 inputs), all with 90 % of the weights zeroed or 10×
+# fewer MACs, at batch 256. Its CPU rows used all 16 cores of that machine, not one thread as above.
+
+# %%
+gpu = committed_result("benchmarks/results/inference_gpu_machine.json")
+gpu_speedup = {}
+print(f"{'model':>19} {'device':>6} {'masked':>7} {'CSR':>7} {'compact':>8}  (speed-up vs dense at batch 256; "
+      "10× fewer effective MACs)")
+for model in ("mlp_1024_4096_4096", "lenet_300_100"):
+    for device in ("cpu", "cuda"):
+        run = next(r for r in gpu["results"][model][device]["inference"] if r["batch"] == 256)["variants"]
+        gpu_speedup[model, device] = {name: run[name]["speedup_median"] for name in ("masked", "csr", "compact_ours")}
+        print(f"{model:>19} {device:>6} " + " ".join(f"{s:>7.2f}×" for s in gpu_speedup[model, device].values()))
+
+# %%
+mlp_gpu = gpu_speedup["mlp_1024_4096_4096", "cuda"]
+assert 0.9 < mlp_gpu["masked"] < 1.1, mlp_gpu  # zeros in a dense matrix: no faster on the GPU either
+assert mlp_gpu["csr"] < 1, mlp_gpu             # cuSPARSE at 90 % sparsity: slower than dense cuBLAS
+assert mlp_gpu["compact_ours"] > 2, mlp_gpu     # removed neurons: a smaller dense problem, faster
+assert gpu_speedup["lenet_300_100", "cuda"]["compact_ours"] < 1.5  # but LeNet is too small to gain on a GPU
+
+# %% [markdown]
+# On the H200 the masked MLP is exactly as fast as the dense one, CSR at 90 % sparsity is about 7×
+# *slower* than dense, and the compact MLP is about 3.7× faster: structured pruning pays on a GPU too,
+# though less of the 10× MAC cut arrives than on the CPU, because a GPU is not kept busy by the small
+# matrices that are left. LeNet-300-100 is so small that on the GPU every version takes the same time:
+# the cost of launching the kernels, not the arithmetic, sets it.
 #
 # ## 2:4 semi-structured sparsity (半结构化稀疏): the weight pattern GPUs accelerate
 #
@@ -453,8 +510,18 @@ assert layer_ms["dense"] / layer_ms["NMLinear 2:4"] < 1.2, layer_ms  # and decom
 # up to twice the dense throughput. **This project has not measured that speed-up on a GPU.** The
 # benchmark `python -m benchmarks.semi_structured` times dense vs 2:4 for one layer at several sizes.
 # It runs the sparse-tensor-core version when a CUDA device is present; otherwise it says so in its
-# report and times only the CPU versions shown here.
-#
+# report and times only the CPU versions shown here. Its committed report is of the second kind: it
+# ran on a CPU-only machine, so it confirms the CPU result at larger sizes and has no GPU figure.
+
+# %%
+semi = committed_result("benchmarks/results/semi_structured.json")
+for row in semi["results"]:
+    print(f"{row['inputs']:>5} → {row['outputs']:<5} {row['dtype']}: speed-up vs dense, masked 2:4 "
+          f"{row['speedup']['masked 2:4']['median']:.2f}×, NMLinear {row['speedup']['NMLinear']['median']:.2f}×")
+assert not semi["cuda"]  # no sparse-tensor-core measurement in the repository: the GPU speed-up is unmeasured
+assert all(row["speedup"]["masked 2:4"]["median"] < 1.2 for row in semi["results"])
+
+# %% [markdown]
 # ## Summary
 #
 # - Weight pruning leaves the matrices' shapes intact: zeroed weights in a dense layer give no speed-up
@@ -464,10 +531,13 @@ assert layer_ms["dense"] / layer_ms["NMLinear 2:4"] < 1.2, layer_ms  # and decom
 # - Neuron pruning gives a smaller *dense* network: it runs with the ordinary kernels and its speed-up
 #   follows the MAC reduction. This is why the lecture recommends neuron (structured) pruning in
 #   practice, even though weight pruning removes more parameters at the same accuracy.
+# - On a GPU (the repository's one measurement, on an NVIDIA H200): the masked MLP is as slow as the
+#   dense one, CSR at 90 % sparsity is slower, the compact MLP is about 3.7× faster; LeNet-300-100 is
+#   too small to gain anything there.
 # - The exception is 2:4 semi-structured sparsity (at most 2 non-zeros in every 4 consecutive input
-#   weights; `granularity=NM(2, 4)`, exported with `to_semi_structured`). It costs little accuracy here,
-#   and NVIDIA's sparse tensor cores (Ampere and newer) run it faster than dense. On a CPU the masked
-#   and the exported layers are no faster than dense. This project has not measured the GPU speed-up.
+#   weights; `granularity=NM(2, 4)`, exported with `to_semi_structured`). It costs little accuracy here;
+#   NVIDIA quotes up to 2× on its sparse tensor cores (Ampere and newer). On a CPU the masked and the
+#   exported layers are no faster than dense. This project has not measured the GPU speed-up.
 #
 # ## Exercises
 #

@@ -34,7 +34,8 @@
 #   initialisation (`Rewind("init", control=Reinit())`), and random masks with the same per-layer
 #   sparsity (`Rewind("init", control=RandomMask())`).
 # - Read one-seed results honestly against the paper and against the repository's 3-seed,
-#   full-length experiment (`experiments/results/lottery_ticket.md`).
+#   full-length experiment (`experiments/results/lottery_ticket.md`), shown at the end of this section,
+#   and against the paper's own setting, LeNet-300-100 on real MNIST (`lottery_ticket_mnist.md`).
 # - Deconstruct the ticket as Zhou et al. (2019) did: how good is the mask on the *untrained* initial
 #   weights (a "supermask")? Do the signs of the initial weights matter, or their magnitudes?
 #
@@ -242,31 +243,137 @@ assert table["ticket"]["val"][-1] - table["random_mask"]["val"][-1] > 0.15
 # - **Random masks collapse.** With the same number of weights in every layer, random masks fall
 #   far behind the magnitude masks at the last round (the printed difference above, tens of points).
 #   *Which* weights are kept matters, not only how many: this agrees with the paper's random-pruning
-#   control, and with the 3-seed experiment (random masks at 61 ± 6 % test at 5.5 % remaining).
+#   control, and with the 3-seed experiment (random masks at 91.0 % test at 11.2 % remaining and
+#   77.8 ± 3.5 % at 4.8 %, against the ticket's 96.2 % and 94.6 %).
 # - **The ticket holds up much longer, but does not quite match dense here.** In this run it loses
 #   about 2-4 test points by 22-13 % remaining and about 5 at 7.8 % (on validation only about 2 points:
 #   the dense model's 0.975 on test is a lucky high). The 3-seed experiment, with 15 epochs per round
-#   and 20 % per round, finds the ticket within noise of dense down to 13-21 % remaining and 2.3
-#   points below at 5.5 %; our 10-epoch rounds and 40 % steps are harsher. The paper's "matches dense
+#   and 20 % per round, finds the ticket at or above dense down to 11.2 % remaining and 1.6 points
+#   below at 4.8 %; our 10-epoch rounds and 40 % steps are harsher. The paper's "matches dense
 #   down to 3.6 %" (MNIST, 784 inputs) is not reproduced on digits, whose first layer has only
 #   19,200 weights.
 # - **Random re-initialisation did NOT fall behind.** The paper's central control: the same
 #   architecture, re-initialised, learns more slowly and ends lower. Here `reinit` ends close to the
 #   ticket (see the table; with one seed, either may be ahead), and in the 3-seed experiment it
-#   tracks the ticket within noise all the way to 5.5 %. On this small problem the original
+#   tracks the ticket within noise all the way to 4.8 %. On this small problem the original
 #   initialisation gives no measurable advantage; this agrees with Liu et al. (2019, notebook 6):
 #   with a well-tuned learning rate the ticket's initialisation is not what makes it good. One
 #   difference from the paper: the library's `reinit` finds its later masks on its own
 #   re-initialised training run (round 1's mask is the ticket's), while the paper re-initialises the
 #   ticket's final mask once. On a small *convolutional* network the gap does appear: with a
 #   Conv-2-shaped 1-D CNN on MNIST-1D (`experiments/results/lottery_ticket_cnn1d.md`, 3 seeds) the
-#   ticket beats re-initialisation in 23 of 24 (round, seed) pairs from 80 % down to 17 % remaining,
-#   and even beats the dense network, as the paper reports for its conv nets (below 11 % the order
-#   reverses there).
+#   ticket beats re-initialisation in all 24 (round, seed) pairs from 80 % down to 17 % remaining
+#   (23 of 24 at the early-stopping epoch), and even beats the dense network, as the paper reports
+#   for its conv nets (below 11 % the order reverses there).
 #
 # So the robust lesson of this notebook is the mask: magnitude pruning with rewinding finds sparse
 # sub-networks that train to good accuracy from the start, and random ones of the same size do not.
 # Whether the *initial values* are lucky is the part of the hypothesis that depends on the setting.
+
+# %% [markdown]
+# ### The committed 3-seed experiments
+#
+# The numbers quoted above come from two runs of `experiments/lottery_ticket.py` that take 12-33
+# minutes, so the notebook does not repeat them: it loads their committed results. Test accuracy
+# after each round's last epoch, mean ± std over 3 seeds, every second round; "ticket > reinit" counts
+# the seeds where the ticket is ahead.
+
+# %%
+import numpy as np
+
+from lightning_prune.teaching import committed_figure, committed_result
+
+
+def by_round(result, dataset, key="test_acc"):
+    """Weights remaining per round, and {variant: seeds × rounds array of `key`} from a committed result."""
+    runs = sorted((r for r in result["results"] if r["dataset"] == dataset), key=lambda r: r["seed"])
+    fractions = np.array([entry["remaining"] for entry in runs[0]["rounds"]])
+    return fractions, {v: np.array([[e[key] for e in r["rounds"]] for r in runs if r["variant"] == v])
+                       for v in ("ticket", "reinit", "random_mask")}
+
+
+def show_rounds(fractions, acc, every=2):
+    print(f"{'remaining':>9} " + " ".join(f"{v:>13}" for v in acc) + "  ticket > reinit")
+    for i in list(range(0, len(fractions), every)) + ([len(fractions) - 1] if (len(fractions) - 1) % every else []):
+        print(f"{fractions[i]:>9.1%} " + " ".join(f"{100 * a[:, i].mean():>6.1f} ± {100 * a[:, i].std(ddof=1):3.1f}"
+                                                  for a in acc.values())
+              + f"  {int((acc['ticket'][:, i] > acc['reinit'][:, i]).sum())} of {len(acc['ticket'])} seeds")
+
+
+digits_result = committed_result("experiments/results/lottery_ticket.json")
+digits_frac, digits_acc = by_round(digits_result, "digits")
+show_rounds(digits_frac, digits_acc)
+
+# %%
+ticket_gap = 100 * (digits_acc["ticket"] - digits_acc["ticket"][:, :1]).mean(0)  # ticket − dense, per round
+reinit_gap = 100 * (digits_acc["ticket"] - digits_acc["reinit"]).mean(0)
+assert all(ticket_gap[digits_frac >= 0.11] > -0.5), ticket_gap       # at or above dense down to 11.2 %
+assert -2.5 < ticket_gap[-1] < -1, ticket_gap[-1]                     # 1.6 points below at 4.8 %
+assert all(abs(reinit_gap) < 1), reinit_gap                           # reinit within a point of the ticket
+assert 100 * digits_acc["random_mask"][:, -1].mean() < 80             # random masks collapse (77.8 %)
+
+# %% [markdown]
+# The 1-D CNN on MNIST-1D (`--arch cnn1d`), where the ticket does beat re-initialisation:
+
+# %%
+cnn_result = committed_result("experiments/results/lottery_ticket_cnn1d.json")
+cnn_frac, cnn_acc = by_round(cnn_result, "mnist1d")
+show_rounds(cnn_frac, cnn_acc)
+moderate = (cnn_frac < 1) & (cnn_frac > 0.15)  # rounds 1-8: 80 % down to 17 % remaining
+_, cnn_at_es = by_round(cnn_result, "mnist1d", key="early_stop_test_acc")
+wins = int((cnn_acc["ticket"] > cnn_acc["reinit"])[:, moderate].sum())
+wins_es = int((cnn_at_es["ticket"] > cnn_at_es["reinit"])[:, moderate].sum())
+print(f"ticket > reinit from 80 % to 17 % remaining: {wins} of {moderate.sum() * 3} (round, seed) pairs "
+      f"(last epoch), {wins_es} at the early-stopping epoch")
+assert wins == 24 and wins_es >= 23
+assert all(cnn_acc["ticket"][:, moderate].mean(0) > cnn_acc["ticket"][:, 0].mean())  # above dense there
+assert all(cnn_acc["reinit"][:, cnn_frac < 0.12].mean(0) > cnn_acc["ticket"][:, cnn_frac < 0.12].mean(0))
+
+# %% [markdown]
+# ### The paper's setting: LeNet-300-100 on real MNIST
+#
+# Frankle & Carbin's LeNet-300-100 has 784 inputs (266,200 weights) and was trained on MNIST's 55,000
+# training images for 50,000 iterations per round, reaching about 98 % dense. For this network they
+# report: winning tickets *above* the dense accuracy at moderate sparsity (e.g. at 13.5 % remaining),
+# matching it down to 3.6 %, and learning faster; randomly re-initialised networks losing accuracy
+# after little pruning; random masks worse still.
+#
+# The repository runs the same network, pruning rates (20 % of each hidden layer, 10 % of the output
+# layer per round; 15 rounds to 3.6 %) and optimizer (Adam 1.2e-3) on the frozen real-MNIST subset:
+# 3,500 training images instead of 55,000, and 8 epochs per round (440 iterations) instead of 50,000
+# iterations. The test split has 1,000 images, so one image is 0.1 points. 16 minutes on 2 CPU cores:
+
+# %%
+mnist_result = committed_result("experiments/results/lottery_ticket_mnist.json")
+mnist_frac, mnist_acc = by_round(mnist_result, "mnist")
+show_rounds(mnist_frac, mnist_acc)
+committed_figure("experiments/results/lottery_ticket_mnist.png")
+
+# %%
+dense_mnist = 100 * mnist_acc["ticket"][:, 0].mean()
+gap_to_dense = 100 * (mnist_acc["ticket"] - mnist_acc["ticket"][:, :1]).mean(0)
+ticket_vs_reinit = mnist_acc["ticket"] > mnist_acc["reinit"]
+down_to_21 = (mnist_frac < 1) & (mnist_frac > 0.2)
+pruned_to_9 = (mnist_frac < 1) & (mnist_frac > 0.08)  # 80 % down to 8.7 % remaining
+print(f"dense {dense_mnist:.2f} %; ticket − dense: {gap_to_dense[pruned_to_9].min():+.2f} to "
+      f"{gap_to_dense[pruned_to_9].max():+.2f} points from 80 % down to 8.7 %, {gap_to_dense[-1]:+.2f} at 3.6 %")
+print(f"ticket > reinit in {int(ticket_vs_reinit[:, down_to_21].sum())} of {down_to_21.sum() * 3} (round, seed) "
+      f"pairs from 80 % to 21 %; reinit − dense at 4.5 %: {100 * mnist_acc['reinit'][:, -2].mean() - dense_mnist:+.2f}")
+assert 91 < dense_mnist < 94                                              # far below the paper's ~98 %
+assert all(gap_to_dense[pruned_to_9] > 0)                                # ticket above dense down to 8.7 %
+assert -1.5 < gap_to_dense[-1] < 0                                        # a little below at 3.6 %
+assert ticket_vs_reinit[:, down_to_21].all()                              # ticket ahead of reinit, every seed
+assert 100 * mnist_acc["reinit"][:, -2].mean() > dense_mnist - 0.5        # but reinit does not fall off
+assert 100 * mnist_acc["random_mask"][:, -1].mean() < dense_mnist - 4     # random masks do
+
+# %% [markdown]
+# Against the paper, honestly: on real MNIST with a small training set the ticket is above the dense
+# network down to 8.7 % of the weights, by 0.2-0.6 points (2-6 test images), and within a point of it
+# at 3.6 %: the paper's shape, at a much lower accuracy (92.7 % dense instead of about 98 %). The
+# ticket is ahead of re-initialisation in every seed from 80 % to 21 % remaining, but only by about
+# half a point, and `reinit` does not fall off: it stays within half a point of dense down to 4.5 %.
+# The paper's large gap is not reproduced. Random masks do fall off (86.9 % at 3.6 %). Learning speed
+# cannot be compared: the 8-epoch rounds end before the validation loss turns up (right panel).
 
 # %% [markdown]
 # ## Deconstructing the ticket: the mask alone, and the signs (Zhou et al. 2019)
@@ -365,6 +472,9 @@ assert max(supermask["magnitudes only"]) < 0.3, supermask      # nor do the magn
 #   (`pruning.keep`). Random masks collapse at high sparsity; on digits, re-initialised tickets do
 #   about as well as the winning ticket, in this one-seed run and in the 3-seed experiment, while on a
 #   small 1-D CNN the ticket beats re-initialisation at moderate sparsity, as in the paper.
+# - In the paper's setting (LeNet-300-100, real MNIST, 3 committed seeds) the ticket stays above dense
+#   down to 8.7 % of the weights and is ahead of re-initialisation in every seed down to 21 %, but by
+#   half a point, not the paper's gap; random masks fall off.
 # - Deconstructing the ticket (Zhou et al. 2019): the ticket's mask on the untrained initial weights is
 #   already far above chance (a supermask), and keeping only the signs of the initial weights
 #   (`signed_constant_state`) does nearly as well at moderate sparsity, while random signs do not.
