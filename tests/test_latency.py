@@ -193,3 +193,25 @@ def test_a_resumed_fit_reuses_the_stored_table_and_decides_as_the_uninterrupted_
     assert [row["latency_fraction"] for row in full.history] == [row["latency_fraction"] for row in resumed.history]
     assert all(torch.equal(full.keep[key], resumed.keep[key]) for key in full.keep)
     assert {n: p.shape for n, p in model_full.named_parameters()} == {n: p.shape for n, p in model_resumed.named_parameters()}
+
+
+def test_the_latency_experiment_runs_each_budget_and_measures_every_compact_model(monkeypatch):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
+    import latency_budget as E
+
+    monkeypatch.setattr(E, "SCHEDULE", {**E.SCHEDULE, "warmup_epochs": 1})
+    monkeypatch.setattr(E, "REPEATS", 1)
+    monkeypatch.setattr(E, "RUN_TIME", 0.01)
+    cheap = Latency(batch_size=256, levels=2, min_run_time=0.01)
+    monkeypatch.setattr(E, "BUDGETS", {"macs": ("macs", (0.3,)), "latency": (cheap, (0.2,))})
+    rows = {label: {"0.3" if label == "macs" else "0.2": [E.run("LeNet-300-100 / mnist", label, target, 0)]}
+            for label, (_, (target,)) in E.BUDGETS.items()}
+    macs, latency = rows["macs"]["0.3"][0], rows["latency"]["0.2"][0]
+    assert macs["macs_fraction"] <= 0.7 + 1e-3 and macs["predicted_latency_fraction"] is None
+    assert "error" in latency or latency["predicted_latency_fraction"] <= 0.8 + 1e-9  # met, or refused by name
+    assert 0 < macs["measured_latency_fraction"] < 1.5 and 0 <= macs["test_acc"] <= 1
+    report = E.render({"seeds": [0], "environment": "test", "runs": {"LeNet-300-100 / mnist": rows}})
+    assert "| macs | 0.3 |" in report and "| latency | 0.2 |" in report
