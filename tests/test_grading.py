@@ -115,7 +115,8 @@ def _scores(db: Path, assignment: str) -> dict[str, dict]:
 
 
 def test_teacher_and_student_trees_are_apart():
-    assert NAMES == ["a1_weight_pruning", "a2_neuron_budget", "a3_lottery_ticket", "a4_scratch_training", "a5_supermask"]
+    assert NAMES == ["a1_weight_pruning", "a2_neuron_budget", "a3_lottery_ticket", "a4_scratch_training", "a5_supermask",
+                     "a6_distill_and_prune"]
     assert sorted(path.name for path in RELEASE.iterdir() if path.is_dir()) == NAMES
     assert not (STUDENTS / "source").exists(), "the solutions must not sit in the students' tree"
     for path in STUDENTS.rglob("*.ipynb"):
@@ -144,7 +145,7 @@ def test_release_carries_nothing_students_should_not_see(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_test_cells_end_in_no_value(name):
     """nbgrader scores a test cell whose last value is a number by that number: end in a statement or a call
-    that returns None (print, the checks, a2's tier helper)."""
+    that returns None (print, the checks, a2's and a6's tier helper)."""
     source = _read(SOURCE / name / f"{name}.ipynb")
     tests = [cell for cell in source.cells if _grade(cell).get("grade") and cell.cell_type == "code"]
     assert tests and all(BEGIN_HIDDEN in cell.source for cell in tests), "every test cell has hidden tests"
@@ -158,8 +159,9 @@ def test_test_cells_end_in_no_value(name):
                 f"{_grade(cell)['grade_id']} ends in a value: {ast.unparse(last)}"
 
 
-def _checked_quantities(nb) -> set[tuple]:
-    """``(assignment, quantity, direction, margin)`` of every check_at_least/at_most call in the test cells."""
+def _checked_quantities(nb, name: str) -> set[tuple]:
+    """``(assignment, quantity, direction, margin)`` of every check_at_least/at_most call in the test cells, and of
+    every call of a tier helper ``_grade_tier(tier, quantity, margin)`` (a2, a6), which checks at least."""
     found = set()
     for cell in nb.cells:
         if not _grade(cell).get("grade") or cell.cell_type != "code":
@@ -172,7 +174,7 @@ def _checked_quantities(nb) -> set[tuple]:
                 margin = next(k.value for k in node.keywords if k.arg == "margin")
                 found.add((node.args[0].value, node.args[1].value, direction, ast.literal_eval(margin)))
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_grade_tier":
-                found.add(("a2_neuron_budget", node.args[1].value, "at_least", node.args[2].value))
+                found.add((name, node.args[1].value, "at_least", node.args[2].value))
     return found
 
 
@@ -184,7 +186,7 @@ def test_calibration_record_matches_the_hidden_tests():
     for name in NAMES:
         entry = record["assignments"][name]
         assert name in entry["command"] and entry["command"].endswith("--seeds 5") and len(entry["seeds"]) >= 5
-        checked = _checked_quantities(_read(SOURCE / name / f"{name}.ipynb"))
+        checked = _checked_quantities(_read(SOURCE / name / f"{name}.ipynb"), name)
         recorded = {(name, quantity, item["direction"], item["margin"]) for quantity, item in entry["quantities"].items()}
         assert checked == recorded, f"{name}: the tests check {sorted(checked)}, calibration.json has {sorted(recorded)}"
         for quantity, item in entry["quantities"].items():
@@ -295,7 +297,7 @@ def test_tiny_assignment_time_limit_outside_writes_pending_manual_points_and_fee
 
 
 # --------------------------------------------------------------------------------------------------
-# The five assignments through real nbgrader
+# The six assignments through real nbgrader
 
 
 def _pipeline(name: str, base: Path) -> Path:
