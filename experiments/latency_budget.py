@@ -56,7 +56,8 @@ BUDGETS = {  # label: (budget, targets)
 
 
 def measured_fraction(compact: torch.nn.Module, dense: torch.nn.Module, example: torch.Tensor) -> float:
-    """Median over interleaved repeats of compact seconds / dense seconds (eval, no gradients, batch 256)."""
+    """Median over interleaved repeats of compact seconds / dense seconds (eval, no gradients, batch 256;
+    each timing the fastest of its blocks, see :func:`lightning_prune.latency.seconds`)."""
     batch = repeat_batch(example, BATCH)
     ratios = []
     for model in (compact, dense):
@@ -143,7 +144,8 @@ def main() -> None:
     if not args.render:
         runs = {setting: {label: {str(t): [run(setting, label, t, seed, args.epochs_scale) for seed in args.seeds]
                                   for t in targets} for label, (_, targets) in BUDGETS.items()} for setting in SETTINGS}
-        results = {"seeds": args.seeds, "environment": C.environment(), "device": "cpu", "runs": runs}
+        command = "python experiments/latency_budget.py --seeds " + " ".join(map(str, args.seeds))
+        results = {"seeds": args.seeds, "command": command, "environment": C.environment(), "device": "cpu", "runs": runs}
         args.out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=1))
     results = json.loads(path.read_text())

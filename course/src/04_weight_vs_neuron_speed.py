@@ -522,6 +522,96 @@ assert not semi["cuda"]  # no sparse-tensor-core measurement in the repository: 
 assert all(row["speedup"]["masked 2:4"]["median"] < 1.2 for row in semi["results"])
 
 # %% [markdown]
+# ## Pruning to a latency budget (NetAdapt, HALP)
+#
+# A MAC count is a proxy for time, and the sections above show where it fails: zeros that are still
+# multiplied, fixed costs per call, widths the hardware does not like. NetAdapt (Yang et al. 2018) and
+# HALP (Shen et al. 2022) therefore prune against *measured* latency: a lookup table holds each layer's
+# time at a range of widths, measured on the target device, and the pruner reads the table instead of
+# counting MACs. `Latency(...)` does this for `lightning_prune`: `Pruner.measure_latency` times every
+# prunable layer alone (`torch.utils.benchmark`) at `levels` widths per changing dimension, and takes
+# the rest of the model (ReLUs, reshapes) as the dense model's measured time minus its layers' entries.
+
+# %%
+from lightning_prune import Latency, Pruner
+
+budget = Latency(batch_size=BATCH, levels=4, min_run_time=0.02)
+pruner = Pruner(copy.deepcopy(dense), x, Magnitude(2), granularity="neuron", ranking="layer")
+table = pruner.measure_latency(budget)
+for name, entry in table.entries.items():
+    print(f"{name}: input widths {entry['inputs']}, output widths {entry['outputs']}")
+    for width_in, row in zip(entry["inputs"], entry["seconds"]):
+        print(f"   in {width_in:>4}: " + "  ".join(f"{1e3 * t:6.2f} ms" for t in row))
+print(f"dense model: {1e3 * table.dense:.1f} ms; everything but the three layers: {1e3 * table.rest:.1f} ms")
+
+# %%
+middle = table.entries["features.2"]
+dense_ms = 1e3 * middle["seconds"][-1][-1]
+fig, ax = plt.subplots(figsize=(5.5, 3.6))
+for width_in, row in zip(middle["inputs"], middle["seconds"]):
+    fractions = [width_in * width_out / (middle["inputs"][-1] * middle["outputs"][-1]) for width_out in middle["outputs"]]
+    ax.plot(fractions, [1e3 * t / dense_ms for t in row], "o-", label=f"{width_in} inputs")
+ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="time proportional to MACs")
+ax.set_xlabel("MACs of the layer (fraction of dense)")
+ax.set_ylabel("measured time (fraction of dense)")
+ax.set_title("the 2048 x 2048 layer at the widths of the table")
+ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Each line is one input width, each point one output width. A point above the dotted line is a layer
+# that takes more time than its MACs say: the narrowest layers, whose fixed cost per call is a large
+# part of their time. Now prune to half the dense *latency* and to half the dense *MACs*, each layer by
+# the same fraction of its neurons, and measure both compact networks side by side with the dense one.
+# The latency budget bisects the fraction of neurons until the table's prediction meets the target.
+
+# %%
+def compact_for(budget_kind):
+    """A compact copy of the dense MLP pruned per layer to half of `budget_kind` ('latency' or 'macs')."""
+    model = copy.deepcopy(dense)
+    pruner = Pruner(model, x, Magnitude(2), granularity="neuron", ranking="layer")
+    reference = {"latency": table} if budget_kind == "latency" else {"macs": count_macs(dense, x)[""]}
+    keep = pruner.plan(pruner.dense_keep(), 0.5, 0, budget=budget if budget_kind == "latency" else "macs",
+                       reference=reference)
+    pruner.commit(keep)
+    return model.eval(), 1.0 - table.removed(layer_widths(find_prunable_layers(model, x)))
+
+
+from lightning_prune.latency import layer_widths, seconds  # noqa: E402
+
+budgets = {kind: compact_for(kind) for kind in ("latency", "macs")}
+ratios = {kind: [] for kind in budgets}
+with torch.no_grad():
+    for _ in range(5):  # interleaved repeats: a burst of load hits dense and compact alike
+        dense_s = seconds(lambda: dense(x), 0.05)
+        for kind, (model, _) in budgets.items():
+            ratios[kind].append(seconds(lambda m=model: m(x), 0.05) / dense_s)
+print(f"{'budget':>8} {'hidden widths':>14} {'MACs kept':>10} {'predicted time kept':>20} {'measured time kept':>19}")
+for kind, (model, predicted) in budgets.items():
+    widths = [layer.num_units for layer in find_prunable_layers(model, x)][:-1]
+    print(f"{kind:>8} {str(widths):>14} {count_macs(model, x)[''] / macs['dense']:>10.3f} {predicted:>20.3f} "
+          f"{statistics.median(ratios[kind]):>19.3f}")
+assert budgets["latency"][1] <= 0.5 + 1e-9  # the bisection meets the budget by the table's prediction
+assert statistics.median(ratios["latency"]) < 0.85  # and the compact network really is faster (loose: shared machine)
+
+# %% [markdown]
+# On this large MLP, time follows MACs closely (the middle layer dominates, and its time is almost
+# proportional to its MACs), so the two budgets give similar networks. The difference grows where
+# the MAC count misleads: small layers, convolutions on small images, memory-bound layers, or another
+# device. In a fit the budget is one argument, and the table is measured once, on the dense model, on
+# the device the fit runs on (rank 0 under DDP), and kept in the checkpoint so that a resumed run
+# decides as the uninterrupted one would; when the fit ends, the compact model is timed and compared
+# with the target:
+#
+# ```python
+# Pruning(Geometric(target=0.5, per_cycle=0.35, warmup_epochs=6, budget=Latency(batch_size=256)),
+#         granularity=Neurons(remove=True))
+# ```
+#
+# A latency budget needs neuron removal: a masked network runs at dense speed, as the first section showed.
+
+# %% [markdown]
 # ## Summary
 #
 # - Weight pruning leaves the matrices' shapes intact: zeroed weights in a dense layer give no speed-up
@@ -534,6 +624,8 @@ assert all(row["speedup"]["masked 2:4"]["median"] < 1.2 for row in semi["results
 # - On a GPU (the repository's one measurement, on an NVIDIA H200): the masked MLP is as slow as the
 #   dense one, CSR at 90 % sparsity is slower, the compact MLP is about 3.7× faster; LeNet-300-100 is
 #   too small to gain anything there.
+# - A latency budget (`Latency(...)`, NetAdapt/HALP) prunes against a table of measured layer times
+#   instead of the MAC count; the compact model's time is measured, not assumed.
 # - The exception is 2:4 semi-structured sparsity (at most 2 non-zeros in every 4 consecutive input
 #   weights; `granularity=NM(2, 4)`, exported with `to_semi_structured`). It costs little accuracy here;
 #   NVIDIA quotes up to 2× on its sparse tensor cores (Ampere and newer). On a CPU the masked and the
