@@ -25,7 +25,7 @@ from lightning_prune.criteria import Criterion, score_layers
 from lightning_prune.latency import Latency, LatencyTable, layer_widths
 from lightning_prune.layers import PrunableLayer, find_layers, is_transposed
 from lightning_prune.masks import Masks
-from lightning_prune.ranking import normalize_scores, prunable_capacity, round_kept, select_units
+from lightning_prune.ranking import min_units, normalize_scores, round_kept, select_units
 from lightning_prune.schedules import BUDGETS
 from lightning_prune.semi_structured import NM, layers_off_pattern, select_nm
 from lightning_prune.structure import NeuronStructure
@@ -227,7 +227,9 @@ class Pruner:
         sizes = {name: mask.numel() for name, mask in keep.items()}
         units = sum(sizes.values())
         low = sum(size - int(keep[name].sum()) for name, size in sizes.items()) / units
-        high = prunable_capacity(sizes, self.min_keep) / units if self.scope == "global" else 1.0 - self.min_keep
+        floors = self.structure.floors if self.structure is not None else {}  # e.g. 2 units beside a grouped conv
+        capacity = sum(size - min(size, max(min_units(size, self.min_keep), floors.get(name, 1))) for name, size in sizes.items())
+        high = capacity / units if self.scope == "global" else 1.0 - self.min_keep
         if removed(choose(high)) < fraction:
             raise ValueError(
                 f"Removing {fraction:.4f} of the {budget} is out of reach: at most {removed(choose(high)):.4f} "

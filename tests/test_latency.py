@@ -215,3 +215,24 @@ def test_the_latency_experiment_runs_each_budget_and_measures_every_compact_mode
     assert 0 < macs["measured_latency_fraction"] < 1.5 and 0 <= macs["test_acc"] <= 1
     report = E.render({"seeds": [0], "environment": "test", "runs": {"LeNet-300-100 / mnist": rows}})
     assert "| macs | 0.3 |" in report and "| latency | 0.2 |" in report
+
+
+def test_on_grouped_and_depthwise_convs_the_table_and_the_removal_agree(monkeypatch):
+    """torchvision's ResNeXt (grouped convs): every layer gets a table entry, and the plan removes."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from zoo import ZOO
+
+    model, example = ZOO["tv_resnext"]()
+    pruner = Pruner(model.eval(), example, Magnitude(2), "neuron")
+    table = pruner.measure_latency(Latency(batch_size=8, levels=2, min_run_time=0.001))
+    assert set(table.entries) == {layer.name for layer in pruner.layers}
+    keep = pruner.plan(pruner.dense_keep(), 0.1, 0, budget=Latency(), reference={"latency": table})
+    assert table.removed(layer_widths(pruner.layers, pruner.parameter_masks(keep))) >= 0.1
+    pruner.commit(keep)
+    assert model(example).shape == (2, 10)
+    # near the limit, a budget counts the units grouped convs must keep: out of reach, said so
+    with pytest.raises(ValueError, match="of the macs is out of reach"):
+        pruner.plan(keep, 0.9999, 1, present=keep, budget="macs", reference={"macs": pruner.macs[""]})
