@@ -20,7 +20,8 @@ checks are in :mod:`.fit_checks`, the pruning step is :class:`~lightning_prune.p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning as L
@@ -157,8 +158,9 @@ class Pruning(CheckpointedState, Callback):
             fit_checks.check_steps(self.timeline, trainer.max_steps, trainer.num_training_batches,
                                    trainer.accumulate_grad_batches)
         example = example_input(trainer, pl_module)
-        self.pruner = Pruner(pl_module, example, self.criterion, self.granularity, self.ranking, self.config.layers,
-                             self.config.ignore_layers)
+        with _eager_forward(pl_module):
+            self.pruner = Pruner(pl_module, example, self.criterion, self.granularity, self.ranking, self.config.layers,
+                                 self.config.ignore_layers)
         self._commit_during_fit = self.remove and trainer.world_size == 1
         if self.remove and not self._commit_during_fit:
             rank_zero_info(masked_during_fit(trainer))
@@ -202,7 +204,8 @@ class Pruning(CheckpointedState, Callback):
         if cycle == 0 and self.distill is not None:  # the dense teacher, after warm-up
             self._state.teacher = clone_tensors(pl_module.state_dict())
             self._distil(pl_module, frozen_teacher(pl_module))
-        self._prune(trainer, pl_module, cycle, epoch)
+        with _eager_forward(pl_module):
+            self._prune(trainer, pl_module, cycle, epoch)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._enforcer is not None:  # the optimizer state's pruned entries, zeroed once an epoch
@@ -319,6 +322,26 @@ class Pruning(CheckpointedState, Callback):
     def _log(self, trainer: L.Trainer, metrics: dict[str, float]) -> None:
         for logger in trainer.loggers if metrics else ():
             logger.log_metrics({f"pruning/{key}": value for key, value in metrics.items()}, step=trainer.global_step)
+
+
+@contextlib.contextmanager
+def _eager_forward(pl_module: L.LightningModule) -> Iterator[None]:
+    """The module's own ``forward`` while the pruner traces and calibrates it.
+
+    ``Trainer.fit(torch.compile(module))`` replaces ``module.forward`` with the compiled one, whose
+    autograd graph names no module (Torch-Pruning's tracer would find no layer); the masks it then
+    sets act on the same parameters that the compiled forward reads.
+    """
+    context = getattr(pl_module, "_compiler_ctx", None)
+    if not context or "forward" not in vars(pl_module):
+        yield
+        return
+    compiled = pl_module.forward
+    pl_module.forward = context["original_forward"]
+    try:
+        yield
+    finally:
+        pl_module.forward = compiled
 
 
 def _schedulers(trainer: L.Trainer) -> list[Any]:
