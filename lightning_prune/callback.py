@@ -197,15 +197,21 @@ class Pruning(CheckpointedState, Callback):
         cycle = cycle_due(self._timeline, epoch, self._state)
         if cycle is None:
             return
+        # Before the first prune: the dense model's metric, snapshot and teacher, kept once the prune succeeded
+        # (a failing prune step leaves the callback's state and the module's training_step as they were).
+        dense: dict[str, Any] = {}
         if cycle == 0 and self.monitor is not None:
-            self._state.baseline = self._state.metrics.get(epoch - 1)
+            dense["baseline"] = self._state.metrics.get(epoch - 1)
         if cycle == 0 and self.guard is not None:
-            self._state.snapshot = take_snapshot(pl_module, trainer.optimizers, self._state.keep, self._state.present)
+            dense["snapshot"] = take_snapshot(pl_module, trainer.optimizers, self._state.keep, self._state.present)
         if cycle == 0 and self.distill is not None:  # the dense teacher, after warm-up
-            self._state.teacher = clone_tensors(pl_module.state_dict())
-            self._distil(pl_module, frozen_teacher(pl_module))
+            dense["teacher"], teacher = clone_tensors(pl_module.state_dict()), frozen_teacher(pl_module)
         with _eager_forward(pl_module):
             self._prune(trainer, pl_module, cycle, epoch)
+        for name, value in dense.items():
+            setattr(self._state, name, value)
+        if "teacher" in dense:
+            self._distil(pl_module, teacher)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._enforcer is not None:  # the optimizer state's pruned entries, zeroed once an epoch
@@ -230,6 +236,10 @@ class Pruning(CheckpointedState, Callback):
             self._enforcer.detach()
         if self.verbose:
             rank_zero_info(self.summary_table())
+        self._distil(pl_module, None)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """A fit that raises ends without ``teardown``: give the module back its own ``training_step``."""
         self._distil(pl_module, None)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
