@@ -8,7 +8,6 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from trainers import make_trainer
