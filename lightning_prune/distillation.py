@@ -86,8 +86,16 @@ def logits_of(output: Any) -> torch.Tensor:
 
 
 def frozen_teacher(module: nn.Module) -> nn.Module:
-    """A frozen copy of ``module`` in eval mode (its trainer shared, not copied)."""
+    """A frozen copy of ``module`` in eval mode (its trainer shared, not copied), uncompiled.
+
+    ``Trainer.fit(torch.compile(module))`` sets the compiled ``forward`` (and steps) as instance
+    attributes that call the *student*; a copy would keep calling it, so the copy gets its class's own.
+    """
     teacher = detached_copy(module)
+    context = vars(teacher).pop("_compiler_ctx", None)
+    for key in context or ():
+        if key.startswith("original_"):
+            vars(teacher).pop(key[len("original_"):], None)
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher

@@ -102,6 +102,31 @@ def test_neurons_masked_in_a_compiled_module_reach_the_target_and_the_compiled_f
     x = torch.randn(4, 8)
     assert torch.allclose(compiled(x), eager(x), atol=1e-6)
 
+
+def test_distillation_in_a_compiled_module_distils_from_a_dense_teacher():
+    """The teacher copied the compiled forward, which calls the student: the term was 0, silently."""
+    from lightning_prune import Distillation
+
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if pruning.teacher is not None:
+                x = torch.randn(4, 8)
+                difference = float((pruning.teacher(x) - pl_module(x)).abs().max())
+                seen.append((difference, float(trainer.callback_metrics["pruning/distillation"])))
+
+    L.seed_everything(0)
+    model = _TinyMLP()
+    generator = torch.Generator().manual_seed(0)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(
+        torch.randn(32, 8, generator=generator), torch.randint(0, 3, (32,), generator=generator)), batch_size=8)
+    pruning = Pruning(schedule=OneShot(target=0.5, warmup_epochs=1), granularity=Neurons(remove=False),
+                      distill=Distillation(), verbose=False)
+    make_trainer(3, [pruning, Spy()], limit_train_batches=2, limit_val_batches=0, num_sanity_val_steps=0).fit(
+        torch.compile(model, backend="eager"), data)
+    assert len(seen) == 2 and all(difference > 1e-3 and term > 0 for difference, term in seen)
+
 def test_round_to_as_wide_as_a_layer_warns_that_it_is_never_pruned():
     with pytest.warns(UserWarning, match=r"`Neurons.round_to`=128 is not below the width of \['model.features.2'\]"):
         _fit(Pruning(schedule=OneShot(target=0.5), granularity=Neurons(round_to=128), ranking="layer"), max_epochs=1)
