@@ -20,7 +20,8 @@ checks are in :mod:`.fit_checks`, the pruning step is :class:`~lightning_prune.p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning as L
@@ -158,8 +159,9 @@ class Pruning(CheckpointedState, Callback):
             fit_checks.check_steps(self.timeline, trainer.max_steps, trainer.num_training_batches,
                                    trainer.accumulate_grad_batches)
         example = example_input(trainer, pl_module)
-        self.pruner = Pruner(pl_module, example, self.criterion, self.granularity, self.ranking, self.config.layers,
-                             self.config.ignore_layers)
+        with _eager_forward(pl_module):
+            self.pruner = Pruner(pl_module, example, self.criterion, self.granularity, self.ranking, self.config.layers,
+                                 self.config.ignore_layers)
         self._commit_during_fit = self.remove and trainer.world_size == 1
         if self.remove and not self._commit_during_fit:
             rank_zero_info(masked_during_fit(trainer))
@@ -199,14 +201,21 @@ class Pruning(CheckpointedState, Callback):
         cycle = cycle_due(self._timeline, epoch, self._state)
         if cycle is None:
             return
+        # Before the first prune: the dense model's metric, snapshot and teacher, kept once the prune succeeded
+        # (a failing prune step leaves the callback's state and the module's training_step as they were).
+        dense: dict[str, Any] = {}
         if cycle == 0 and self.monitor is not None:
-            self._state.baseline = self._state.metrics.get(epoch - 1)
+            dense["baseline"] = self._state.metrics.get(epoch - 1)
         if cycle == 0 and self.guard is not None:
-            self._state.snapshot = take_snapshot(pl_module, trainer.optimizers, self._state.keep, self._state.present)
+            dense["snapshot"] = take_snapshot(pl_module, trainer.optimizers, self._state.keep, self._state.present)
         if cycle == 0 and self.distill is not None:  # the dense teacher, after warm-up
-            self._state.teacher = clone_tensors(pl_module.state_dict())
-            self._distil(pl_module, frozen_teacher(pl_module))
-        self._prune(trainer, pl_module, cycle, epoch)
+            dense["teacher"], teacher = clone_tensors(pl_module.state_dict()), frozen_teacher(pl_module)
+        with _eager_forward(pl_module):
+            self._prune(trainer, pl_module, cycle, epoch)
+        for name, value in dense.items():
+            setattr(self._state, name, value)
+        if "teacher" in dense:
+            self._distil(pl_module, teacher)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._enforcer is not None:  # the optimizer state's pruned entries, zeroed once an epoch
@@ -233,6 +242,10 @@ class Pruning(CheckpointedState, Callback):
             self._check_latency(trainer, pl_module)
         if self.verbose:
             rank_zero_info(self.summary_table())
+        self._distil(pl_module, None)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """A fit that raises ends without ``teardown``: give the module back its own ``training_step``."""
         self._distil(pl_module, None)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -336,6 +349,26 @@ class Pruning(CheckpointedState, Callback):
     def _log(self, trainer: L.Trainer, metrics: dict[str, float]) -> None:
         for logger in trainer.loggers if metrics else ():
             logger.log_metrics({f"pruning/{key}": value for key, value in metrics.items()}, step=trainer.global_step)
+
+
+@contextlib.contextmanager
+def _eager_forward(pl_module: L.LightningModule) -> Iterator[None]:
+    """The module's own ``forward`` while the pruner traces and calibrates it.
+
+    ``Trainer.fit(torch.compile(module))`` replaces ``module.forward`` with the compiled one, whose
+    autograd graph names no module (Torch-Pruning's tracer would find no layer); the masks it then
+    sets act on the same parameters that the compiled forward reads.
+    """
+    context = getattr(pl_module, "_compiler_ctx", None)
+    if not context or "forward" not in vars(pl_module):
+        yield
+        return
+    compiled = pl_module.forward
+    pl_module.forward = context["original_forward"]
+    try:
+        yield
+    finally:
+        pl_module.forward = compiled
 
 
 def _schedulers(trainer: L.Trainer) -> list[Any]:

@@ -7,15 +7,16 @@ added, both distributions softened by the temperature ``T``.
 
 A callback cannot change a loss, so :class:`DistillationHook` wraps the module's own
 ``training_step`` (an instance attribute, removed when the fit ends): it records the inputs and the
-output of the module's last ``forward`` call inside the step (the student's logits, or the first
-floating tensor of an output object such as Hugging Face's ``logits``), runs the teacher on the same
+output of the module's last ``forward`` call inside the step (the student's logits: the tensor, an
+output object's ``logits`` such as Hugging Face's ``ModelOutput``, or else its first floating tensor
+that is not a scalar), runs the teacher on the same
 inputs, and adds the term to the returned loss. The user's ``training_step`` is not rewritten; it
 must call ``self(...)`` (``forward``) and return the loss (automatic optimization).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -67,22 +68,34 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 
 
 def logits_of(output: Any) -> torch.Tensor:
-    """The logits in a model's output: the tensor itself, or its first floating tensor (``ModelOutput.logits``).
+    """The logits in a model's output: the tensor itself, its ``logits`` (a Hugging Face ``ModelOutput``, whose
+    first field is the ``loss`` when labels are passed), or else its first floating tensor that is not a scalar.
 
     Raises:
-        ValueError: If the output holds no floating tensor.
+        ValueError: If the output holds no such tensor.
     """
     if torch.is_tensor(output):
         return output
-    found = next((tensor for tensor in output_tensors(output) if tensor.is_floating_point()), None)
+    logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+    if torch.is_tensor(logits):
+        return logits
+    found = next((tensor for tensor in output_tensors(output) if tensor.is_floating_point() and tensor.dim() > 0), None)
     if found is None:
         raise ValueError(f"Distillation needs logits, but forward returned {type(output).__name__} without a tensor.")
     return found
 
 
 def frozen_teacher(module: nn.Module) -> nn.Module:
-    """A frozen copy of ``module`` in eval mode (its trainer shared, not copied)."""
+    """A frozen copy of ``module`` in eval mode (its trainer shared, not copied), uncompiled.
+
+    ``Trainer.fit(torch.compile(module))`` sets the compiled ``forward`` (and steps) as instance
+    attributes that call the *student*; a copy would keep calling it, so the copy gets its class's own.
+    """
     teacher = detached_copy(module)
+    context = vars(teacher).pop("_compiler_ctx", None)
+    for key in context or ():
+        if key.startswith("original_"):
+            vars(teacher).pop(key[len("original_"):], None)
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher

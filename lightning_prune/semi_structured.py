@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_prune.config import Granularity, PerLayer, Ranking
-from lightning_prune.layers import is_transposed
+from lightning_prune.layers import _HF_CONV1D, is_transposed
 from lightning_prune.validation import check_int
 
 
@@ -154,7 +154,7 @@ class NMLinear(nn.Module):
 
 
 def to_semi_structured(model: nn.Module, n: int = 2, m: int = 4) -> dict[str, str]:
-    """Export every ``Linear`` whose weight is N:M, in place.
+    """Export every ``Linear`` (and Hugging Face ``Conv1D``, as the ``Linear`` it computes) whose weight is N:M, in place.
 
     On CUDA with a half-precision 2:4 weight, the weight becomes a ``torch.sparse`` semi-structured
     tensor (sparse tensor cores); otherwise the layer becomes an :class:`NMLinear`.
@@ -165,20 +165,35 @@ def to_semi_structured(model: nn.Module, n: int = 2, m: int = 4) -> dict[str, st
     done: dict[str, str] = {}
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear):
-            continue
+            if _HF_CONV1D is None or not isinstance(module, _HF_CONV1D):
+                continue
+            module = _conv1d_as_linear(module)  # GPT-2's Conv1D stores (inputs, outputs): x @ W + b
         weight = module.weight.detach()
         groups_ok = weight.shape[1] % m == 0 and bool(((weight.reshape(weight.shape[0], -1, m) != 0).sum(-1) <= n).all())
         if not groups_ok:
             done[name] = f"left dense: not {n}:{m}"
             continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
         if weight.is_cuda and weight.dtype in (torch.float16, torch.bfloat16) and (n, m) == (2, 4):
             module.weight = nn.Parameter(torch.sparse.to_sparse_semi_structured(weight), requires_grad=False)
+            setattr(parent, child, module)
             done[name] = "semi_structured"
             continue
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, NMLinear(module, n, m))
+        setattr(parent, child, NMLinear(module, n, m))
         done[name] = "NMLinear"
     return done
+
+
+def _conv1d_as_linear(conv1d: nn.Module) -> nn.Linear:
+    """The ``nn.Linear`` that computes what a Hugging Face ``Conv1D`` does (its weight transposed)."""
+    inputs, outputs = conv1d.weight.shape
+    linear = nn.Linear(inputs, outputs, bias=conv1d.bias is not None, device=conv1d.weight.device, dtype=conv1d.weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(conv1d.weight.t())
+        if conv1d.bias is not None:
+            linear.bias.copy_(conv1d.bias)
+    return linear
 
 
 def layers_off_pattern(layers: Any, pattern: NM) -> dict[str, str]:

@@ -15,7 +15,7 @@ from trainers import make_trainer
 from lightning_prune import Distillation, Geometric, Neurons, OneShot, Pruning
 from lightning_prune.counting import count_parameters
 from lightning_prune.data import DigitsDataModule
-from lightning_prune.distillation import DistillationHook, distillation_loss
+from lightning_prune.distillation import DistillationHook, distillation_loss, logits_of
 from lightning_prune.models import Classifier
 
 
@@ -45,6 +45,16 @@ def test_the_hook_adds_weight_times_the_term_to_the_returned_loss_and_leaves_whe
     hook.remove()
     assert "training_step" not in vars(student) and not student._forward_hooks
 
+
+
+def test_the_student_s_logits_are_found_after_a_loss_in_the_output():
+    """A Hugging Face model called with labels returns ``ModelOutput(loss=..., logits=...)``: the loss
+    comes first, and was taken for the logits (an IndexError in the fit) before ``logits`` was read by name."""
+    outputs = pytest.importorskip("transformers.modeling_outputs")
+    loss, logits = torch.tensor(1.5), torch.randn(4, 3)
+    assert logits_of(outputs.SequenceClassifierOutput(loss=loss, logits=logits)) is logits
+    assert logits_of((loss, logits)) is logits  # a tuple: the first floating tensor that is not a scalar
+    assert logits_of({"logits": logits, "hidden": torch.randn(4, 8)}) is logits
 
 class _Spy(L.Callback):
     def __init__(self, pruning):

@@ -5,10 +5,13 @@ scripts from rotting and check the invariants they assert about the library alon
 """
 
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
+
+from lightning_prune.teaching import quiet_trainer
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
 
@@ -107,3 +110,56 @@ def test_transformer_pruning_removes_heads_and_ffn_units_of_a_hugging_face_vit_i
     assert pruned["params"] < 0.55 * dense["params"] and pruned["macs"] < 0.55 * dense["macs"]
     assert dense["test_acc"] > 0.25 and pruned["test_acc"] > 0.25  # 10 classes: chance is 0.1
     assert pruned["latency_ms"]["median"] > 0
+
+
+def test_distillation_prunes_with_and_without_the_teacher_and_renders_the_table(monkeypatch):
+    import distillation
+
+    # 1 warm-up epoch and 2 cycles of 1 epoch (0.5, then 0.75 of the hidden neurons removed), 3 epochs a fit.
+    monkeypatch.setattr(distillation, "SCHEDULE", dict(target=0.75, per_cycle=0.5, warmup_epochs=1, finetune_epochs=1))
+    monkeypatch.setattr(distillation, "WARMUP", 1)
+    monkeypatch.setattr(distillation, "FINETUNE", 1)
+    monkeypatch.setattr(distillation, "quiet_trainer", partial(quiet_trainer, limit_train_batches=4, limit_val_batches=2))
+    assert distillation.epochs() == 3
+    rows = {variant: distillation.run("digits", seed=0, variant=variant) for variant in (None, "pruned", "w1-T4")}
+    assert rows[None]["hidden"] == [300, 100]
+    assert rows["pruned"]["hidden"] == rows["w1-T4"]["hidden"] == [75, 25]  # 75 % of each layer's neurons removed
+    for row in rows.values():
+        assert 0.0 <= row["val_acc"] <= 1.0 and 0.0 <= row["test_acc"] <= 1.0 and row["fit_seconds"] > 0
+    assert rows[None]["test_acc"] > 0.3  # 12 batches on digits: above chance (0.1)
+    results = {"seeds": [0], "environment": "test", "datasets": {"digits": {
+        "chosen": "w1-T4", "selection": {"w1-T4": rows["w1-T4"]["val_acc"]},
+        "dense": [rows[None]], "pruned": [rows["pruned"]], "distilled": [rows["w1-T4"]]}}}
+    report = distillation.render(results)
+    assert f"| digits (8x8) | {rows[None]['test_acc']:.3f} ± 0.000 | {rows['pruned']['test_acc']:.3f} ± 0.000 | " in report
+    assert "Hidden widths after pruning: [75, 25]." in report
+
+
+def test_wanda_one_shot_evaluates_the_masked_model_and_restores_it_and_iterates_both_criteria(monkeypatch):
+    import wanda
+
+    monkeypatch.setattr(wanda, "DENSE_EPOCHS", 1)
+    monkeypatch.setattr(wanda, "ITERATIVE", dict(target=0.75, per_cycle=0.5, warmup_epochs=1, finetune_epochs=1))
+    monkeypatch.setattr(wanda, "CALIBRATION_BATCHES", 2)
+    monkeypatch.setattr(wanda, "SPARSITIES", (0.5, 0.9))
+    monkeypatch.setattr(wanda, "quiet_trainer", partial(quiet_trainer, limit_train_batches=4, limit_val_batches=2))
+    evaluated = []  # every layer's sparsity in the model that one_shot evaluates
+
+    def recording_accuracy(model, x, y):
+        evaluated.append([float((m.weight == 0).float().mean()) for m in model.modules() if isinstance(m, torch.nn.Linear)])
+        return wanda_accuracy(model, x, y)
+
+    wanda_accuracy = wanda.accuracy
+    monkeypatch.setattr(wanda, "accuracy", recording_accuracy)
+    row = wanda.mlp_run("digits", seed=0)
+    assert set(row) == {"dense", "one_shot", "iterative"}
+    assert set(row["one_shot"]) == set(row["iterative"]) == {"magnitude", "wanda"}
+    assert all(set(accuracies) == {"0.5", "0.9"} for accuracies in row["one_shot"].values())
+    # per-layer ranking: each layer at the asked sparsity; magnitude then Wanda, 0.5 then 0.9 (Wanda's 0.5
+    # after magnitude's 0.9: the model was restored in between)
+    assert len(evaluated) == 4
+    for layers, sparsity in zip(evaluated, [0.5, 0.9, 0.5, 0.9]):
+        assert layers == pytest.approx([sparsity] * 3, abs=0.01)
+    accuracies = [row["dense"], *row["iterative"].values(), *(a for c in row["one_shot"].values() for a in c.values())]
+    assert all(0.0 <= a <= 1.0 for a in accuracies)
+    assert row["dense"] > 0.2  # 4 Adam steps on digits: above chance (0.1)

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from trainers import make_trainer
-from lightning_prune import Geometric, OneShot, Pruning
+from lightning_prune import NM, Distillation, Geometric, OneShot, Pruning
 from lightning_prune import surgery
 from lightning_prune.criteria import Magnitude
 from lightning_prune.data import DigitsDataModule
@@ -198,3 +198,77 @@ def test_the_model_s_own_forward_error_reaches_the_user_not_the_tracer_s_retry()
     with pytest.raises(TraceError, match="KeyError: 'the real cause'") as caught:
         build_graph(Broken(), torch.randn(2, 4))
     assert isinstance(caught.value.__cause__, KeyError)
+
+
+def _callback_digest(pruning):
+    """Every value of the callback's checkpointed state (history, masks, plan, teacher...): equal or not.
+
+    Leaves out ``pending``: the previous cycle's judgement, due at the start of the epoch, is done
+    before the failing prune (and is not part of it).
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+
+    def walk(value):
+        if torch.is_tensor(value):
+            digest.update(str(tuple(value.shape)).encode() + value.detach().cpu().numpy().tobytes())
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                digest.update(repr(key).encode())
+                walk(value[key])
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+        else:
+            digest.update(repr(value).encode())
+
+    walk({key: value for key, value in pruning.state_dict().items() if key != "pending"})
+    return digest.hexdigest()
+
+
+class EpochEndDigests(Callback):
+    """After Pruning's own epoch end: digests of the model with its optimizer, and of the callback's state."""
+
+    def __init__(self, pruning):
+        self.pruning, self.digests = pruning, []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.digests.append((_digest(pl_module, trainer.optimizers[0]), _callback_digest(self.pruning)))
+
+
+@pytest.mark.parametrize(("granularity", "distill", "failing_cycle"), [
+    ("neuron", Distillation(), 0),  # the teacher is taken just before this prune
+    ("neuron", Distillation(), 1),  # the teacher distils when the next prune fails
+    (NM(2, 4), None, 1),  # the 2:4 selection fails, after scoring
+], ids=["distill-first-prune", "distill-second-prune", "2:4-second-prune"])
+def test_a_failing_prune_step_leaves_model_optimizer_and_callback_state_as_they_were(monkeypatch, granularity, distill,
+                                                                                      failing_cycle):
+    from lightning_prune import pruner as pruner_module
+
+    selections = []
+
+    def select_then_fail(*args, **kwargs):
+        selections.append(args[2])
+        if len(selections) > failing_cycle:
+            raise RuntimeError("N:M selection failed")
+        return select_nm(*args, **kwargs)
+
+    select_nm = pruner_module.select_nm
+    monkeypatch.setattr(pruner_module, "select_nm", select_then_fail)
+    isnm = isinstance(granularity, NM)
+    L.seed_everything(0)
+    pruning = Pruning(schedule=Geometric(target=0.5, per_cycle=0.3, warmup_epochs=1),
+                      criterion="l1" if isnm else FailingAt(failing_cycle), granularity=granularity, distill=distill,
+                      verbose=False)
+    recorder = EpochEndDigests(pruning)
+    model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
+    trainer = make_trainer(4, [pruning, recorder], limit_train_batches=3, limit_val_batches=1)
+    with pytest.raises(RuntimeError, match="N:M selection failed" if isnm else "scoring failed"):
+        trainer.fit(model, DigitsDataModule(batch_size=32))
+    assert len(recorder.digests) == 1 + failing_cycle  # the prune at the start of epoch 1 + failing_cycle failed
+    assert (_digest(model, trainer.optimizers[0]), _callback_digest(pruning)) == recorder.digests[-1]
+    assert len(pruning.history) == failing_cycle
+    assert selections == (pytest.approx([0.3, 0.5]) if isnm else [])  # the cycles' fractions: 3:4, then 2:4 (failed)
+    # the fit is over: the distillation hook has left the module, as after a fit that ends normally
+    assert pruning.teacher is None and "training_step" not in vars(model) and not model._forward_hooks

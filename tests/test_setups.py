@@ -60,6 +60,73 @@ def test_neuron_removal_in_a_compiled_module_is_refused():
         _fit(Pruning(schedule=OneShot(target=0.5), granularity="neuron"), model=torch.compile(model))
 
 
+
+class _TinyMLP(L.LightningModule):
+    """8-16-16-3, plain SGD: the cheapest module that dynamo traces in a second."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(),
+                                       torch.nn.Linear(16, 3))
+        self.example_input_array = torch.zeros(2, 8)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        return torch.nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_neurons_masked_in_a_compiled_module_reach_the_target_and_the_compiled_forward_sees_the_masks():
+    """``fit(torch.compile(module))`` with ``Neurons(remove=False)``: the pruner traces the module's own
+    forward (the compiled one names no layer: "No neuron can be pruned" before), and the compiled forward
+    computes what the masked module does. Dynamo's ``eager`` backend: inductor takes over 30 s here."""
+    L.seed_everything(0)
+    model = _TinyMLP()
+    compiled = torch.compile(model, backend="eager")
+    generator = torch.Generator().manual_seed(0)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(
+        torch.randn(32, 8, generator=generator), torch.randint(0, 3, (32,), generator=generator)), batch_size=8)
+    pruning = Pruning(schedule=OneShot(target=0.5, warmup_epochs=1), granularity=Neurons(remove=False))
+    make_trainer(2, [pruning], limit_train_batches=2, limit_val_batches=0, num_sanity_val_steps=0).fit(compiled, data)
+    assert pruning.history[0]["sparsity"] == pytest.approx(0.5)
+    hidden = [model.net[0], model.net[2]]
+    dead = [int(((layer.weight == 0).all(dim=1) & (layer.bias == 0)).sum()) for layer in hidden]
+    assert sum(dead) == 16 and [layer.out_features for layer in hidden] == [16, 16]  # half the units masked, none removed
+    assert "forward" in vars(model) and model.forward is not model._compiler_ctx["original_forward"]  # compiled again
+    eager = _TinyMLP()
+    eager.load_state_dict(model.state_dict())
+    x = torch.randn(4, 8)
+    assert torch.allclose(compiled(x), eager(x), atol=1e-6)
+
+
+def test_distillation_in_a_compiled_module_distils_from_a_dense_teacher():
+    """The teacher copied the compiled forward, which calls the student: the term was 0, silently."""
+    from lightning_prune import Distillation
+
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if pruning.teacher is not None:
+                x = torch.randn(4, 8)
+                difference = float((pruning.teacher(x) - pl_module(x)).abs().max())
+                seen.append((difference, float(trainer.callback_metrics["pruning/distillation"])))
+
+    L.seed_everything(0)
+    model = _TinyMLP()
+    generator = torch.Generator().manual_seed(0)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(
+        torch.randn(32, 8, generator=generator), torch.randint(0, 3, (32,), generator=generator)), batch_size=8)
+    pruning = Pruning(schedule=OneShot(target=0.5, warmup_epochs=1), granularity=Neurons(remove=False),
+                      distill=Distillation(), verbose=False)
+    make_trainer(3, [pruning, Spy()], limit_train_batches=2, limit_val_batches=0, num_sanity_val_steps=0).fit(
+        torch.compile(model, backend="eager"), data)
+    assert len(seen) == 2 and all(difference > 1e-3 and term > 0 for difference, term in seen)
+
 def test_round_to_as_wide_as_a_layer_warns_that_it_is_never_pruned():
     with pytest.warns(UserWarning, match=r"`Neurons.round_to`=128 is not below the width of \['model.features.2'\]"):
         _fit(Pruning(schedule=OneShot(target=0.5), granularity=Neurons(round_to=128), ranking="layer"), max_epochs=1)
