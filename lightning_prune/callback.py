@@ -155,8 +155,10 @@ class Pruning(CheckpointedState, Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         uninstall_restore(pl_module)
         if not trainer.fast_dev_run:
-            fit_checks.check_steps(self.timeline, trainer.max_steps, trainer.num_training_batches,
-                                   trainer.accumulate_grad_batches)
+            unchecked = fit_checks.check_steps(self.timeline, trainer.max_steps, trainer.num_training_batches,
+                                               trainer.accumulate_grad_batches)
+            if unchecked:
+                rank_zero_warn(f"Pruning: {unchecked}")
         example = example_input(trainer, pl_module)
         self.pruner = Pruner(pl_module, example, self.criterion, self.granularity, self.ranking, self.config.layers,
                              self.config.ignore_layers)

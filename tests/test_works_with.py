@@ -1,0 +1,110 @@
+"""The "Works with" table of issue 15: Lightning setups with ``Pruning`` attached, each a tiny real fit.
+
+Gradient accumulation, an ``IterableDataset`` without a length, several train dataloaders, the
+``Tuner`` (``lr_find``, ``scale_batch_size``), ``EarlyStopping`` mid-schedule and manual optimization:
+each either prunes to the target with the masks holding, or is refused early by name.
+"""
+
+from __future__ import annotations
+
+import re
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from torch.utils.data import DataLoader, IterableDataset
+
+from trainers import make_trainer
+from lightning_prune import APoZ, DropGuard, Geometric, Neurons, OneShot, Pruning
+from lightning_prune.data import DigitsDataModule
+from lightning_prune.models import Classifier
+
+LAYERS = ("features.0", "features.2", "classifier")
+
+
+def _model():
+    return Classifier("lenet_300_100", input_shape=(1, 8, 8))
+
+
+def _fit(pruning, max_epochs=3, callbacks=(), model=None, train=None, data=None, **trainer_options):
+    L.seed_everything(0)
+    model = model if model is not None else _model()
+    options = dict(limit_train_batches=3, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer = make_trainer(max_epochs, [pruning, *callbacks], **{**options, **trainer_options})
+    if train is not None:
+        trainer.fit(model, train_dataloaders=train)
+    else:
+        trainer.fit(model, data if data is not None else DigitsDataModule(batch_size=32))
+    return model, trainer
+
+
+def _masked_weights_are_zero(model, pruning):
+    params = dict(model.named_parameters())
+    return all(bool((params[name][~mask] == 0).all()) for name, mask in pruning._masks.items())
+
+
+def _weight_zeros(model):
+    weights = [model.state_dict()[f"model.{name}.weight"] for name in LAYERS]
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
+def _widths(model):
+    return [model.model.features[0].weight.shape[0], model.model.features[2].weight.shape[0]]
+
+
+def _digits(count=96):
+    data = DigitsDataModule(batch_size=32)
+    data.setup("fit")
+    x, y = data.train_dataloader().dataset[:count]
+    return x, y
+
+
+# ----------------------------------------------------------------------------- 1. gradient accumulation
+@pytest.mark.parametrize("granularity", ["weight", "neuron"])
+def test_gradient_accumulation_reaches_the_target_and_pruned_weights_stay_zero(granularity):
+    pruning = Pruning(schedule=Geometric(target=0.6, per_cycle=0.4, warmup_epochs=1), granularity=granularity)
+    model, trainer = _fit(pruning, max_epochs=3, accumulate_grad_batches=2, limit_train_batches=4)
+    assert trainer.global_step == 3 * 2  # 4 batches of 2 accumulated: 2 optimizer steps an epoch
+    assert len(pruning.history) == 2 and pruning.history[-1]["sparsity"] == pytest.approx(0.6, abs=0.01)
+    assert _masked_weights_are_zero(model, pruning)
+    if granularity == "weight":
+        assert _weight_zeros(model) >= 0.59
+    else:
+        assert sum(_widths(model)) == pytest.approx(0.4 * 400, abs=2)  # removed for real
+
+
+# ----------------------------------------------------------------------------- 2. IterableDataset
+class _Stream(IterableDataset):
+    """Examples one at a time, without ``__len__`` (Lightning counts the train batches as ``inf``)."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __iter__(self):
+        return zip(self.x, self.y)
+
+
+def _stream_loader():
+    return DataLoader(_Stream(*_digits(96)), batch_size=32)  # 3 batches, unknown to Lightning
+
+
+@pytest.mark.parametrize("granularity,criterion", [("weight", "l1"), ("neuron", "l2"), ("neuron", APoZ(batches=2))])
+def test_an_iterable_dataset_without_length_prunes_to_the_target(granularity, criterion):
+    pruning = Pruning(schedule=Geometric(target=0.6, per_cycle=0.4, warmup_epochs=1), criterion=criterion,
+                      granularity=granularity)
+    model, trainer = _fit(pruning, max_epochs=3, train=_stream_loader(), limit_train_batches=None, limit_val_batches=0)
+    assert trainer.num_training_batches == float("inf") and trainer.global_step == 9
+    assert pruning.history[-1]["sparsity"] == pytest.approx(0.6, abs=0.01)
+    assert _masked_weights_are_zero(model, pruning)
+
+
+def test_max_steps_with_an_iterable_dataset_warns_that_it_cannot_be_checked():
+    """Without a length the steps per epoch are unknown, so a too-small ``max_steps`` cannot be refused
+    at the start (as it is with a sized loader, tests/test_setups.py): a warning names it instead."""
+    pruning = Pruning(schedule=Geometric(target=0.6, per_cycle=0.4, warmup_epochs=1))  # needs 3 epochs of 3 steps
+    with pytest.warns(UserWarning, match=re.escape("`max_steps`=5 cannot be checked") + ".*no length.*limit_train_batches"):
+        model, trainer = _fit(pruning, max_epochs=-1, max_steps=5, train=_stream_loader(), limit_train_batches=None,
+                              limit_val_batches=0)
+    assert trainer.global_step == 5 and len(pruning.history) == 1  # stopped in cycle 0: the history ends early
+    assert pruning.history[0]["sparsity"] == pytest.approx(0.4, abs=0.01) and _masked_weights_are_zero(model, pruning)
