@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_prune import fit_checks
-from lightning_prune.batches import calibration_batches, example_input
+from lightning_prune.batches import calibration_batches, check_one_loader, example_input
 from lightning_prune.callback_state import CheckpointedState
 from lightning_prune.checkpoint import (input_spec, install_restore, name_unreadable_checkpoints, uninstall_restore,
                                         unname_unreadable_checkpoints)
@@ -159,6 +159,7 @@ class Pruning(CheckpointedState, Callback):
                                                trainer.accumulate_grad_batches)
             if unchecked:
                 rank_zero_warn(f"Pruning: {unchecked}")
+        check_one_loader(self.criterion, trainer.train_dataloader)  # before warm-up, not at the first prune
         example = example_input(trainer, pl_module)
         self.pruner = Pruner(pl_module, example, self.criterion, self.granularity, self.ranking, self.config.layers,
                              self.config.ignore_layers)

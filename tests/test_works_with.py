@@ -34,6 +34,8 @@ def _fit(pruning, max_epochs=3, callbacks=(), model=None, train=None, data=None,
     trainer = make_trainer(max_epochs, [pruning, *callbacks], **{**options, **trainer_options})
     if train is not None:
         trainer.fit(model, train_dataloaders=train)
+    elif data is False:  # the module's own train_dataloader
+        trainer.fit(model)
     else:
         trainer.fit(model, data if data is not None else DigitsDataModule(batch_size=32))
     return model, trainer
@@ -108,3 +110,41 @@ def test_max_steps_with_an_iterable_dataset_warns_that_it_cannot_be_checked():
                               limit_val_batches=0)
     assert trainer.global_step == 5 and len(pruning.history) == 1  # stopped in cycle 0: the history ends early
     assert pruning.history[0]["sparsity"] == pytest.approx(0.4, abs=0.01) and _masked_weights_are_zero(model, pruning)
+
+
+# ----------------------------------------------------------------------------- 3. several train dataloaders
+class _TwoLoaders(Classifier):
+    """``train_dataloader`` returns a dict (or list) of loaders: each batch is a dict (list) of their batches."""
+
+    def __init__(self, as_list=False):
+        super().__init__("lenet_300_100", input_shape=(1, 8, 8))
+        self.as_list = as_list
+
+    def train_dataloader(self):
+        x, y = _digits(96)
+        loaders = {"a": DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32),
+                   "b": DataLoader(torch.utils.data.TensorDataset(x.flip(-1), y), batch_size=32)}
+        return list(loaders.values()) if self.as_list else loaders
+
+    def training_step(self, batch, batch_idx):
+        parts = batch if self.as_list else list(batch.values())
+        return sum(super(_TwoLoaders, self).training_step(part, batch_idx) for part in parts)
+
+
+@pytest.mark.parametrize("as_list", [False, True])
+def test_several_train_dataloaders_prune_by_weight_magnitude(as_list):
+    pruning = Pruning(schedule=OneShot(target=0.5, warmup_epochs=1), granularity="neuron")
+    model, trainer = _fit(pruning, max_epochs=2, model=_TwoLoaders(as_list), data=False, limit_val_batches=0)
+    assert trainer.global_step == 6 and pruning.history[-1]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert sum(_widths(model)) == pytest.approx(200, abs=2)
+
+
+@pytest.mark.parametrize("criterion", [APoZ(batches=2), "taylor"])
+def test_several_train_dataloaders_with_a_calibration_criterion_are_refused_before_training(criterion):
+    pruning = Pruning(schedule=OneShot(target=0.5, warmup_epochs=1), criterion=criterion, granularity="neuron")
+    trainer = make_trainer(2, [pruning], limit_train_batches=3, limit_val_batches=0, num_sanity_val_steps=0)
+    with pytest.raises(ValueError, match=r"needs calibration batches from one train DataLoader; the train dataloaders "
+                                         r"are a dict of 2 loaders .*CombinedLoader.*Return one DataLoader from "
+                                         r"`train_dataloader`.*or use a weight criterion"):
+        trainer.fit(_TwoLoaders())
+    assert trainer.global_step == 0  # refused at the start, not after the warm-up
