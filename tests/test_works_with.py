@@ -148,3 +148,27 @@ def test_several_train_dataloaders_with_a_calibration_criterion_are_refused_befo
                                          r"`train_dataloader`.*or use a weight criterion"):
         trainer.fit(_TwoLoaders())
     assert trainer.global_step == 0  # refused at the start, not after the warm-up
+
+
+# ----------------------------------------------------------------------------- 4. the Tuner
+@pytest.mark.parametrize("tune", ["lr_find", "scale_batch_size"])
+def test_the_tuner_leaves_the_model_dense_and_the_real_fit_prunes_to_the_target(tmp_path, tune):
+    from lightning.pytorch.tuner import Tuner
+
+    L.seed_everything(0)
+    pruning = Pruning(schedule=Geometric(target=0.6, per_cycle=0.4, warmup_epochs=1), granularity="neuron",
+                      criterion=APoZ(batches=2))
+    model, data = _model(), DigitsDataModule(batch_size=16)
+    trainer = make_trainer(3, [pruning], limit_train_batches=3, limit_val_batches=1, num_sanity_val_steps=0,
+                           default_root_dir=tmp_path)
+    tuner = Tuner(trainer)
+    if tune == "lr_find":
+        tuner.lr_find(model, datamodule=data, num_training=4, min_lr=1e-4, max_lr=1e-2)
+    else:
+        size = tuner.scale_batch_size(model, datamodule=data, steps_per_trial=1, init_val=16, max_trials=2)
+        assert size == data.batch_size > 16
+    assert pruning.history == [] and _widths(model) == [300, 100] and _weight_zeros(model) == 0  # nothing pruned
+    assert trainer.callbacks.count(pruning) == 1
+    trainer.fit(model, datamodule=data)
+    assert len(pruning.history) == 2 and pruning.history[-1]["sparsity"] == pytest.approx(0.6, abs=0.01)
+    assert sum(_widths(model)) == pytest.approx(160, abs=2) and _masked_weights_are_zero(model, pruning)
