@@ -172,3 +172,22 @@ def test_the_tuner_leaves_the_model_dense_and_the_real_fit_prunes_to_the_target(
     trainer.fit(model, datamodule=data)
     assert len(pruning.history) == 2 and pruning.history[-1]["sparsity"] == pytest.approx(0.6, abs=0.01)
     assert sum(_widths(model)) == pytest.approx(160, abs=2) and _masked_weights_are_zero(model, pruning)
+
+
+# ----------------------------------------------------------------------------- 5. EarlyStopping mid-schedule
+def test_early_stopping_mid_schedule_leaves_a_shorter_history_and_a_consistent_model():
+    """A real EarlyStopping ends the fit in cycle 1 of 4 (tests/test_validation.py cuts the only cycle
+    of a OneShot with a hand-made stop): cycle 0 is judged and removed, cycle 1 stays masked, unjudged."""
+    pruning = Pruning(schedule=Geometric(target=0.8, per_cycle=0.4, warmup_epochs=1, finetune_epochs=2),
+                      granularity="neuron", guard=DropGuard("val_acc", 1.0))  # cycles at epochs 1, 3, 5, 7
+    stop = EarlyStopping("val_loss", mode="min", min_delta=10.0, patience=3, check_on_train_epoch_end=False)
+    model, trainer = _fit(pruning, max_epochs=9, callbacks=[stop], limit_train_batches=2)
+    assert trainer.current_epoch == 4 and stop.stopped_epoch == 3  # no improvement by 10 after epoch 0
+    assert len(pruning.fractions) == 4 and len(pruning.history) == 2  # the history ends early
+    assert [row["cycle"] for row in pruning.history] == [0, 1]
+    assert [row["accepted"] for row in pruning.history] == [True, None]  # cycle 1 cut short: not judged
+    assert pruning.history[-1]["sparsity"] == pytest.approx(0.64, abs=0.01)
+    assert sum(_widths(model)) == pytest.approx(0.6 * 400, abs=2)  # cycle 0's units removed
+    kept = torch.cat([mask.flatten() for mask in pruning.keep.values()])
+    assert float((~kept).float().mean()) == pytest.approx(0.64, abs=0.01)  # cycle 1's still masked
+    assert _masked_weights_are_zero(model, pruning)
