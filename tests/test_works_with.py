@@ -191,3 +191,28 @@ def test_early_stopping_mid_schedule_leaves_a_shorter_history_and_a_consistent_m
     kept = torch.cat([mask.flatten() for mask in pruning.keep.values()])
     assert float((~kept).float().mean()) == pytest.approx(0.64, abs=0.01)  # cycle 1's still masked
     assert _masked_weights_are_zero(model, pruning)
+
+
+# ----------------------------------------------------------------------------- 6. manual optimization
+class _Manual(Classifier):
+    """One optimizer stepped by hand (``automatic_optimization=False``), as a plain classifier."""
+
+    def __init__(self):
+        super().__init__("lenet_300_100", input_shape=(1, 8, 8), optimizer="sgd", lr=0.5)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        optimizer = self.optimizers()
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(self(x), y)
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        return loss
+
+
+def test_manual_optimization_prunes_weights_and_the_masks_hold_through_its_steps():
+    pruning = Pruning(schedule=Geometric(target=0.6, per_cycle=0.4, warmup_epochs=1))
+    model, trainer = _fit(pruning, max_epochs=3, model=_Manual())
+    assert trainer.global_step == 9 and pruning.history[-1]["sparsity"] == pytest.approx(0.6, abs=0.01)
+    assert _masked_weights_are_zero(model, pruning) and _weight_zeros(model) >= 0.59
