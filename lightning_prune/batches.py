@@ -48,10 +48,7 @@ def calibration_batches(trainer: L.Trainer, criterion: Criterion) -> list[Any]:
         raise ValueError(f"`criterion`={criterion.name!r} needs `batches`, the number of calibration batches per cycle, "
                          f"as an integer >= 1; got {count!r}.")
     loader = trainer.train_dataloader
-    if not isinstance(loader, torch.utils.data.DataLoader):
-        raise ValueError(
-            f"`criterion`={criterion.name!r} needs calibration batches from one train DataLoader; got {type(loader).__name__}."
-        )
+    check_one_loader(criterion, loader)
     batches = [trainer.strategy.batch_to_device(b) for b in itertools.islice(loader, count)]
     if batches and isinstance(batches[0], Mapping):
         if criterion.needs_activations and getattr(criterion, "forward", None) is None:
@@ -66,3 +63,21 @@ def calibration_batches(trainer: L.Trainer, criterion: Criterion) -> list[Any]:
                 f"dicts: pass {type(criterion).__name__}(loss=lambda model, batch: ...) computing it from one of them."
             )
     return [trainer.precision_plugin.convert_input(batch) for batch in batches]
+
+
+def check_one_loader(criterion: Criterion, loader: Any) -> None:
+    """Refuse a calibration criterion when the train data is not one ``DataLoader`` (several loaders,
+    which Lightning combines with a ``CombinedLoader``); weight criteria read no batches.
+
+    Raises:
+        ValueError: Naming the criterion, what ``train_dataloader`` returned and the fix.
+    """
+    if not (criterion.needs_activations or criterion.needs_gradients) or isinstance(loader, torch.utils.data.DataLoader):
+        return
+    what = (f"a {type(loader).__name__} of {len(loader)} loaders (Lightning combines them with a CombinedLoader)"
+            if isinstance(loader, (Mapping, list, tuple)) else type(loader).__name__)
+    raise ValueError(
+        f"`criterion`={criterion.name!r} needs calibration batches from one train DataLoader; the train dataloaders are "
+        f"{what}. Return one DataLoader from `train_dataloader` (e.g. one over a ConcatDataset), or use a weight "
+        "criterion ('l1', 'l2')."
+    )

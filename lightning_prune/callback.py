@@ -30,7 +30,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_prune import fit_checks
-from lightning_prune.batches import calibration_batches, example_input
+from lightning_prune.batches import calibration_batches, check_one_loader, example_input
 from lightning_prune.callback_state import CheckpointedState
 from lightning_prune.checkpoint import (input_spec, install_restore, name_unreadable_checkpoints, uninstall_restore,
                                         unname_unreadable_checkpoints)
@@ -156,8 +156,11 @@ class Pruning(CheckpointedState, Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         uninstall_restore(pl_module)
         if not trainer.fast_dev_run:
-            fit_checks.check_steps(self.timeline, trainer.max_steps, trainer.num_training_batches,
-                                   trainer.accumulate_grad_batches)
+            unchecked = fit_checks.check_steps(self.timeline, trainer.max_steps, trainer.num_training_batches,
+                                               trainer.accumulate_grad_batches)
+            if unchecked:
+                rank_zero_warn(f"Pruning: {unchecked}")
+        check_one_loader(self.criterion, trainer.train_dataloader)  # before warm-up, not at the first prune
         example = example_input(trainer, pl_module)
         with _eager_forward(pl_module):
             self.pruner = Pruner(pl_module, example, self.criterion, self.granularity, self.ranking, self.config.layers,

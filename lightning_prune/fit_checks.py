@@ -55,14 +55,22 @@ def check_epochs(timeline: Timeline, max_epochs: int | None) -> None:
         )
 
 
-def check_steps(timeline: Timeline, max_steps: int, batches: int | float, accumulate: int) -> None:
+def check_steps(timeline: Timeline, max_steps: int, batches: int | float, accumulate: int) -> str | None:
     """Refuse a ``max_steps`` that ends the fit before the schedule (``-1``: no limit).
+
+    Returns:
+        A warning when ``max_steps`` is set but the train data has no length (an ``IterableDataset``:
+        Lightning counts its batches as ``inf``), so the check cannot be made; else ``None``.
 
     Raises:
         ValueError: Naming ``max_steps``, the steps per epoch and the epochs the schedule needs.
     """
+    if max_steps >= 0 and batches == float("inf"):
+        return (f"`max_steps`={max_steps} cannot be checked against this pruning schedule: the train data has no "
+                f"length (an IterableDataset), and the schedule needs {timeline.epochs_needed} epochs. If the fit "
+                "stops before them, the history ends early; set `limit_train_batches` (an int) to count the steps.")
     if max_steps < 0 or not isinstance(batches, int) or batches < 1:
-        return
+        return None
     per_epoch = max(1, math.ceil(batches / accumulate))
     needed = timeline.epochs_needed
     if max_steps < needed * per_epoch:  # the last cycle fine-tunes too
@@ -71,6 +79,7 @@ def check_steps(timeline: Timeline, max_steps: int, batches: int | float, accumu
             f"(warmup_epochs={timeline.warmup_epochs} + {timeline.num_cycles} cycles x finetune_epochs="
             f"{timeline.finetune_epochs}) of {per_epoch} optimizer steps, so max_steps >= {needed * per_epoch}."
         )
+    return None
 
 
 def check_validation_every_epoch(guard: DropGuard | None, every_n_epochs: int | None) -> None:
