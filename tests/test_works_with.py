@@ -216,3 +216,49 @@ def test_manual_optimization_prunes_weights_and_the_masks_hold_through_its_steps
     model, trainer = _fit(pruning, max_epochs=3, model=_Manual())
     assert trainer.global_step == 9 and pruning.history[-1]["sparsity"] == pytest.approx(0.6, abs=0.01)
     assert _masked_weights_are_zero(model, pruning) and _weight_zeros(model) >= 0.59
+
+
+class _TwoHeads(L.LightningModule):
+    """A shared trunk with two classifier heads (3 and 5 classes): both are output layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16), torch.nn.ReLU())
+        self.head_a, self.head_b = torch.nn.Linear(16, 3), torch.nn.Linear(16, 5)
+        self.example_input_array = torch.zeros(2, 8)
+
+    def forward(self, x):
+        hidden = self.trunk(x)
+        return self.head_a(hidden), self.head_b(hidden)
+
+    def training_step(self, batch, batch_idx):
+        x, y_a, y_b = batch
+        a, b = self(x)
+        return torch.nn.functional.cross_entropy(a, y_a) + torch.nn.functional.cross_entropy(b, y_b)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(0)
+        data = torch.utils.data.TensorDataset(torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g),
+                                              torch.randint(0, 5, (64,), generator=g))
+        return torch.utils.data.DataLoader(data, batch_size=16)
+
+
+def test_two_output_heads_both_keep_their_outputs_under_neuron_removal():
+    from lightning_prune import RandomImportance
+
+    keeps = {}
+    for remove in (False, True):
+        L.seed_everything(0)
+        model = _TwoHeads()
+        pruning = Pruning(OneShot(0.5), criterion=RandomImportance(seed=3), granularity=Neurons(remove=remove), verbose=False)
+        make_trainer(2, [pruning], limit_val_batches=0).fit(model)
+        assert (model.head_a.out_features, model.head_b.out_features) == (3, 5)  # no head loses a class
+        assert pruning.history[-1]["sparsity"] == pytest.approx(0.5, abs=0.02)
+        keeps[remove] = {key: mask.clone() for key, mask in pruning.keep.items()}
+        if remove:
+            assert model.trunk[2].out_features < 16 and model.head_a.in_features == model.head_b.in_features
+    # the random criterion picks the same neurons whether they are then masked or removed
+    assert all(torch.equal(keeps[False][key], keeps[True][key]) for key in keeps[False])
