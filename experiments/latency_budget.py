@@ -42,16 +42,16 @@ from lightning_prune.models import Classifier
 from lightning_prune.teaching import mean_std, quiet_trainer
 
 BATCH = 256
-REPEATS, RUN_TIME = 7, 0.1  # interleaved repeats of the dense/compact measurement, seconds per timing
+REPEATS, RUN_TIME = 5, 0.05  # interleaved repeats of the dense/compact measurement, seconds per timing
 SETTINGS = {  # name: (arch, data module, lr)
     "LeNet-300-100 / mnist": ("lenet_300_100", MNISTDataModule, 3e-3),
     "ResNetSmall / digits": ("resnet_small", DigitsDataModule, 3e-3),
 }
 SCHEDULE = dict(per_cycle=0.35, warmup_epochs=6, finetune_epochs=1)
 BUDGETS = {  # label: (budget, targets)
-    "macs": ("macs", (0.3, 0.5, 0.7, 0.85)),
-    "latency": (Latency(batch_size=BATCH, levels=4, min_run_time=0.03), (0.2, 0.4, 0.6)),
-    "latency, per second": (Latency(batch_size=BATCH, levels=4, min_run_time=0.03, per_second=True), (0.2, 0.4, 0.6)),
+    "macs": ("macs", (0.3, 0.5, 0.7)),
+    "latency": (Latency(batch_size=BATCH, levels=4, min_run_time=0.03), (0.2, 0.4)),
+    "latency, per second": (Latency(batch_size=BATCH, levels=4, min_run_time=0.03, per_second=True), (0.2, 0.4)),
 }
 
 
@@ -138,13 +138,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     C.add_common_arguments(parser)
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="scale the warm-up (tests: small)")
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS), metavar="NAME",
+                        help="run only these settings; the others are kept from the saved JSON")
+    parser.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS), metavar="LABEL",
+                        help="run only these budgets; the others are kept from the saved JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     path = args.out / "latency_budget.json"
     if not args.render:
         runs = {setting: {label: {str(t): [run(setting, label, t, seed, args.epochs_scale) for seed in args.seeds]
-                                  for t in targets} for label, (_, targets) in BUDGETS.items()} for setting in SETTINGS}
+                                  for t in targets} for label, (_, targets) in BUDGETS.items() if label in args.budgets}
+                for setting in args.settings}
         command = "python experiments/latency_budget.py --seeds " + " ".join(map(str, args.seeds))
+        partial = args.settings != list(SETTINGS) or args.budgets != list(BUDGETS)
+        saved = json.loads(path.read_text()) if path.exists() and partial else {"runs": {}}
+        runs = {setting: {**saved["runs"].get(setting, {}), **runs.get(setting, {})} for setting in SETTINGS
+                if setting in runs or setting in saved["runs"]}
         results = {"seeds": args.seeds, "command": command, "environment": C.environment(), "device": "cpu", "runs": runs}
         args.out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=1))

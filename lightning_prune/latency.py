@@ -8,9 +8,11 @@ candidate widths, and the pruner reads it instead of counting MACs.
 Here, :class:`LatencyTable` times every prunable layer alone, at a grid of input and output widths
 (``Latency.levels`` per changing dimension), at ``Latency.batch_size``, with
 ``torch.utils.benchmark`` on the device and in the dtype of the fit. The rest of the model (norms,
-activations, attention products, pooling) is taken as constant: the dense model's measured latency
-minus its layers' table entries. A candidate's latency is the rest plus each layer's entry,
-bilinearly interpolated at its kept widths. The table is measured once, on the dense model, and
+activations, residual additions, attention products, pooling) is the whole model's measured latency
+minus its layers' table entries, measured on the dense model and on compact copies that keep the same
+fraction of every group (:meth:`LatencyTable.calibrate`), as a function of the fraction of the
+layers' output elements kept. A candidate's latency is that rest plus each layer's entry, bilinearly
+interpolated at its kept widths. The table is measured once, on the dense model, and
 stored in the callback's state, so a resumed run decides exactly as the uninterrupted one would.
 At the end of the fit the compact model itself is timed and compared with the budget.
 """
@@ -159,10 +161,15 @@ class LatencyTable:
             forward call summed over the layer's calls, indexed ``[input][output]``).
         rest: Seconds of everything else in the dense model's forward.
         dense: The dense model's measured seconds.
+        curve: ``[kept, seconds]`` points of the rest measured on compact copies (see
+            :meth:`calibrate`): norms, activations and additions after pruned layers shrink with
+            them. ``kept`` is :meth:`kept_outputs`. Without points the rest is fixed.
     """
 
-    def __init__(self, entries: Mapping[str, Mapping[str, list]], rest: float, dense: float) -> None:
+    def __init__(self, entries: Mapping[str, Mapping[str, list]], rest: float, dense: float,
+                 curve: Sequence[Sequence[float]] = ()) -> None:
         self.entries, self.rest, self.dense = {k: dict(v) for k, v in entries.items()}, float(rest), float(dense)
+        self.curve = sorted([float(kept), float(value)] for kept, value in curve)
 
     @classmethod
     def measure(cls, model: nn.Module, layers: Sequence[PrunableLayer], example: Any, varying: Mapping[str, tuple[bool, bool]],
@@ -177,7 +184,7 @@ class LatencyTable:
             config: The budget's settings.
         """
         batch = repeat_batch(example, config.batch_size)
-        inputs = _layer_inputs(model, layers, batch)
+        inputs, outputs = _layer_shapes(model, layers, batch)
         dense = model_seconds(model, batch, config)
         entries, covered = {}, 0.0
         for layer in layers:
@@ -198,13 +205,50 @@ class LatencyTable:
                     x = torch.randn(size, device=weight.device, dtype=weight.dtype)
                     row.append(len(inputs[layer.name]) * seconds(lambda f=shrunk, x=x: f(x), config.min_run_time))
                 table.append(row)
-            entries[layer.name] = {"inputs": grid_in, "outputs": grid_out, "seconds": table}
+            entries[layer.name] = {"inputs": grid_in, "outputs": grid_out, "seconds": table,
+                                   "elements": sum(math.prod(shape) for shape in outputs[layer.name])}
             covered += table[-1][-1]
         return cls(entries, max(0.0, dense - covered), dense)
 
+    def layers_seconds(self, widths: Mapping[str, tuple[int, int]]) -> float:
+        """The table's seconds of the layers alone at ``widths`` (missing layers: dense)."""
+        total = 0.0
+        for name, entry in self.entries.items():
+            w_in, w_out = widths.get(name, (entry["inputs"][-1], entry["outputs"][-1]))
+            total += _bilinear(entry, w_in, w_out)
+        return total
+
+    def kept_outputs(self, widths: Mapping[str, tuple[int, int]]) -> float:
+        """The fraction of the layers' output elements kept at ``widths`` (what the rest's work scales with)."""
+        kept = total = 0.0
+        for name, entry in self.entries.items():
+            if len(entry["outputs"]) > 1:
+                total += entry.get("elements", 1)
+                kept += entry.get("elements", 1) * widths.get(name, (0, entry["outputs"][-1]))[1] / entry["outputs"][-1]
+        return kept / total if total else 1.0
+
+    def rest_at(self, widths: Mapping[str, tuple[int, int]]) -> float:
+        """The rest's seconds at ``widths``: interpolated on the calibration curve (fixed without one)."""
+        points = [*self.curve, [1.0, self.rest]]
+        kept = self.kept_outputs(widths)
+        if len(points) == 1 or kept >= 1.0:
+            return self.rest
+        below = [p for p in points if p[0] <= kept]
+        above = [p for p in points if p[0] >= kept]
+        if not below:
+            return above[0][1]
+        (k0, r0), (k1, r1) = below[-1], above[0]
+        return r0 if k1 == k0 else r0 + (r1 - r0) * (kept - k0) / (k1 - k0)
+
+    def calibrate(self, points: Sequence[tuple[Mapping[str, tuple[int, int]], float]]) -> None:
+        """Add rest points from whole compact models: each ``(widths, measured seconds)``."""
+        for widths, measured in points:
+            self.curve.append([self.kept_outputs(widths), max(0.0, measured - self.layers_seconds(widths))])
+        self.curve.sort()
+
     def predict(self, widths: Mapping[str, tuple[int, int]]) -> float:
         """Predicted seconds of the model with each layer at ``widths`` (missing layers: dense)."""
-        total = self.rest
+        total = self.rest_at(widths)
         for name, entry in self.entries.items():
             w_in, w_out = widths.get(name, (entry["inputs"][-1], entry["outputs"][-1]))
             total += _bilinear(entry, w_in, w_out)
@@ -216,20 +260,25 @@ class LatencyTable:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain lists and floats (what the callback's state stores)."""
-        return {"entries": self.entries, "rest": self.rest, "dense": self.dense}
+        return {"entries": self.entries, "rest": self.rest, "dense": self.dense, "curve": self.curve}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> LatencyTable:
         """The table saved by :meth:`state_dict`."""
-        return cls(state["entries"], state["rest"], state["dense"])
+        return cls(state["entries"], state["rest"], state["dense"], state.get("curve", ()))
 
 
-def _layer_inputs(model: nn.Module, layers: Sequence[PrunableLayer], batch: Any) -> dict[str, list[tuple[int, ...]]]:
-    """Each layer's input shape at every call in one forward pass (eval mode, no gradients)."""
+def _layer_shapes(model: nn.Module, layers: Sequence[PrunableLayer], batch: Any) -> tuple[dict, dict]:
+    """Each layer's input and output shapes at every call in one forward pass (eval mode, no gradients)."""
     inputs: dict[str, list[tuple[int, ...]]] = {}
-    handles = [layer.module.register_forward_hook(
-        lambda module, args, output, name=layer.name: inputs.setdefault(name, []).append(tuple(args[0].shape)))
-        for layer in layers]
+    outputs: dict[str, list[tuple[int, ...]]] = {}
+
+    def record(module: nn.Module, args: Any, output: Any, name: str) -> None:
+        inputs.setdefault(name, []).append(tuple(args[0].shape))
+        outputs.setdefault(name, []).append(tuple(output.shape) if torch.is_tensor(output) else ())
+
+    handles = [layer.module.register_forward_hook(lambda m, a, o, name=layer.name: record(m, a, o, name))
+               for layer in layers]
     args = batch if isinstance(batch, (tuple, list)) else (batch,)
     was_training = model.training
     model.eval()
@@ -240,7 +289,7 @@ def _layer_inputs(model: nn.Module, layers: Sequence[PrunableLayer], batch: Any)
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return inputs
+    return inputs, outputs
 
 
 def _bilinear(entry: Mapping[str, list], w_in: int, w_out: int) -> float:

@@ -22,14 +22,14 @@ from lightning_prune.checkpoint import mark_pruned
 from lightning_prune.config import Granularity, Neurons, Ranking, make_granularity, make_ranking
 from lightning_prune.counting import count_macs, count_parameters, kept_macs
 from lightning_prune.criteria import Criterion, score_layers
-from lightning_prune.latency import Latency, LatencyTable, layer_widths
+from lightning_prune.latency import Latency, LatencyTable, Widths, layer_widths, model_seconds
 from lightning_prune.layers import PrunableLayer, find_layers, is_transposed
 from lightning_prune.masks import Masks
 from lightning_prune.ranking import min_units, normalize_scores, round_kept, select_units
 from lightning_prune.schedules import BUDGETS
 from lightning_prune.semi_structured import NM, layers_off_pattern, select_nm
 from lightning_prune.structure import NeuronStructure
-from lightning_prune.surgery import Transaction, UnsupportedModelError, remove_units
+from lightning_prune.surgery import Transaction, UnsupportedModelError, detached_copy, remove_units
 from lightning_prune.survivors import Survivors
 
 Keep = dict[str, torch.Tensor]
@@ -197,7 +197,21 @@ class Pruner:
                  for key, size in self.structure.sizes.items()}
         dense, narrowest = layer_widths(self.layers), layer_widths(self.layers, self.parameter_masks(least))
         varying = {name: (dense[name][0] != narrowest[name][0], dense[name][1] != narrowest[name][1]) for name in dense}
-        return LatencyTable.measure(self.model, self.layers, self.example_input, varying, config)
+        table = LatencyTable.measure(self.model, self.layers, self.example_input, varying, config)
+        table.calibrate([point for point in map(lambda f: self._compact_seconds(f, config), _uniform(config.levels)) if point])
+        return table
+
+    def _compact_seconds(self, fraction: float, config: Latency) -> tuple[Widths, float] | None:
+        """Widths and measured seconds of a compact copy keeping ``fraction`` of every group's units
+        (``None`` if the copy cannot be made: the rest then stays fixed)."""
+        keep = {key: torch.arange(size) < min(size, max(self.structure.floors[key], round(fraction * size)))
+                for key, size in self.structure.sizes.items()}
+        try:
+            compact = detached_copy(self.model)
+            remove_units(compact, self.example_input, {k: i for k, i in self.structure.removal(keep).items() if i})
+            return layer_widths(self.layers, self.parameter_masks(keep)), model_seconds(compact, self.example_input, config)
+        except Exception:  # noqa: BLE001 - a calibration point is optional
+            return None
 
     def _per_second(self, scores: Keep, keep: Keep, present: Keep | None, table: LatencyTable) -> Keep:
         """Scores divided by each group's predicted seconds saved per unit, relative to the mean (HALP)."""
@@ -318,6 +332,11 @@ def _check_fits(
             f"Pruning masks do not fit this model ({granularity} granularity): mismatched entries {diff[:4]}. "
             "Was the checkpoint made with another architecture or other `layers`?"
         )
+
+
+def _uniform(levels: int) -> list[float]:
+    """The kept fractions at which the rest of the model is measured on compact copies."""
+    return [step / (levels - 1) for step in range(1, levels - 1)] or [0.5]
 
 
 def _scatter(scores: torch.Tensor, present: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,19 @@ def test_prediction_is_the_rest_plus_each_layers_entry_interpolated_between_widt
     assert LatencyTable.from_state(table.state_dict()).predict({"a": (6, 3)}) == table.predict({"a": (6, 3)})
 
 
+def test_the_rest_follows_the_compact_copies_it_was_calibrated_on():
+    entry = _entry([4], [1, 9], [[1.0, 3.0]])
+    table = LatencyTable({"a": {**entry, "elements": 90}, "b": {**entry, "elements": 10}}, rest=2.0, dense=8.0)
+    assert table.kept_outputs({"a": (4, 1), "b": (4, 9)}) == pytest.approx((90 / 9 + 10) / 100)
+    assert table.rest_at({"a": (4, 1), "b": (4, 1)}) == 2.0  # no calibration: fixed
+    table.calibrate([({"a": (4, 1), "b": (4, 1)}, 2.5)])  # measured 2.5 s, of which the layers take 2 x 1.0
+    assert table.curve == [[pytest.approx(1 / 9), pytest.approx(0.5)]]
+    half = {"a": (4, 5), "b": (4, 5)}  # kept 5/9 of the outputs: half-way between 1/9 and 1 on the curve
+    assert table.rest_at(half) == pytest.approx(0.5 + (2.0 - 0.5) * (5 / 9 - 1 / 9) / (1 - 1 / 9))
+    assert table.predict(half) == pytest.approx(table.rest_at(half) + 2 * 2.0)
+    assert LatencyTable.from_state(table.state_dict()).predict(half) == pytest.approx(table.predict(half))
+
+
 def test_widths_are_read_from_the_kept_rows_and_columns_of_linear_conv_depthwise_and_hf_conv1d():
     from transformers.pytorch_utils import Conv1D
 
@@ -87,6 +100,7 @@ def test_the_table_times_each_called_layer_over_the_widths_pruning_can_give_it()
     assert entries["model.classifier"]["inputs"] == [1, 50, 100]
     assert all(s > 0 for e in entries.values() for row in e["seconds"] for s in row)
     assert table.dense > 0 and table.rest >= 0
+    assert [round(kept, 2) for kept, _ in table.curve] == [0.5]  # the rest, measured on a compact copy keeping half
 
 
 def test_the_plan_meets_the_predicted_budget_and_per_second_prunes_the_costlier_group_first():
