@@ -85,7 +85,7 @@ class Pruning(CheckpointedState, Callback):
             and what is allowed); at ``setup``, when the fit cannot follow the schedule; at the start
             of training, when no layer can be pruned, a pattern matches nothing, the target is out
             of reach, or a checkpoint's state does not fit; during the fit, when ``monitor`` is never
-            logged or a params/MACs budget is out of reach.
+            logged or a params/MACs/latency budget is out of reach.
         RuntimeError: Under DDP, when the ranks decide different masks.
     """
 
