@@ -262,3 +262,34 @@ def test_two_output_heads_both_keep_their_outputs_under_neuron_removal():
             assert model.trunk[2].out_features < 16 and model.head_a.in_features == model.head_b.in_features
     # the random criterion picks the same neurons whether they are then masked or removed
     assert all(torch.equal(keeps[False][key], keeps[True][key]) for key in keeps[False])
+
+
+class _EMA(L.Callback):
+    """An exponential moving average of the weights (every step, from the start: dense weights too),
+    written into the model when training ends, as EMA callbacks do."""
+
+    def __init__(self, decay=0.9):
+        self.decay, self.shadow = decay, None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        params = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+        if self.shadow is None or any(self.shadow[n].shape != p.shape for n, p in params.items()):
+            self.shadow = params
+        else:
+            self.shadow = {n: self.decay * self.shadow[n] + (1 - self.decay) * p for n, p in params.items()}
+
+    def on_train_end(self, trainer, pl_module):
+        with torch.no_grad():
+            for name, param in pl_module.named_parameters():
+                param.copy_(self.shadow[name])
+
+
+def test_an_ema_callback_listed_after_pruning_cannot_unmask_the_final_model():
+    pruning = Pruning(Geometric(target=0.6, per_cycle=0.4, warmup_epochs=1), verbose=False)
+    L.seed_everything(0)
+    model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
+    with pytest.warns(UserWarning, match="were non-zero when the fit ended"):
+        make_trainer(3, [pruning, _EMA()], limit_train_batches=4, limit_val_batches=1).fit(model, DigitsDataModule(batch_size=32))
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert pruning.history[-1]["sparsity"] == pytest.approx(0.6, abs=0.01) and zeros >= 0.59
