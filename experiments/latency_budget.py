@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from typing import Any
 
@@ -114,8 +115,13 @@ def render(results: dict[str, Any]) -> str:
                 lines.append(f"| {label} | {target} | {acc[0]:.3f} ± {acc[1]:.3f} | {macs[0]:.3f} | {pred} | "
                              f"{measured[0]:.3f} ± {measured[1]:.3f} |")
         lines.append("")
-    lines += [f"Environment: {results['environment']}.", ""]
-    return "\n".join(lines)
+    lines += [f"Environment: {results['environment']}."]
+    if results.get("load"):
+        parts = "; ".join(f"{part}: {value}" for part, value in results["load"].items())
+        lines.append(f"1-minute load average of the machine (2 cores) at the start and end of each part: {parts}.")
+    if results.get("note"):
+        lines.append(results["note"])
+    return "\n".join(lines + [""])
 
 
 def plot(results: dict[str, Any], path) -> None:
@@ -146,15 +152,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     path = args.out / "latency_budget.json"
     if not args.render:
+        start = os.getloadavg()[0]
         runs = {setting: {label: {str(t): [run(setting, label, t, seed, args.epochs_scale) for seed in args.seeds]
                                   for t in targets} for label, (_, targets) in BUDGETS.items() if label in args.budgets}
                 for setting in args.settings}
+        loads = f"{start:.1f} → {os.getloadavg()[0]:.1f}"
         command = "python experiments/latency_budget.py --seeds " + " ".join(map(str, args.seeds))
         partial = args.settings != list(SETTINGS) or args.budgets != list(BUDGETS)
         saved = json.loads(path.read_text()) if path.exists() and partial else {"runs": {}}
         runs = {setting: {**saved["runs"].get(setting, {}), **runs.get(setting, {})} for setting in SETTINGS
                 if setting in runs or setting in saved["runs"]}
-        results = {"seeds": args.seeds, "command": command, "environment": C.environment(), "device": "cpu", "runs": runs}
+        load = {**saved.get("load", {}), **{f"{setting} / {label}": loads for setting in args.settings for label in args.budgets}}
+        results = {"seeds": args.seeds, "command": command, "environment": C.environment(), "device": "cpu", "runs": runs,
+                   "load": load}
         args.out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=1))
     results = json.loads(path.read_text())

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightning_prune.latency import Latency
-from lightning_prune.validation import Config, check_choice, check_fraction, check_instance, check_int
+from lightning_prune.validation import Config, check_fraction, check_instance, check_int
 
 BUDGETS = ("units", "params", "macs", "latency")
 
@@ -29,7 +29,8 @@ def make_budget(name: str, value: str | Latency) -> str | Latency:
     """
     if isinstance(value, Latency):
         return value
-    value = check_choice(name, value, BUDGETS)
+    if value not in BUDGETS:
+        raise ValueError(f"`{name}` must be one of {BUDGETS} or a Latency(...), got {value!r}.")
     return Latency() if value == "latency" else value
 
 

@@ -58,8 +58,8 @@ class Steps(Schedule):
     (lambda: Cubic(warmup_epochs=True), "`Cubic.warmup_epochs` must be an integer >= 0, got True."),
     (lambda: OneShot(finetune_epochs=0), "`OneShot.finetune_epochs` must be an integer >= 1, got 0."),
     (lambda: Geometric(finetune_epochs=1.5), "`Geometric.finetune_epochs` must be an integer >= 1, got 1.5."),
-    (lambda: OneShot(budget="flops"), "`OneShot.budget` must be one of ('units', 'params', 'macs'), got 'flops'."),
-    (lambda: Cubic(budget=None), "`Cubic.budget` must be one of ('units', 'params', 'macs'), got None."),
+    (lambda: OneShot(budget="flops"), "`OneShot.budget` must be one of ('units', 'params', 'macs', 'latency') or a Latency(...), got 'flops'."),
+    (lambda: Cubic(budget=None), "`Cubic.budget` must be one of ('units', 'params', 'macs', 'latency') or a Latency(...), got None."),
 ], ids=lambda value: value if isinstance(value, str) else "")
 def test_schedule_fields_are_validated(build, message):
     _raises(build, message)
@@ -79,7 +79,7 @@ def test_schedule_fields_are_validated(build, message):
     (lambda: Custom(fraction=lambda cycle: 0.5, cycles=1, finetune_epochs=0),
      "`Custom.finetune_epochs` must be an integer >= 1, got 0."),
     (lambda: Custom(fraction=lambda cycle: 0.5, cycles=1, budget="bytes"),
-     "`Custom.budget` must be one of ('units', 'params', 'macs'), got 'bytes'."),
+     "`Custom.budget` must be one of ('units', 'params', 'macs', 'latency') or a Latency(...), got 'bytes'."),
 ], ids=lambda value: value if isinstance(value, str) else "")
 def test_custom_schedule_is_validated_before_any_training(build, message):
     _raises(build, message)

@@ -134,7 +134,7 @@ def test_a_latency_budget_needs_removal_and_valid_fields():
     for field, value in [("batch_size", 0), ("levels", 1), ("min_run_time", 0), ("tolerance", 1.5), ("per_second", "yes")]:
         with pytest.raises(ValueError, match=f"`Latency.{field}`"):
             Latency(**{field: value})
-    with pytest.raises(ValueError, match=r"`OneShot.budget` must be one of .*'latency'.*got 'speed'"):
+    with pytest.raises(ValueError, match=r"`OneShot.budget` must be one of .*'latency'.* or a Latency\(...\), got 'speed'"):
         OneShot(0.5, budget="speed")
     with pytest.raises(ValueError, match="needs neuron granularity"):
         _digits_pruner("weight").plan(_digits_pruner("weight").dense_keep(), 0.5, 0, budget=Latency(),
