@@ -99,7 +99,7 @@ def repeat_batch(example: Any, batch_size: int) -> Any:
 
 
 def model_seconds(model: nn.Module, example: Any, config: Latency) -> float:
-    """The model's median forward latency (eval mode, no gradients) at ``config.batch_size``."""
+    """The model's forward latency (eval mode, no gradients) at ``config.batch_size``, timed by :func:`seconds`."""
     batch = repeat_batch(example, config.batch_size)
     args = batch if isinstance(batch, (tuple, list)) else (batch,)
     was_training = model.training
