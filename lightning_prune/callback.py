@@ -338,8 +338,9 @@ class Pruning(CheckpointedState, Callback):
         self._state.latency["final"] = measured
         removed, line, missed = final_check(self._state.reference()["latency"], measured, self.schedule.target, budget)
         self._log(trainer, {"latency_removed": removed})
-        (rank_zero_warn if missed else rank_zero_info)(line + (" Missed by more than Latency.tolerance: the table "
-                                                               "predicts per layer; the rest is taken as fixed." if missed else ""))
+        (rank_zero_warn if missed else rank_zero_info)(line + (" Missed by more than Latency.tolerance: the table's "
+                                                               "timings (taken before the first prune) or its rest "
+                                                               "model did not hold; measure on a quiet device." if missed else ""))
 
     def _distil(self, pl_module: L.LightningModule, teacher: torch.nn.Module | None) -> None:
         """Distil from ``teacher`` from now on (``None``: stop)."""
