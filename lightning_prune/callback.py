@@ -30,7 +30,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_prune import fit_checks
-from lightning_prune.batches import calibration_batches, check_one_loader, example_input
+from lightning_prune.batches import calibration_batches, check_fit_step, check_one_loader, example_input, fit_step
 from lightning_prune.callback_state import CheckpointedState
 from lightning_prune.checkpoint import (input_spec, install_restore, name_unreadable_checkpoints, uninstall_restore,
                                         unname_unreadable_checkpoints)
@@ -161,6 +161,9 @@ class Pruning(CheckpointedState, Callback):
             if unchecked:
                 rank_zero_warn(f"Pruning: {unchecked}")
         check_one_loader(self.criterion, trainer.train_dataloader)  # before warm-up, not at the first prune
+        fallback = check_fit_step(self.criterion, pl_module)
+        if fallback:
+            rank_zero_info(f"Pruning: {fallback}")
         example = example_input(trainer, pl_module)
         with _eager_forward(pl_module):
             self.pruner = Pruner(pl_module, example, self.criterion, self.granularity, self.ranking, self.config.layers,
@@ -268,8 +271,9 @@ class Pruning(CheckpointedState, Callback):
 
     def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule, cycle: int, epoch: int) -> None:
         fraction = cycle_fraction(self.fractions, cycle, self._exponents, list(self._state.keep))
-        keep = self.pruner.plan(self._state.keep, fraction, cycle, calibration_batches(trainer, self.criterion),
-                                self._state.present, self.schedule.budget, self._state.reference())
+        step = fit_step(trainer, pl_module, self.criterion)
+        keep = self.pruner.plan(self._state.keep, fraction, cycle, calibration_batches(trainer, self.criterion, step),
+                                self._state.present, self.schedule.budget, self._state.reference(), step)
         keep = controlled_keep(self.lottery.control if self.lottery else None, self._state.keep, keep, cycle)
         check_ranks_agree(trainer, keep)
         keep = trainer.strategy.broadcast(keep, src=0)  # bit-identical on every rank from here on

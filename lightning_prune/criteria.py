@@ -4,11 +4,12 @@ A unit is a weight for ``granularity="weight"`` (the score has the weight's shap
 neuron or filter for ``granularity="neuron"`` (one score per row of the weight). Ranking, not the
 criterion, decides whether scores are compared per layer or globally.
 
-Criteria that need data (APoZ) or gradients (Taylor) observe a calibration pass run by
-:func:`score_layers` over ``batches`` training batches; how a batch reaches the model is theirs to
-say (``APoZ(forward=...)``, ``Taylor(loss=...)``), so dict batches and preprocessing inside
-``training_step`` work. Any object with the attributes and methods of :class:`Criterion` can be
-passed to :class:`~lightning_prune.Pruning` instead of a name.
+Criteria that need data (APoZ, Wanda) or gradients (Taylor) observe a calibration pass run by
+:func:`score_layers` over ``batches`` training batches. In a fit the pass runs the module's own
+step (its ``training_step``, or a ``pruning_calibration_step`` it defines), so dict batches,
+preprocessing inside ``training_step`` and the user's own loss work as they do in training; a
+criterion told ``forward=``/``loss=`` runs that instead. Any object with the attributes and methods
+of :class:`Criterion` can be passed to :class:`~lightning_prune.Pruning` instead of a name.
 """
 
 from __future__ import annotations
@@ -143,9 +144,10 @@ class ObservingCriterion(Criterion):
 
     Args:
         batches: Training batches observed per cycle (>= 1).
-        forward: ``forward(model, batch)`` runs the model on one training batch (default:
-            ``model(batch[0])`` for tuple batches, ``model(batch)`` otherwise). Pass it for dict
-            batches or when ``training_step`` preprocesses the batch.
+        forward: ``forward(model, batch)`` runs the model on one training batch. Default: in a
+            fit, the module's ``training_step`` (or its ``pruning_calibration_step``); outside
+            one, and under manual optimization, ``model(batch[0])`` for tuple batches and
+            ``model(batch)`` otherwise.
 
     Raises:
         ValueError: If ``batches`` is not an integer >= 1 or ``forward`` is not callable.
@@ -210,9 +212,10 @@ class Taylor(Criterion):
 
     Args:
         batches: Training batches whose gradients are summed per cycle (>= 1).
-        loss: ``loss(model, batch) -> Tensor`` for one training batch (default: cross-entropy of
-            the model's logits on ``batch[0]`` against ``batch[1]``). Pass it for dict batches,
-            another loss, or preprocessing inside ``training_step``.
+        loss: ``loss(model, batch) -> Tensor`` for one training batch. Default: in a fit, the
+            loss the module's ``training_step`` (or its ``pruning_calibration_step``) returns;
+            outside one, the cross-entropy of the model's logits on ``batch[0]`` against
+            ``batch[1]``.
 
     Raises:
         ValueError: If ``batches`` is not an integer >= 1 or ``loss`` is not callable.
@@ -299,6 +302,34 @@ def cross_entropy_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     return F.cross_entropy(logits, targets)
 
 
+def follows_fit_step(criterion: Criterion) -> bool:
+    """Whether a fit's calibration runs the module's own step rather than the criterion's.
+
+    True for a criterion told no ``forward``/``loss`` that keeps the default calibration methods;
+    a criterion overriding ``calibration_forward``/``calibration_loss`` keeps its own.
+    """
+    if getattr(criterion, "forward", None) is not None or getattr(criterion, "loss", None) is not None:
+        return False
+    kind = type(criterion)
+    return kind.calibration_forward in _DEFAULT_CALIBRATION and kind.calibration_loss in _DEFAULT_CALIBRATION
+
+
+def step_loss(output: Any) -> torch.Tensor | None:
+    """The loss in what a step returned: a tensor, a dict's ``"loss"``, or ``None`` (a skipped batch).
+
+    Raises:
+        ValueError: If the output is none of these.
+    """
+    if output is None or torch.is_tensor(output):
+        return output
+    if isinstance(output, Mapping) and torch.is_tensor(output.get("loss")):
+        return output["loss"]
+    raise ValueError(
+        f"The calibration step returned {type(output).__name__}, not a loss: return a tensor or a dict with 'loss' "
+        "from training_step (or from `pruning_calibration_step`), or pass Taylor(loss=lambda model, batch: ...)."
+    )
+
+
 def score_layers(
     criterion: Criterion,
     layers: Sequence[PrunableLayer],
@@ -307,6 +338,7 @@ def score_layers(
     model: nn.Module | None = None,
     batches: Iterable[Any] = (),
     sites: Mapping[str, nn.Module] | None = None,
+    step: Callable[[Any, int], Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Score every unit, running a calibration pass first when the criterion needs one.
 
@@ -321,32 +353,39 @@ def score_layers(
         model: The model, for criteria that need data.
         batches: Calibration batches, for criteria that need data.
         sites: Layer name to the module whose output is the layer's pre-activation.
+        step: ``step(batch, index)``, the fit's own step (``training_step``): runs a calibration
+            batch through the model the way training does and returns its loss (a tensor or a
+            dict with ``"loss"``). Used instead of the criterion's defaults when it was told no
+            ``forward``/``loss`` of its own (:func:`follows_fit_step`).
 
     Returns:
         Layer name to scores (weight-shaped, or one per output unit).
 
     Raises:
-        ValueError: If the criterion needs data and no model or batch is given, or a score is not
-            finite (naming the layer).
+        ValueError: If the criterion needs data and no model or batch is given, ``step`` returns
+            something without a loss, or a score is not finite (naming the layer).
     """
     if criterion.needs_activations or criterion.needs_gradients:
         if model is None:
             raise ValueError(f"Criterion {criterion.name!r} needs a model and calibration batches.")
         was_training = model.training
         seen = 0
+        own = step is None or not follows_fit_step(criterion)
         criterion.begin(layers, sites or {})
         try:
             model.eval()
-            for batch in batches:
+            for index, batch in enumerate(batches):
                 seen += 1
                 if criterion.needs_gradients:
                     with torch.enable_grad():
-                        loss = criterion.calibration_loss(model, batch)
+                        loss = criterion.calibration_loss(model, batch) if own else step_loss(step(batch, index))
+                        if loss is None:  # the step skipped this batch, as training_step may
+                            continue
                         grads = torch.autograd.grad(loss, [layer.weight for layer in layers], allow_unused=True)
                     criterion.observe_gradients(layers, grads)
                 else:
                     with torch.no_grad():
-                        criterion.calibration_forward(model, batch)
+                        criterion.calibration_forward(model, batch) if own else step(batch, index)
         finally:
             criterion.end()
             model.train(was_training)
@@ -367,3 +406,7 @@ def score_layers(
 from lightning_prune.wanda import Wanda  # noqa: E402
 
 CRITERIA["wanda"] = Wanda
+
+#: The calibration methods that leave the pass to the fit's step when one is given.
+_DEFAULT_CALIBRATION = (Criterion.calibration_forward, Criterion.calibration_loss, ObservingCriterion.calibration_forward,
+                        Taylor.calibration_loss)

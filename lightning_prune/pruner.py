@@ -12,7 +12,7 @@ scoring or ranking leaves the model as it was.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -128,6 +128,7 @@ class Pruner:
         present: Mapping[str, torch.Tensor] | None = None,
         budget: str | Latency = "units",
         reference: Mapping[str, Any] | None = None,
+        step: Callable[[Any, int], Any] | None = None,
     ) -> Keep:
         """New keep-masks that remove ``fraction`` of the budget; ``keep`` only shrinks.
 
@@ -145,6 +146,7 @@ class Pruner:
             budget: ``"units"``, ``"params"``, ``"macs"`` or a :class:`Latency`.
             reference: The dense model's ``{"params", "macs"}``, and ``"latency"``: its
                 :class:`LatencyTable` (for the budgets other than units).
+            step: The fit's own step for the calibration pass (see :func:`~.criteria.score_layers`).
 
         The ranking's normaliser and minimum, and the granularity's ``round_to``, are the
         configuration objects given at construction.
@@ -162,7 +164,8 @@ class Pruner:
         if config is not None and self.structure is None:
             raise ValueError("A latency budget needs neuron granularity: masked weights run at dense speed.")
         sites = self.structure.sites if self.structure is not None else {}
-        scores = score_layers(self.criterion, self.scored_layers, self.granularity, cycle, self.model, batches, sites)
+        scores = score_layers(self.criterion, self.scored_layers, self.granularity, cycle, self.model, batches, sites,
+                              step)
         if self.structure is not None:
             scores = self.structure.group_scores(scores)
             if present is not None:

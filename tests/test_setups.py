@@ -185,20 +185,6 @@ def test_dict_batches_without_an_example_input_are_refused_naming_the_fix():
         _fit(Pruning(schedule=OneShot(target=0.5, warmup_epochs=1)), model=model, data=_DictBatches(), limit_val_batches=0)
 
 
-@pytest.mark.parametrize(("criterion", "fix"), [
-    (APoZ(batches=2), "pass APoZ(forward=lambda model, batch: model(...)) to say how"),
-    (Taylor(batches=2), "pass Taylor(loss=lambda model, batch: ...) computing it from one of them"),
-], ids=["apoz", "taylor"])
-def test_calibration_criteria_with_dict_batches_are_refused_naming_the_fix(criterion, fix):
-    model = Classifier("lenet_300_100", input_shape=(1, 8, 8))
-    model.example_input_array = torch.zeros(2, 1, 8, 8)
-    pruning = Pruning(schedule=OneShot(target=0.5), criterion=criterion, granularity="neuron")
-    with pytest.raises(ValueError, match=re.escape(fix)) as caught:
-        _fit(pruning, model=model, data=_DictBatches(), limit_val_batches=0)
-    assert "the train batches are dicts" in str(caught.value)
-    assert pruning.history == []  # refused before anything was pruned
-
-
 def test_apoz_with_a_forward_prunes_a_fit_with_dict_batches():
     """Issue 15: ``APoZ(forward=...)`` says how a dict batch reaches the model; the calibration runs on it."""
     seen = []
