@@ -20,8 +20,7 @@ checks are in :mod:`.fit_checks`, the pruning step is :class:`~lightning_prune.p
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -34,6 +33,7 @@ from lightning_prune.batches import calibration_batches, check_fit_step, check_o
 from lightning_prune.callback_state import CheckpointedState
 from lightning_prune.checkpoint import (input_spec, install_restore, name_unreadable_checkpoints, uninstall_restore,
                                         unname_unreadable_checkpoints)
+from lightning_prune.compiled import eager_forward, is_compiled
 from lightning_prune.config import DropGuard, Granularity, PruningConfig, Ranking, Rewind
 from lightning_prune.counting import count_parameters
 from lightning_prune.criteria import Criterion
@@ -131,7 +131,7 @@ class Pruning(CheckpointedState, Callback):
         self._state, self._restored = PruningState(), None
         fit_checks.check_strategy(type(trainer.strategy).__name__)
         fit_checks.check_one_callback(sum(isinstance(c, Pruning) for c in trainer.callbacks))
-        fit_checks.check_not_compiled(self.remove, getattr(pl_module, "_compiler_ctx", None) is not None)
+        fit_checks.check_not_compiled(self.remove, is_compiled(pl_module))
         check_distillable(self.distill, pl_module.automatic_optimization)
         self._timeline = self.timeline
         if trainer.fast_dev_run:
@@ -165,7 +165,7 @@ class Pruning(CheckpointedState, Callback):
         if fallback:
             rank_zero_info(f"Pruning: {fallback}")
         example = example_input(trainer, pl_module)
-        with _eager_forward(pl_module):
+        with eager_forward(pl_module):
             self.pruner = Pruner(pl_module, example, self.criterion, self.granularity, self.ranking, self.config.layers,
                                  self.config.ignore_layers)
         self._commit_during_fit = self.remove and trainer.world_size == 1
@@ -216,7 +216,7 @@ class Pruning(CheckpointedState, Callback):
             dense["snapshot"] = take_snapshot(pl_module, trainer.optimizers, self._state.keep, self._state.present)
         if cycle == 0 and self.distill is not None:  # the dense teacher, after warm-up
             dense["teacher"], teacher = clone_tensors(pl_module.state_dict()), frozen_teacher(pl_module)
-        with _eager_forward(pl_module):
+        with eager_forward(pl_module):
             self._prune(trainer, pl_module, cycle, epoch)
         for name, value in dense.items():
             setattr(self._state, name, value)
@@ -357,26 +357,6 @@ class Pruning(CheckpointedState, Callback):
     def _log(self, trainer: L.Trainer, metrics: dict[str, float]) -> None:
         for logger in trainer.loggers if metrics else ():
             logger.log_metrics({f"pruning/{key}": value for key, value in metrics.items()}, step=trainer.global_step)
-
-
-@contextlib.contextmanager
-def _eager_forward(pl_module: L.LightningModule) -> Iterator[None]:
-    """The module's own ``forward`` while the pruner traces and calibrates it.
-
-    ``Trainer.fit(torch.compile(module))`` replaces ``module.forward`` with the compiled one, whose
-    autograd graph names no module (Torch-Pruning's tracer would find no layer); the masks it then
-    sets act on the same parameters that the compiled forward reads.
-    """
-    context = getattr(pl_module, "_compiler_ctx", None)
-    if not context or "forward" not in vars(pl_module):
-        yield
-        return
-    compiled = pl_module.forward
-    pl_module.forward = context["original_forward"]
-    try:
-        yield
-    finally:
-        pl_module.forward = compiled
 
 
 def _schedulers(trainer: L.Trainer) -> list[Any]:

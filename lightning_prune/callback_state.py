@@ -40,12 +40,16 @@ class CheckpointedState:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Take the checkpoint's state, if it was made with this configuration.
 
+        A state saved before training started (``LearningRateFinder``'s checkpoint of ``on_fit_start``,
+        restored after its trial steps) has nothing to resume: the fit starts as if none was loaded.
+
         Raises:
             ValueError: Naming every setting that differs between the checkpoint and this callback.
         """
         state_dict = dict(state_dict)
         check_same_config(state_dict.pop("config", None), flatten(self.config.fingerprint()), _DEFAULT_CONFIG)
-        self._restored = PruningState.from_dict(state_dict)
+        restored = PruningState.from_dict(state_dict)
+        self._restored = restored if restored.keep is not None else None
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         prefix = type(self).__qualname__ + "{"

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_prune.checkpoint import dense_build
+from lightning_prune.compiled import strip_compiled
 from lightning_prune.surgery import detached_copy
 from lightning_prune.tracing import output_tensors
 from lightning_prune.validation import Config, as_float, check_int
@@ -91,11 +92,7 @@ def frozen_teacher(module: nn.Module) -> nn.Module:
     ``Trainer.fit(torch.compile(module))`` sets the compiled ``forward`` (and steps) as instance
     attributes that call the *student*; a copy would keep calling it, so the copy gets its class's own.
     """
-    teacher = detached_copy(module)
-    context = vars(teacher).pop("_compiler_ctx", None)
-    for key in context or ():
-        if key.startswith("original_"):
-            vars(teacher).pop(key[len("original_"):], None)
+    teacher = strip_compiled(detached_copy(module))
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher

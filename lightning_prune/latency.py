@@ -147,6 +147,10 @@ def _shrunk(module: nn.Module, width_in: int, width_out: int) -> nn.Module:
             width_in = width_out = groups = max(width_in, width_out)
         elif groups > 1:
             width_in, width_out = (math.ceil(w / groups) * groups for w in (width_in, width_out))
+        if module.transposed:
+            conv = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[len(module.kernel_size)]
+            return conv(width_in, width_out, module.kernel_size, module.stride, module.padding, module.output_padding,
+                        groups, bias, module.dilation, module.padding_mode)
         conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(module.kernel_size)]
         return conv(width_in, width_out, module.kernel_size, module.stride, module.padding, module.dilation, groups,
                     bias, module.padding_mode)

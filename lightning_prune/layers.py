@@ -26,6 +26,9 @@ PRUNABLE_TYPES: dict[str, type[nn.Module]] = {
     "Conv1d": nn.Conv1d,
     "Conv2d": nn.Conv2d,
     "Conv3d": nn.Conv3d,
+    "ConvTranspose1d": nn.ConvTranspose1d,
+    "ConvTranspose2d": nn.ConvTranspose2d,
+    "ConvTranspose3d": nn.ConvTranspose3d,
 }
 
 
@@ -114,10 +117,14 @@ class PrunableLayer:
 def is_prunable(module: nn.Module) -> bool:
     """Whether ``module`` is a supported layer (by type hierarchy, so subclasses count).
 
-    Transposed convolutions are not: their units live in another dimension of the weight and
-    Torch-Pruning's grouped handling of them is not exact.
+    Transposed convolutions (``ConvTranspose1d/2d/3d``, which subclass no ``ConvNd`` above) count
+    when they have one group: their output channels are units stored in dimension 1 of the weight,
+    like HF ``Conv1D``'s. Grouped transposed convs are not: Torch-Pruning's handling of them is not
+    exact.
     """
-    return isinstance(module, tuple(PRUNABLE_TYPES.values())) and not getattr(module, "transposed", False)
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return module.groups == 1
+    return isinstance(module, tuple(PRUNABLE_TYPES.values()))
 
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_prune.config import Granularity, PerLayer, Ranking
-from lightning_prune.layers import _HF_CONV1D, is_transposed
+from lightning_prune.layers import hf_conv1d_type, is_transposed
 from lightning_prune.validation import check_int
 
 
@@ -163,9 +163,10 @@ def to_semi_structured(model: nn.Module, n: int = 2, m: int = 4) -> dict[str, st
         Module name to what it became (``"semi_structured"``, ``"NMLinear"``) or why it stayed dense.
     """
     done: dict[str, str] = {}
+    conv1d = hf_conv1d_type()
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear):
-            if _HF_CONV1D is None or not isinstance(module, _HF_CONV1D):
+            if conv1d is None or not isinstance(module, conv1d):
                 continue
             module = _conv1d_as_linear(module)  # GPT-2's Conv1D stores (inputs, outputs): x @ W + b
         weight = module.weight.detach()

@@ -250,3 +250,29 @@ def test_on_grouped_and_depthwise_convs_the_table_and_the_removal_agree(monkeypa
     # near the limit, a budget counts the units grouped convs must keep: out of reach, said so
     with pytest.raises(ValueError, match="of the macs is out of reach"):
         pruner.plan(keep, 0.9999, 1, present=keep, budget="macs", reference={"macs": pruner.macs[""]})
+
+
+def test_a_transposed_conv_is_timed_as_a_transposed_conv_and_narrower_ones_are_predicted(monkeypatch):
+    """A U-Net whose decoder upsamples with ConvTranspose2d: each entry is timed on a layer of the same
+    kind (a Conv2d of the same stride would downsample the recorded input instead). Timings are not
+    asserted: at this size the rest of the model dominates."""
+    import sys
+    from pathlib import Path
+
+    from lightning_prune import latency
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from zoo_torch_pruning import TP_ZOO
+
+    built = []
+    shrunk = latency._shrunk
+    monkeypatch.setattr(latency, "_shrunk", lambda module, *widths: built.append(type(shrunk(module, *widths))) or
+                        shrunk(module, *widths))
+    model, example = TP_ZOO["issue_unet"]()
+    pruner = Pruner(model.eval(), example, Magnitude(2), "neuron")
+    table = pruner.measure_latency(Latency(batch_size=4, levels=2, min_run_time=0.001))
+    assert {"up1", "up2"} <= set(table.entries) and nn.ConvTranspose2d in built
+    transposed = [kind for kind in built if kind is nn.ConvTranspose2d]
+    assert len(transposed) == 2 * 2 * 2  # up1 and up2, each over 2 input x 2 output widths
+    widths = layer_widths(pruner.layers, pruner.parameter_masks(pruner.plan(pruner.dense_keep(), 0.3, 0)))
+    assert widths["up1"][1] < 8 and table.predict(widths) > 0  # narrower transposed convs have a prediction

@@ -174,6 +174,24 @@ def test_the_tuner_leaves_the_model_dense_and_the_real_fit_prunes_to_the_target(
     assert sum(_widths(model)) == pytest.approx(160, abs=2) and _masked_weights_are_zero(model, pruning)
 
 
+def test_the_learning_rate_finder_callback_runs_before_the_fit_and_the_fit_prunes_to_the_target(tmp_path):
+    """``LearningRateFinder`` inside ``fit``: its trial steps run without ``Pruning`` (Lightning swaps the
+    callbacks out), then it restores its checkpoint of ``on_fit_start``, whose ``Pruning`` state was
+    saved before training started; that state has nothing to resume (it crashed the fit before)."""
+    from lightning.pytorch.callbacks import LearningRateFinder
+
+    L.seed_everything(0)
+    pruning = Pruning(schedule=Geometric(target=0.6, per_cycle=0.4, warmup_epochs=1), granularity="neuron",
+                      criterion=APoZ(batches=2))
+    finder = LearningRateFinder(num_training_steps=4, min_lr=1e-4, max_lr=1e-2)
+    model, trainer = _fit(pruning, callbacks=[finder], model=_model(), data=DigitsDataModule(batch_size=16),
+                          default_root_dir=tmp_path)
+    assert len(finder.optimal_lr.results["lr"]) == 4  # the trial steps ran
+    assert trainer.global_step == 9 and len(pruning.history) == 2  # the real fit: 3 epochs x 3 batches
+    assert pruning.history[-1]["sparsity"] == pytest.approx(0.6, abs=0.01)
+    assert sum(_widths(model)) == pytest.approx(160, abs=2) and _masked_weights_are_zero(model, pruning)
+
+
 # ----------------------------------------------------------------------------- 5. EarlyStopping mid-schedule
 def test_early_stopping_mid_schedule_leaves_a_shorter_history_and_a_consistent_model():
     """A real EarlyStopping ends the fit in cycle 1 of 4 (tests/test_validation.py cuts the only cycle

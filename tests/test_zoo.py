@@ -49,8 +49,9 @@ PARTIAL: dict[str, str] = {
     # Torch-Pruning's test architectures (tests/zoo_torch_pruning.py)
     "tp_split_shared": "the stem's last conv is refused (split three ways, two parts into one shared block: removing "
                        "its units changes an output's shape); only the stem's first conv is pruned",
-    "tp_convtranspose": "ConvTranspose2d is not a prunable layer (layers.is_prunable), and conv3 is the output layer: "
-                        "only conv1's 16 channels are units, and nothing lists the transposed conv as refused",
+    "tp_reshape_deconv_narrow": "fc is refused (Torch-Pruning maps its 32 units onto up1's 8 channels in blocks of 4: "
+                                "removing one unit removes four, or leaves up1.in_channels unequal to its weight); "
+                                "the transposed convs' channels are pruned",
     "issue_mha_layernorm": "the residual stream feeds LayerNorm (refused); nn.MultiheadAttention keeps q/k/v in one "
                            "parameter: FFN hidden units only",
     "issue_unbind": "qkv and the embedding feed a reshape into (3, heads, head_dim) (removal fails: refused); "
@@ -61,12 +62,10 @@ PARTIAL: dict[str, str] = {
 #: No model of tests/zoo.py is: GPT-2 is traced with its KV cache off, and an unbounded search refuses only
 #: the layer it starts from (Swin's residual stream, LLaMA's q/k/v, whose key/value groups are ours).
 REFUSED: dict[str, str] = {
-    "tp_reshape_deconv": "fc is refused (view into ConvTranspose2d channels: removal fails), the transposed convs are "
-                         "not prunable layers and head is the output layer",
-    "tp_reshape_deconv_narrow": "as tp_reshape_deconv, at 8 channels: Torch-Pruning maps fc's 32 units onto up1's 8 "
-                                "channels in blocks of 4 (removing one unit removes four, or leaves up1.in_channels "
-                                "unequal to its weight), so the trial removal refuses fc at construction",
     "issue_groupnorm": "both convs' channels feed GroupNorm (refused), head is the output layer",
+    "issue_grouped_convtranspose": "conv1's channels feed a grouped ConvTranspose2d, whose inputs Torch-Pruning slices "
+                                   "inexactly (the trial removal fails: refused); a grouped transposed conv is not a "
+                                   "prunable layer; conv2 is the output layer",
 }
 
 #: Library bugs: these cases fail (strict xfail, with the exception they fail with) until fixed. None known.

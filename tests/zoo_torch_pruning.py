@@ -59,6 +59,16 @@ failures it measured; the ``issue_*`` entries are small modules for them:
 - ``issue_unbind``: attention with one fused qkv projection split by ``reshape`` and ``unbind``.
 - ``issue_embedding``: ``nn.Embedding`` into an MLP.
 - ``issue_expand``: a channel gate broadcast with ``expand`` over the feature map.
+
+Transposed convolutions are prunable layers (their output channels are units); these are the
+shapes users bring them in:
+
+- ``issue_dcgan_generator``: the generator of PyTorch's DCGAN example (a latent ``(N, nz, 1, 1)``
+  through ``ConvTranspose2d``-BN-ReLU stages to a ``Tanh`` image), at ``ngf=8``.
+- ``issue_unet``: a two-level U-Net whose decoder upsamples with ``ConvTranspose2d`` and
+  concatenates the encoder's skip connection.
+- ``issue_grouped_convtranspose``: a grouped ``ConvTranspose2d`` (left out of the units: Torch-Pruning
+  slices grouped transposed convs inexactly) between two convs.
 """
 
 from __future__ import annotations
@@ -415,6 +425,52 @@ class ExpandGate(nn.Module):
         return self.head(F.relu(self.conv2(x * g)).mean((2, 3)))
 
 
+class DCGANGenerator(nn.Module):
+    """PyTorch examples' DCGAN generator (``examples/dcgan/main.py``), 8x8 → 32x32 at ``ngf=8``."""
+
+    def __init__(self, nz: int = 16, ngf: int = 8, channels: int = 3) -> None:
+        super().__init__()
+        def up(c_in: int, c_out: int, stride: int, padding: int) -> list[nn.Module]:
+            return [nn.ConvTranspose2d(c_in, c_out, 4, stride, padding, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+
+        self.main = nn.Sequential(*up(nz, ngf * 4, 1, 0), *up(ngf * 4, ngf * 2, 2, 1), *up(ngf * 2, ngf, 2, 1),
+                                  nn.ConvTranspose2d(ngf, channels, 4, 2, 1, bias=False), nn.Tanh())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.main(z)
+
+
+class UNet(nn.Module):
+    """A two-level U-Net: conv encoder, max-pool, bottleneck, ``ConvTranspose2d`` up, skip concat, conv decoder."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.down1, self.down2 = _conv_bn(3, c), _conv_bn(c, 2 * c)
+        self.bottom = _conv_bn(2 * c, 4 * c)
+        self.up2, self.dec2 = nn.ConvTranspose2d(4 * c, 2 * c, 2, stride=2), _conv_bn(4 * c, 2 * c)
+        self.up1, self.dec1 = nn.ConvTranspose2d(2 * c, c, 2, stride=2), _conv_bn(2 * c, c)
+        self.head = nn.Conv2d(c, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        one = self.down1(x)
+        two = self.down2(F.max_pool2d(one, 2))
+        bottom = self.bottom(F.max_pool2d(two, 2))
+        two = self.dec2(torch.cat([self.up2(bottom), two], dim=1))
+        return self.head(self.dec1(torch.cat([self.up1(two), one], dim=1)))
+
+
+class GroupedConvTranspose(nn.Module):
+    """conv → grouped ``ConvTranspose2d`` (4 groups) → conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.up, self.conv2 = nn.Conv2d(3, 16, 3, padding=1), nn.ConvTranspose2d(16, 16, 2, 2, groups=4), \
+            nn.Conv2d(16, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(F.relu(self.up(F.relu(self.conv1(x)))))
+
+
 def _image(size: int = 8, channels: int = 3) -> torch.Tensor:
     return _randn(2, channels, size, size)
 
@@ -446,4 +502,7 @@ TP_ZOO: dict[str, Callable[[], tuple[nn.Module, Any]]] = {
     "issue_unbind": lambda: (UnbindAttention(), _randn(2, 6, 8)),
     "issue_embedding": lambda: (EmbeddingMLP(), torch.randint(0, 32, (2, 8), generator=torch.Generator().manual_seed(0))),
     "issue_expand": lambda: (ExpandGate(), _image(8)),
+    "issue_dcgan_generator": lambda: (DCGANGenerator(), _randn(2, 16, 1, 1)),
+    "issue_unet": lambda: (UNet(), _image(8)),
+    "issue_grouped_convtranspose": lambda: (GroupedConvTranspose(), _image(8)),
 }
