@@ -362,7 +362,9 @@ assert sweep["FFN neurons"][2][0] > sweep["heads"][2][0] + 0.1  # half the FFN n
 #
 # Now prune the trained ViT while fine-tuning it: one callback, `granularity="neuron"`, Taylor scores
 # (`Taylor(batches=16)`: |w · ∂L/∂w| with the gradients of 16 training batches, averaged over a unit's
-# weights: the importance Michel et al. 2019 used for heads), half of every group's units removed
+# weights: the importance Michel et al. 2019 used for heads; the loss is the one our `training_step`
+# returns, run by the callback on those batches, so a model with dict batches or its own loss needs
+# nothing more), half of every group's units removed
 # (`ranking=PerLayer()`: 2 of 4 heads and 64 of 128 FFN neurons per layer) in two cycles of 30 % of what
 # is left, one fine-tuning epoch each (`Geometric(target=0.5, per_cycle=0.3, finetune_epochs=1)`), then
 # two more epochs. The `LightningModule` is unchanged: the callback finds the heads, prunes them,
