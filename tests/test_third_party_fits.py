@@ -1,6 +1,6 @@
 """Issues 15 and 17 on third-party models in real ``Trainer`` fits: distillation from a Hugging Face
-``ModelOutput``, 2:4 sparsity on a timm ResNet and on GPT-2's ``Conv1D`` layers, Wanda on BERT, and a
-frozen timm stem left out of neuron pruning. Every model is built at random init and a tiny size."""
+``ModelOutput``, 2:4 sparsity on a timm ResNet and on GPT-2's ``Conv1D`` layers, Wanda on BERT, Taylor
+on a BERT regressor from the loss its ``training_step`` returns, and a frozen timm stem left out of neuron pruning. Every model is built at random init and a tiny size."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from trainers import make_trainer
 from zoo import ZOO
-from lightning_prune import NM, Distillation, Geometric, Neurons, OneShot, Pruning, Wanda, to_semi_structured
+from lightning_prune import NM, Distillation, Geometric, Neurons, OneShot, Pruning, Taylor, Wanda, to_semi_structured
 from lightning_prune.layers import is_transposed
 
 pytest.importorskip("transformers")
@@ -165,6 +165,34 @@ def test_wanda_in_a_fit_of_a_hugging_face_bert():
     assert _pruned_zeros(pruning) == pytest.approx(0.6, abs=0.005)
     logits = module.eval()(module.example_input_array).logits
     assert logits.shape == (2, 3) and bool(torch.isfinite(logits).all())
+
+
+def test_taylor_heads_and_ffn_units_of_a_bert_regressor_from_the_loss_hugging_face_computes_in_training_step():
+    """``Taylor()`` with no loss of its own takes its gradients from ``training_step``: here the MSE that
+    BertForSequenceClassification computes for one regression target (the former default, cross-entropy
+    of the logits, cannot take float targets). The units are those of that loss written out by hand."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    def hf_loss(module, batch):
+        return module(batch[0], labels=batch[1]).loss
+
+    ids = torch.randint(0, 64, (32, 8), generator=torch.Generator().manual_seed(0))
+    data = _loader(ids, ids.float().mean(dim=1) / 64)  # a float target per sequence
+    keeps = []
+    for criterion in (Taylor(batches=2), Taylor(batches=2, loss=hf_loss)):
+        L.seed_everything(0)
+        net = BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                                       num_attention_heads=4, intermediate_size=64,
+                                                       max_position_embeddings=16, num_labels=1))
+        module = ThirdParty(net, ids[:2], logits=lambda out: out.logits, labels_in_forward=True)
+        pruning = Pruning(schedule=OneShot(target=0.5, warmup_epochs=1), criterion=criterion, granularity="neuron",
+                          ranking="layer", verbose=False)
+        _fit(module, pruning, data, 2)
+        keeps.append(pruning.keep)
+        attention = net.bert.encoder.layer[0].attention.self
+        assert attention.num_attention_heads == 2 and attention.query.out_features == 16  # 2 of 4 heads, head_dim 8
+        assert net.bert.encoder.layer[0].intermediate.dense.out_features == 32  # half of the FFN
+    assert keeps[0].keys() == keeps[1].keys() and all(torch.equal(keeps[0][k], keeps[1][k]) for k in keeps[0])
 
 
 def test_a_frozen_timm_stem_and_first_stage_are_left_out_of_neuron_removal():
