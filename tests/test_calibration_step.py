@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainers import make_trainer
+from trainers import ManualClassifier, make_trainer
 from lightning_prune import APoZ, Distillation, Geometric, OneShot, Pruning, Taylor, Wanda
 from lightning_prune.batches import fit_step
 from lightning_prune.criteria import follows_fit_step, step_loss
@@ -173,22 +173,9 @@ def test_the_step_neither_logs_nor_moves_a_training_metric():
     assert "log" not in vars(model) and "log_dict" not in vars(model)  # the module's own log is back
 
 
-class _Manual(Classifier):
-    def __init__(self):
-        super().__init__("lenet_300_100", input_shape=(1, 8, 8), optimizer="sgd", lr=0.5)
-        self.automatic_optimization = False
-
-    def training_step(self, batch, batch_idx):
-        optimizer = self.optimizers()
-        loss = F.cross_entropy(self(batch[0]), batch[1])
-        optimizer.zero_grad()
-        self.manual_backward(loss)
-        optimizer.step()
-
-
 def test_manual_optimization_refuses_taylor_without_a_loss_before_the_warm_up():
     pruning = Pruning(schedule=OneShot(target=0.5, warmup_epochs=1), criterion=Taylor(batches=2), granularity="neuron")
-    model = _Manual()
+    model = ManualClassifier()
     before = _parameters(model)
     with pytest.raises(ValueError, match="with manual optimization training_step steps the optimizer.*"
                                          "pruning_calibration_step.*Taylor\\(loss=lambda model, batch"):
@@ -199,11 +186,11 @@ def test_manual_optimization_refuses_taylor_without_a_loss_before_the_warm_up():
 def test_manual_optimization_calibrates_apoz_on_the_models_forward_and_taylor_on_the_modules_hook():
     pruning = Pruning(schedule=OneShot(target=0.5, warmup_epochs=1), criterion=APoZ(batches=2), granularity="neuron",
                       verbose=False)
-    model = _Manual()
+    model = ManualClassifier()
     _fit(pruning, model, max_epochs=2)
     assert model.model.features[0].out_features + model.model.features[2].out_features == 200
 
-    class WithHook(_Manual):
+    class WithHook(ManualClassifier):
         def pruning_calibration_step(self, batch, batch_idx):
             return F.cross_entropy(self(batch[0]), batch[1])
 

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from torch.utils.data import DataLoader, IterableDataset
 
-from trainers import make_trainer
+from trainers import ManualClassifier, make_trainer
 from lightning_prune import APoZ, DropGuard, Geometric, Neurons, OneShot, Pruning
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.models import Classifier
@@ -212,26 +212,9 @@ def test_early_stopping_mid_schedule_leaves_a_shorter_history_and_a_consistent_m
 
 
 # ----------------------------------------------------------------------------- 6. manual optimization
-class _Manual(Classifier):
-    """One optimizer stepped by hand (``automatic_optimization=False``), as a plain classifier."""
-
-    def __init__(self):
-        super().__init__("lenet_300_100", input_shape=(1, 8, 8), optimizer="sgd", lr=0.5)
-        self.automatic_optimization = False
-
-    def training_step(self, batch, batch_idx):
-        optimizer = self.optimizers()
-        x, y = batch
-        loss = torch.nn.functional.cross_entropy(self(x), y)
-        optimizer.zero_grad()
-        self.manual_backward(loss)
-        optimizer.step()
-        return loss
-
-
 def test_manual_optimization_prunes_weights_and_the_masks_hold_through_its_steps():
     pruning = Pruning(schedule=Geometric(target=0.6, per_cycle=0.4, warmup_epochs=1))
-    model, trainer = _fit(pruning, max_epochs=3, model=_Manual())
+    model, trainer = _fit(pruning, max_epochs=3, model=ManualClassifier())
     assert trainer.global_step == 9 and pruning.history[-1]["sparsity"] == pytest.approx(0.6, abs=0.01)
     assert _masked_weights_are_zero(model, pruning) and _weight_zeros(model) >= 0.59
 
