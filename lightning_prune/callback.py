@@ -64,7 +64,7 @@ class Pruning(CheckpointedState, Callback):
             ``Taylor(batches, loss)``, ``Wanda(batches, forward)``, ``RandomImportance(seed)``, your
             own ``Criterion``, or ``"l1"``, ``"l2"``, ``"apoz"``, ``"taylor"``, ``"wanda"``, ``"random"``.
         granularity: ``Weights()`` / ``"weight"`` (unstructured), ``NM(n, m)`` (N:M semi-structured)
-            or ``Neurons(remove, round_to)`` / ``"neuron"`` (whole output units, filters and heads).
+            or ``Neurons(remove, round_to, norm_coupled)`` / ``"neuron"`` (whole output units, filters and heads).
         ranking: ``Global(normalize, min_keep)`` / ``"global"`` or ``PerLayer(overrides, min_keep)`` /
             ``"layer"``.
         guard: ``DropGuard(monitor, max_drop, mode)``: roll back a cycle that worsens the metric
@@ -133,6 +133,7 @@ class Pruning(CheckpointedState, Callback):
         fit_checks.check_one_callback(sum(isinstance(c, Pruning) for c in trainer.callbacks))
         fit_checks.check_not_compiled(self.remove, is_compiled(pl_module))
         check_distillable(self.distill, pl_module.automatic_optimization)
+        fit_checks.check_norm_coupled_removal(getattr(self.granularity, "removes_norm_coupled", False), trainer.world_size)
         self._timeline = self.timeline
         if trainer.fast_dev_run:
             self._timeline = Timeline(0, 1, 1)

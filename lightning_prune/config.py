@@ -55,6 +55,13 @@ class Neurons(Granularity):
             model); ``False`` keeps them as masked zeros.
         round_to: Round each layer's kept units up to a multiple of this (e.g. 8, for the widths
             that dense kernels run fastest at); ``None``: no rounding.
+        norm_coupled: What to do with channels that feed a channel-mixing norm (LayerNorm,
+            RMSNorm, GroupNorm: a transformer's residual stream, ConvNeXt's channels), where a
+            zeroed channel still enters the mean and variance, so masking them is not removing
+            them. ``"refuse"`` (default): leave them unpruned, with the reason. ``"remove"``:
+            prune them by removing them at the prune step, so the model trained from then on is
+            the compact one; this needs ``remove=True``, one process and no ``guard`` (each of
+            which trains or judges a masked model).
 
     Raises:
         ValueError: Naming the field, for a value that is not allowed.
@@ -62,11 +69,26 @@ class Neurons(Granularity):
 
     name = "neuron"
 
-    def __init__(self, remove: bool = True, round_to: int | None = None) -> None:
+    def __init__(self, remove: bool = True, round_to: int | None = None, norm_coupled: str = "refuse") -> None:
         if not isinstance(remove, bool):
             raise ValueError(f"`Neurons.remove` must be True or False, got {remove!r}.")
         self.remove = remove
         self.round_to = None if round_to is None else check_int("Neurons.round_to", round_to, 1)
+        if norm_coupled not in NORM_COUPLED:
+            raise ValueError(f"`Neurons.norm_coupled` must be one of {NORM_COUPLED}, got {norm_coupled!r}.")
+        if norm_coupled == "remove" and not remove:
+            raise ValueError("`Neurons.norm_coupled='remove'` removes those channels at the prune step; it needs "
+                             "`Neurons.remove=True`, got remove=False (masking them is not removing them).")
+        self.norm_coupled = norm_coupled
+
+    @property
+    def removes_norm_coupled(self) -> bool:
+        """Whether channels that feed a channel-mixing norm are pruned (by removal at the prune step)."""
+        return self.norm_coupled == "remove"
+
+
+#: What :class:`Neurons` does with channels that feed a channel-mixing norm.
+NORM_COUPLED = ("refuse", "remove")
 
 
 GRANULARITY_SHORTCUTS: dict[str, Callable[[], Granularity]] = {"weight": Weights, "neuron": Neurons}
@@ -367,6 +389,12 @@ def check_combination(schedule: Schedule, granularity: Granularity, ranking: Ran
         raise ValueError(
             f"`Rewind.to`={lottery.to!r} is after the first prune; it must be 'init' or an epoch in "
             f"[0, warmup_epochs={schedule.warmup_epochs}]."
+        )
+    if guard is not None and getattr(granularity, "removes_norm_coupled", False):
+        raise ValueError(
+            f"`Neurons.norm_coupled='remove'` removes channels that feed a norm at the prune step, but `guard` judges "
+            f"the masked model before removing it (for these channels another function, and a rollback could not "
+            f"restore the architecture): leave out `guard`={guard!r}, or use norm_coupled='refuse'."
         )
     if monitor is not None and guard is not None and monitor != guard.monitor:
         raise ValueError(

@@ -62,17 +62,20 @@ def tied_modules(model: nn.Module) -> dict[int, str]:
     return tied
 
 
-def coupling_refusal(group: Any, tied: Mapping[int, str], module_names: Mapping[int, str]) -> str | None:
+def coupling_refusal(group: Any, tied: Mapping[int, str], module_names: Mapping[int, str],
+                     allow_norms: bool = False) -> str | None:
     """Why a group's units cannot be masked-then-removed exactly, for couplings known without trying.
 
     Args:
         group: A Torch-Pruning group (its items' targets are the coupled modules and ops).
         tied: :func:`tied_modules` of the model.
         module_names: ``id(module)`` to its name in the model.
+        allow_norms: Do not refuse channels that feed a channel-mixing norm (they are removed at
+            the prune step, ``Neurons(norm_coupled="remove")``).
 
     Returns:
         The reason for the first member (in the group's order) whose weight is tied to another
-        module's or that is a channel-mixing norm, or ``None`` when there is none.
+        module's or (unless ``allow_norms``) that is a channel-mixing norm, or ``None`` when there is none.
     """
     for item in group:
         module = item.dep.target.module
@@ -80,10 +83,24 @@ def coupling_refusal(group: Any, tied: Mapping[int, str], module_names: Mapping[
         if id(module) in tied:
             return (f"its channels reach {name!r}, whose weight is tied to {tied[id(module)]!r} (one shared "
                     "tensor): removing them would break the tie")
-        if is_channel_mixing_norm(module):
+        if is_channel_mixing_norm(module) and not allow_norms:
             return (f"its channels feed the channel-mixing norm {name!r} ({type(module).__name__}), where a "
-                    "zeroed channel is not a removed one")
+                    "zeroed channel is not a removed one (Neurons(norm_coupled='remove') removes them at the prune step)")
     return None
+
+
+def norm_parameters(model: nn.Module) -> set[int]:
+    """``id`` of every parameter of a channel-mixing norm in ``model`` (the norms Torch-Pruning traces
+    as operations on an unwrapped parameter, such as Hugging Face's ``LlamaRMSNorm``)."""
+    return {id(param) for module in model.modules() if is_channel_mixing_norm(module)
+            for param in module.parameters(recurse=False)}
+
+
+def feeds_norm(group: Any, norm_params: set[int] = frozenset()) -> bool:
+    """Whether a Torch-Pruning group's channels feed a channel-mixing norm: a norm module among its
+    targets, or the parameter of one (``norm_params``: :func:`norm_parameters`)."""
+    return any(is_channel_mixing_norm(target) or id(target) in norm_params
+               for target in (item.dep.target.module for item in group))
 
 
 def searched_groups(graph: tp.DependencyGraph, ignored: Sequence[nn.Module]) -> tuple[list[Any], dict[nn.Module, str]]:

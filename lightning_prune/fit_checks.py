@@ -45,6 +45,17 @@ def check_not_compiled(removes: bool, compiled: bool) -> None:
         )
 
 
+def check_norm_coupled_removal(removes_norm_coupled: bool, world_size: int) -> None:
+    """Raises: ValueError: If channels that feed a norm are to be removed at the prune step under DDP, where
+    the wrapped module cannot be reshaped during the fit (the ranks would train the masked model)."""
+    if removes_norm_coupled and world_size > 1:
+        raise ValueError(
+            f"`Neurons.norm_coupled='remove'` removes channels that feed a norm at the prune step; with {world_size} "
+            "processes the model stays masked until the fit ends, and for these channels the masked model is another "
+            "function. Fit on one device, or use norm_coupled='refuse'."
+        )
+
+
 def check_epochs(timeline: Timeline, max_epochs: int | None) -> None:
     """Raises: ValueError: If ``max_epochs`` ends the fit before the schedule's last cycle is fine-tuned."""
     if max_epochs is not None and 0 <= max_epochs < timeline.epochs_needed:

@@ -83,7 +83,9 @@ class Pruner:
             self.layers = [layer for layer in self.layers if layer.name not in off]
             if not self.layers:
                 raise ValueError(f"No layer fits the N:M pattern: {off}.")
-        self.structure = NeuronStructure(model, example_input, self.layers) if self.granularity == "neuron" else None
+        self._norm_coupled = bool(getattr(self.granularity_config, "removes_norm_coupled", False))
+        self.structure = (NeuronStructure(model, example_input, self.layers, norm_coupled=self._norm_coupled)
+                          if self.granularity == "neuron" else None)
         if self.structure is not None:
             members = {name for group in self.structure.groups for name, _ in group.members}
             self.scored_layers = [layer for layer in self.layers if layer.name in members]
@@ -299,7 +301,7 @@ class Pruner:
             with Transaction(self.model, optimizers):  # removal, re-trace, MACs and checks: all or nothing
                 kept = remove_units(self.model, self.example_input, removal, optimizers)
                 structure = NeuronStructure(self.model, self.example_input, self.layers, verify=False,
-                                            refused=self.structure.refused)
+                                            refused=self.structure.refused, norm_coupled=self._norm_coupled)
                 macs = count_macs(self.model, self.example_input)
                 _check_fits({key: (size,) for key, size in structure.sizes.items()}, keep, keep)
             self.structure, self.macs = structure, macs

@@ -26,7 +26,9 @@ from torch import nn
 from lightning_prune.coupling import (
     CHANNEL_MIXING_NORMS,
     coupling_refusal,
+    feeds_norm,
     is_channel_mixing_norm,
+    norm_parameters,
     searched_groups,
     tied_modules,
 )
@@ -69,6 +71,9 @@ class NeuronStructure:
             groups that fail). ``False`` skips the check and refuses the groups named in ``refused``.
         refused: Groups refused earlier (key to reason), e.g. by the verified structure of the dense
             model, to refuse again without re-checking.
+        norm_coupled: Keep the groups whose channels feed a channel-mixing norm (their masks are not
+            their removal: the caller removes them at the prune step); they are listed in
+            :attr:`inexact` and verified only to be removable.
 
     Attributes:
         groups: The prunable groups, in the order Torch-Pruning's ``get_all_groups`` yields them
@@ -78,6 +83,7 @@ class NeuronStructure:
             (other than the output layers) that is a member of no prunable group.
         sites: Layer name to the module whose output is the layer's pre-activation: the BatchNorm
             fed directly by the layer, if any, else the layer.
+        inexact: Keys of the groups kept with ``norm_coupled`` (masking their units is not removing them).
 
     Raises:
         TraceError: If the model's forward pass fails while tracing it.
@@ -91,8 +97,10 @@ class NeuronStructure:
         layers: Sequence[PrunableLayer],
         verify: bool = True,
         refused: Mapping[str, str] | None = None,
+        norm_coupled: bool = False,
     ) -> None:
         self.example_input = example_input
+        self.inexact: set[str] = set()
         names = {id(layer.module): layer.name for layer in layers}
         module_names = {id(module): name for name, module in model.named_modules()}
         kept_out = [layer.module for layer in layers if layer.is_output]
@@ -105,6 +113,7 @@ class NeuronStructure:
         self.refused: dict[str, str] = dict(refused or {})
         grouped: dict[str, str | None] = {}  # member layer -> reason its group is refused (None: pruned)
         tied = tied_modules(model)
+        norm_params = norm_parameters(model) if norm_coupled else set()
         all_groups, unbounded = searched_groups(graph, kept_out + unselected)
         for module, reason in unbounded.items():
             self.refused[module_names[id(module)]] = reason
@@ -123,7 +132,7 @@ class NeuronStructure:
             members_by_name = dict(members) or {names[id(root)]: tuple(range(size))}
             key = first_called(members_by_name, order)
             unit_of, tie_reason = grouped_conv_units(group, size)
-            reason = self.refused.get(key) or coupling_refusal(group, tied, module_names) or tie_reason
+            reason = self.refused.get(key) or coupling_refusal(group, tied, module_names, norm_coupled) or tie_reason
             if unit_of is None and members:
                 unit_of = head_units([parents.get(name) for name, _ in members], size)
             for name, _ in members:
@@ -132,11 +141,14 @@ class NeuronStructure:
                 self.refused[key] = reason
             elif members:
                 self.groups.append(keyed_by_first_member(members_by_name, unit_of, size, order, touches_grouped_conv(group)))
+                if norm_coupled and feeds_norm(group, norm_params):
+                    self.inexact.add(key)
         if verify:
             for key, reason in verify_groups(model, example_input, self).items():
                 self.refused[key] = reason
                 grouped.update((name, reason) for name, _ in next(g for g in self.groups if g.key == key).members)
                 self.groups = [g for g in self.groups if g.key != key]
+                self.inexact.discard(key)
         self.skipped = _skipped(layers, grouped, set(order))
         self.sites = _sites(layers, graph)
 

@@ -288,6 +288,40 @@ def report(zoo: Mapping[str, Callable[[], tuple[nn.Module, Any]]] | None = None,
     return "\n".join(rows)
 
 
+#: The models whose channels that feed a channel-mixing norm are refused by default and are pruned with
+#: ``Neurons(norm_coupled="remove")`` (tests/test_norm_coupled.py), from either zoo.
+NORM_COUPLED = ["timm_vit", "timm_deit", "hf_vit", "hf_bert_classifier", "hf_llama", "tv_convnext", "timm_convnext",
+                "issue_channel_layernorm"]
+
+
+def build(name: str) -> tuple[nn.Module, Any]:
+    """A model of either zoo (this one or tests/zoo_torch_pruning.py), seeded."""
+    from zoo_torch_pruning import TP_ZOO
+
+    torch.manual_seed(0)
+    return (ZOO.get(name) or TP_ZOO[name])()
+
+
+def norm_coupled_report(names: list[str] | None = None) -> str:
+    """A markdown table: parameters left after 30 % of units by default and with ``norm_coupled="remove"``."""
+    from lightning_prune.config import Global, Neurons
+    from lightning_prune.criteria import Magnitude
+    from lightning_prune.pruner import Pruner
+
+    rows = ["| model | parameters | after 30 % of units, default | with `norm_coupled=\"remove\"` | normed groups / groups |",
+            "|---|---:|---:|---:|---|"]
+    for name in names or NORM_COUPLED:
+        model, x = build(name)
+        dense = _count(model)
+        default = prune_and_compare(model, x).compact / dense
+        model, x = build(name)
+        pruner = Pruner(model.eval(), x, Magnitude(2), Neurons(norm_coupled="remove"), Global(normalize="mean"))
+        normed, groups = len(pruner.structure.inexact), len(pruner.structure.groups)
+        pruner.commit(pruner.plan(pruner.dense_keep(), 0.3, 0))
+        rows.append(f"| {name} | {dense:,} | {default:.2f} | {_count(model) / dense:.2f} | {normed} / {groups} |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
     import sys
     import warnings
@@ -295,7 +329,10 @@ if __name__ == "__main__":
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     args = sys.argv[1:]
-    if "--torch-pruning" in args:  # Torch-Pruning's own test architectures (tests/zoo_torch_pruning.py)
+    if "--norm-coupled" in args:  # channels that feed a norm, removed at the prune step
+        args.remove("--norm-coupled")
+        print(norm_coupled_report(args or None))
+    elif "--torch-pruning" in args:  # Torch-Pruning's own test architectures (tests/zoo_torch_pruning.py)
         from zoo_torch_pruning import TP_ZOO
 
         args.remove("--torch-pruning")

@@ -302,9 +302,11 @@ assert ffn_gap < 1e-5, ffn_gap                # zeroing an FFN neuron is removin
 # zeroing an FFN neuron changes nothing beyond rounding. The `Pruning` callback trains and judges the
 # *masked* model (and, under DDP or `remove=False`, keeps it masked) and ends with the compact one, so
 # it only prunes what it can remove exactly: the residual-stream group is **refused** (the warning in
-# section 1), and in a transformer only heads and FFN neurons are pruned. Removing residual channels
-# is possible, but then the model is a different function that needs fine-tuning from a new starting
-# point, not a masked model that already is the pruned one.
+# section 1), and in a transformer only heads and FFN neurons are pruned by default. Removing residual
+# channels is possible, but then the model is a different function that needs fine-tuning from a new
+# starting point, not a masked model that already is the pruned one: `Neurons(norm_coupled="remove")`
+# does exactly that, removing them at the prune step (one process, no `guard`, so that no masked model
+# is ever trained or judged).
 #
 # ## 4 · Heads or FFN neurons: which cost more accuracy?
 #
