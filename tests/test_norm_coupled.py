@@ -14,6 +14,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from trainers import make_trainer
@@ -80,10 +81,14 @@ class _ViT(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=1e-3)
 
 
-def test_a_timm_vits_residual_stream_is_removed_in_a_fit_and_trains_on():
+def _images():
     generator = torch.Generator().manual_seed(0)
-    data = DataLoader(TensorDataset(torch.randn(32, 3, 16, 16, generator=generator),
+    return DataLoader(TensorDataset(torch.randn(32, 3, 16, 16, generator=generator),
                                     torch.randint(0, 10, (32,), generator=generator)), batch_size=8)
+
+
+def test_a_timm_vits_residual_stream_is_removed_in_a_fit_and_trains_on():
+    data = _images()
     L.seed_everything(0)
     module = _ViT()
     dense_width, dense = module.net.patch_embed.proj.out_channels, _count(module)
@@ -100,6 +105,27 @@ def test_a_timm_vits_residual_stream_is_removed_in_a_fit_and_trains_on():
     assert _count(module) < 0.6 * dense
     assert torch.isfinite(trainer.callback_metrics["train_loss"])  # trained on after both removals
     assert module(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("resume_epoch", [1, 2])
+def test_a_fit_that_removed_the_residual_stream_resumes_exactly(tmp_path, resume_epoch):
+    """The checkpoint's plan (normed channels included) is replayed on a fresh dense ViT; the resumed fit
+    ends with the weights of the uninterrupted one."""
+    def run(extra=(), ckpt_path=None):
+        L.seed_everything(0)
+        module = _ViT()
+        pruning = Pruning(schedule=Geometric(target=0.5, per_cycle=0.3, warmup_epochs=1), criterion="l2",
+                          granularity=Neurons(norm_coupled="remove"), ranking="layer", verbose=False)
+        trainer = make_trainer(4, [pruning, *extra], limit_train_batches=2, limit_val_batches=0, num_sanity_val_steps=0,
+                               enable_checkpointing=bool(extra))
+        trainer.fit(module, _images(), ckpt_path=ckpt_path)
+        return module
+
+    full = run([ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, filename="{epoch}")])
+    resumed = run(ckpt_path=str(tmp_path / f"epoch={resume_epoch}.ckpt"))
+    assert resumed.net.patch_embed.proj.out_channels == full.net.patch_embed.proj.out_channels < 192
+    for name, value in full.state_dict().items():
+        assert torch.allclose(value, resumed.state_dict()[name], atol=1e-6), name
 
 
 def test_removal_at_once_is_refused_where_a_masked_model_is_trained_or_judged():
