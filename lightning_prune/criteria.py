@@ -369,7 +369,7 @@ def score_layers(
         if model is None:
             raise ValueError(f"Criterion {criterion.name!r} needs a model and calibration batches.")
         was_training = model.training
-        seen = 0
+        seen = losses = 0
         own = step is None or not follows_fit_step(criterion)
         criterion.begin(layers, sites or {})
         try:
@@ -383,6 +383,7 @@ def score_layers(
                             continue
                         grads = torch.autograd.grad(loss, [layer.weight for layer in layers], allow_unused=True)
                     criterion.observe_gradients(layers, grads)
+                    losses += 1
                 else:
                     with torch.no_grad():
                         criterion.calibration_forward(model, batch) if own else step(batch, index)
@@ -391,6 +392,9 @@ def score_layers(
             model.train(was_training)
         if seen == 0:
             raise ValueError(f"Criterion {criterion.name!r} needs calibration batches, but none were given.")
+        if criterion.needs_gradients and losses == 0:
+            raise ValueError(f"Criterion {criterion.name!r} needs a loss, but the step skipped all {seen} calibration "
+                             "batches (training_step returned None): return the loss, or pass Taylor(loss=...).")
     scores = criterion.scores(layers, granularity, cycle)
     for layer in layers:
         score = scores.get(layer.name)

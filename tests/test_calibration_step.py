@@ -234,3 +234,15 @@ def test_a_step_without_a_loss_is_refused_naming_what_it_returned(output):
     with pytest.raises(ValueError, match=f"returned {type(output).__name__}, not a loss.*training_step"):
         step_loss(output)
     assert step_loss(None) is None and torch.equal(step_loss({"loss": torch.ones(1)}), torch.ones(1))
+
+
+def test_a_step_that_skips_every_calibration_batch_is_refused_for_taylor():
+    class Skipping(Classifier):
+        def training_step(self, batch, batch_idx):
+            return None if self.trainer.current_epoch > 0 else super().training_step(batch, batch_idx)
+
+    pruning = Pruning(schedule=OneShot(target=0.5, warmup_epochs=1), criterion=Taylor(batches=2), granularity="neuron")
+    model = Skipping("lenet_300_100", input_shape=(1, 8, 8))
+    with pytest.raises(ValueError, match="the step skipped all 2 calibration batches"):
+        _fit(pruning, model)
+    assert pruning.history == []
