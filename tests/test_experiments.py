@@ -112,6 +112,25 @@ def test_transformer_pruning_removes_heads_and_ffn_units_of_a_hugging_face_vit_i
     assert pruned["latency_ms"]["median"] > 0
 
 
+def test_residual_stream_experiment_cuts_both_arms_to_the_same_size_differently():
+    pytest.importorskip("transformers")
+    import residual_stream
+
+    # Two Trainer fits on real MNIST (3 epochs each): heads+FFN, then +residual at its parameter count.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        row = residual_stream.run(seed=0, quick=True)  # asserts the residual width shrank and the sizes match
+    finally:
+        torch.set_num_threads(threads)
+    plain, residual = row["heads+FFN"], row["+residual"]
+    assert plain["hidden"] == 64 and residual["hidden"] < 64
+    assert plain["heads"] == [2, 2, 2, 2] and residual["heads"][0] > 2  # the cut went partly into the stream
+    assert abs(plain["params"] - residual["params"]) <= 0.03 * row["dense"]["params"]
+    assert plain["test_acc"] > 0.25 and residual["test_acc"] > 0.25
+    assert "±" in residual_stream.tables([row])
+
+
 def test_distillation_prunes_with_and_without_the_teacher_and_renders_the_table(monkeypatch):
     import distillation
 
