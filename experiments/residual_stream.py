@@ -25,8 +25,6 @@ repeats) is what ``tests/test_experiments.py`` runs.
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from typing import Any
 
 import torch
@@ -124,33 +122,15 @@ def tables(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    C.add_common_arguments(parser)
-    parser.add_argument("--quick", action="store_true", help="3 epochs, 2 cycles, 3 latency repeats: a smoke run, not results")
+    C.add_common_arguments(parser, quick="3 epochs, 2 cycles, 3 latency repeats: a smoke run, not results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     name = "residual_stream" + "_quick" * args.quick
-    if args.render:
-        saved = json.loads((args.out / f"{name}.json").read_text())
-        rows, runtime, environment, command, cpu = (saved[k] for k in ("rows", "runtime_s", "environment", "command", "cpu"))
-    else:
-        start = time.perf_counter()
-        rows = []
-        for seed in args.seeds:
-            rows.append(run(seed, quick=args.quick))
-            print(f"seed {seed} done after {time.perf_counter() - start:.0f} s", flush=True)
-        runtime = time.perf_counter() - start
-        environment, cpu = C.environment(), T.machine()
-        command = "python experiments/residual_stream.py --seeds " + " ".join(map(str, args.seeds))
-        command += " --quick" * args.quick + (f" --threads {args.threads}" if args.threads != 1 else "")
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{name}.json").write_text(json.dumps(
-            {"command": command, "vit": T.VIT, "batch_size": T.BATCH_SIZE, "lr": T.LR, "runtime_s": runtime,
-             "environment": environment, "cpu": cpu, "rows": rows}, indent=2))
-    table = tables(rows)
+    saved = C.run_or_load(args, name, "residual_stream", lambda seed: run(seed, quick=args.quick),
+                          {"vit": T.VIT, "batch_size": T.BATCH_SIZE, "lr": T.LR})
+    table = tables(saved["rows"])
     print(table)
-    lines = [
-        "# Heads and FFN units, or the residual stream too? (issue 13)", "", f"`{command}`", "",
-        f"Total runtime {runtime:.0f} s ({environment}; {cpu}; 2 CPU cores shared with other jobs).", "",
+    lines = C.report_header("Heads and FFN units, or the residual stream too? (issue 13)", saved) + [
         "The ViT, data and training of `transformer_pruning.md` (hidden size 64, 4 layers of 4 heads, FFN 256; "
         "3,500 real-MNIST training images; AdamW; the same epochs, warm-up and cycles in both arms, same seed). "
         "**heads+FFN**: `granularity=\"neuron\"`, the residual stream refused (it feeds LayerNorm), half of every "

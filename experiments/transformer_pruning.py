@@ -30,11 +30,8 @@ machine). ``--quick`` (3 epochs, 2 cycles of 30 %, 3 latency repeats) is what ``
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import random
 import statistics
-import time
 from typing import Any
 
 import lightning as L
@@ -224,16 +221,6 @@ def run(seed: int, quick: bool = False) -> dict[str, Any]:
     }
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return cpu
-
-
 def tables(rows: list[dict[str, Any]]) -> str:
     def ms(values: list[float]) -> str:
         mean, std = mean_std(values)
@@ -280,39 +267,19 @@ def tables(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    C.add_common_arguments(parser)
-    parser.add_argument("--quick", action="store_true", help="3 epochs, 2 cycles, 3 latency repeats: a smoke run, not results")
+    C.add_common_arguments(parser, quick="3 epochs, 2 cycles, 3 latency repeats: a smoke run, not results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     name = "transformer_pruning" + "_quick" * args.quick
-    if args.render:
-        saved = json.loads((args.out / f"{name}.json").read_text())
-        rows, runtime, environment, command, cpu = (saved[k] for k in ("rows", "runtime_s", "environment", "command", "cpu"))
-    else:
-        start = time.perf_counter()
-        rows = []
-        for seed in args.seeds:
-            rows.append(run(seed, quick=args.quick))
-            print(f"seed {seed} done after {time.perf_counter() - start:.0f} s", flush=True)
-        runtime = time.perf_counter() - start
-        environment, cpu = C.environment(), machine()
-        command = "python experiments/transformer_pruning.py --seeds " + " ".join(map(str, args.seeds))
-        command += " --quick" * args.quick + (f" --threads {args.threads}" if args.threads != 1 else "")
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{name}.json").write_text(json.dumps(
-            {"command": command, "vit": VIT, "batch_size": BATCH_SIZE, "lr": LR, "optimizer": "adamw",
-             "epochs": EPOCHS, "warmup": WARMUP, "finetune": FINETUNE,
-             "pruning": {**PRUNING, "schedule": {"Geometric": SCHEDULE}},
-             "latency_batch": LATENCY_BATCH, "runtime_s": runtime, "environment": environment, "cpu": cpu,
-             "rows": rows}, indent=2))
+    saved = C.run_or_load(args, name, "transformer_pruning", lambda seed: run(seed, quick=args.quick), {
+        "vit": VIT, "batch_size": BATCH_SIZE, "lr": LR, "optimizer": "adamw", "epochs": EPOCHS, "warmup": WARMUP,
+        "finetune": FINETUNE, "pruning": {**PRUNING, "schedule": {"Geometric": SCHEDULE}}, "latency_batch": LATENCY_BATCH})
+    rows = saved["rows"]
     table = tables(rows)
     print(table)
     refused = sorted(rows[0]["refused"])
     first = rows[0]
-    lines = [
-        "# Pruning a small vision transformer's heads and FFN units on real MNIST (issue 13)", "",
-        f"`{command}`", "",
-        f"Total runtime {runtime:.0f} s ({environment}; {cpu}; 2 CPU cores shared with other jobs).", "",
+    lines = C.report_header("Pruning a small vision transformer's heads and FFN units on real MNIST (issue 13)", saved) + [
         "Model: Hugging Face `ViTForImageClassification` at random initialisation, 28 × 28 images in 7 × 7 patches "
         f"(16 tokens + [CLS]), hidden size {VIT['hidden_size']}, {VIT['num_hidden_layers']} layers of "
         f"{VIT['num_attention_heads']} heads (head size {VIT['hidden_size'] // VIT['num_attention_heads']}), FFN width "
