@@ -50,6 +50,9 @@ class Pruner:
         example_input: A batch the model accepts, to find layer order, neuron groups and MACs.
         criterion: The importance criterion.
         granularity: A :class:`~lightning_prune.config.Granularity`, ``"weight"`` or ``"neuron"``.
+            With ``Neurons(norm_coupled="remove")`` the groups that feed a channel-mixing norm
+            (``structure.inexact``) are pruned too, and their masks are not their removal: call
+            :meth:`commit` right after :meth:`plan`, before training or judging the model.
         ranking: A :class:`~lightning_prune.config.Ranking`, ``"global"`` or ``"layer"``.
         layers: Glob patterns of module names to prune (``None``: all supported layers).
         ignore_layers: Glob patterns of module names never to prune.

@@ -57,7 +57,8 @@ class NeuronStructure:
     A group is pruned only when masking its units is, exactly, removing them: the masked model
     that a fit trains and judges must be the compact model it ends with. Groups where that cannot
     hold are *refused* (left unpruned, with the reason): channels that feed a channel-mixing norm
-    (LayerNorm, RMSNorm, GroupNorm) or a tied weight, channels that reach a grouped convolution
+    (LayerNorm, RMSNorm, GroupNorm; kept as :attr:`inexact` groups with ``norm_coupled``, for a
+    caller that removes them at the prune step) or a tied weight, channels that reach a grouped convolution
     re-ordered or in part, and, found by trying it, any other group whose masked and removed models
     differ on the example input or whose removal fails or leaves a layer inconsistent (a reshape or
     split the engine cannot follow).
