@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from trainers import make_trainer
 from zoo import NORM_COUPLED, build, outputs
-from lightning_prune import DropGuard, Geometric, Global, Neurons, OneShot, Pruning
+from lightning_prune import APoZ, DropGuard, Geometric, Global, Neurons, OneShot, Pruning, Rewind
 from lightning_prune.checkpoint import input_spec, load_compact, save_compact
 from lightning_prune.criteria import Magnitude
 from lightning_prune.fit_checks import check_norm_coupled_removal
@@ -104,6 +104,26 @@ def test_a_timm_vits_residual_stream_is_removed_in_a_fit_and_trains_on():
     assert [row["sparsity"] for row in pruning.history] == pytest.approx([0.3, 0.5], abs=0.02)
     assert _count(module) < 0.6 * dense
     assert torch.isfinite(trainer.callback_metrics["train_loss"])  # trained on after both removals
+    assert module(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("option", ["rewind", "apoz", "macs"])
+def test_removal_at_once_works_with_rewinding_activation_scores_and_a_macs_budget(option):
+    """Lottery rewinding (the rewind point is sliced to the compact model), APoZ's hooks on the residual
+    stream, and a MACs budget met by the compact model."""
+    extra = {"rewind": dict(lottery=Rewind("init")), "apoz": dict(criterion=APoZ(batches=2)), "macs": {}}[option]
+    schedule = OneShot(target=0.3, warmup_epochs=1, budget="macs" if option == "macs" else "units")
+    L.seed_everything(0)
+    module = _ViT()
+    dense_width = module.net.patch_embed.proj.out_channels
+    pruning = Pruning(schedule=schedule, granularity=Neurons(norm_coupled="remove"), verbose=False, **extra)
+    make_trainer(2, [pruning], limit_train_batches=2, limit_val_batches=0, num_sanity_val_steps=0).fit(module, _images())
+    assert module.net.patch_embed.proj.out_channels < dense_width
+    row = pruning.history[-1]
+    if option == "macs":
+        assert 1 - row["macs"] / pruning.dense["macs"] >= 0.3
+    else:
+        assert row["sparsity"] == pytest.approx(0.3, abs=0.01)
     assert module(torch.randn(2, 3, 16, 16)).shape == (2, 10)
 
 
