@@ -113,7 +113,7 @@ def fit_step(trainer: L.Trainer, pl_module: L.LightningModule, criterion: Criter
         ``forward``/``loss``, or the module optimizes manually (its ``training_step`` steps the
         optimizer) and defines no ``pruning_calibration_step``.
     """
-    if not (criterion.needs_activations or criterion.needs_gradients) or not follows_fit_step(criterion):
+    if not _reads_data_its_default_way(criterion):
         return None
     run = getattr(pl_module, CALIBRATION_HOOK, None)
     if run is None:
@@ -139,7 +139,7 @@ def check_fit_step(criterion: Criterion, pl_module: L.LightningModule) -> str | 
         ValueError: If a gradient criterion would fall back on its default loss (cross-entropy of
             ``model(batch[0])``) because the module optimizes manually, naming the two fixes.
     """
-    if not (criterion.needs_activations or criterion.needs_gradients) or not follows_fit_step(criterion):
+    if not _reads_data_its_default_way(criterion):
         return None
     if pl_module.automatic_optimization or getattr(pl_module, CALIBRATION_HOOK, None) is not None:
         return None
@@ -152,6 +152,11 @@ def check_fit_step(criterion: Criterion, pl_module: L.LightningModule) -> str | 
         )
     return (f"calibration feeds batch[0] to the model's forward (manual optimization: training_step steps the "
             f"optimizer, so it is not run); define `{CALIBRATION_HOOK}(self, batch, batch_idx)` to run it your way.")
+
+
+def _reads_data_its_default_way(criterion: Criterion) -> bool:
+    """Whether the criterion calibrates on data and leaves how a batch reaches the model to the fit."""
+    return (criterion.needs_activations or criterion.needs_gradients) and follows_fit_step(criterion)
 
 
 @contextlib.contextmanager

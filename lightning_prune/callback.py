@@ -133,7 +133,7 @@ class Pruning(CheckpointedState, Callback):
         fit_checks.check_one_callback(sum(isinstance(c, Pruning) for c in trainer.callbacks))
         fit_checks.check_not_compiled(self.remove, is_compiled(pl_module))
         check_distillable(self.distill, pl_module.automatic_optimization)
-        fit_checks.check_norm_coupled_removal(getattr(self.granularity, "removes_norm_coupled", False), trainer.world_size)
+        fit_checks.check_norm_coupled_removal(self.granularity.removes_norm_coupled, trainer.world_size)
         self._timeline = self.timeline
         if trainer.fast_dev_run:
             self._timeline = Timeline(0, 1, 1)

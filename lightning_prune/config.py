@@ -39,6 +39,8 @@ class Granularity(Config):
     """What one unit is. Use :class:`Weights` or :class:`Neurons`."""
 
     name = "granularity"
+    #: Whether channels that feed a channel-mixing norm are pruned, by removal at the prune step (:class:`Neurons`).
+    removes_norm_coupled = False
 
 
 class Weights(Granularity):
@@ -390,7 +392,7 @@ def check_combination(schedule: Schedule, granularity: Granularity, ranking: Ran
             f"`Rewind.to`={lottery.to!r} is after the first prune; it must be 'init' or an epoch in "
             f"[0, warmup_epochs={schedule.warmup_epochs}]."
         )
-    if guard is not None and getattr(granularity, "removes_norm_coupled", False):
+    if guard is not None and granularity.removes_norm_coupled:
         raise ValueError(
             f"`Neurons.norm_coupled='remove'` removes channels that feed a norm at the prune step, but `guard` judges "
             f"the masked model before removing it (for these channels another function, and a rollback could not "

@@ -384,9 +384,12 @@ def score_layers(
                         grads = torch.autograd.grad(loss, [layer.weight for layer in layers], allow_unused=True)
                     criterion.observe_gradients(layers, grads)
                     losses += 1
+                elif own:
+                    with torch.no_grad():
+                        criterion.calibration_forward(model, batch)
                 else:
                     with torch.no_grad():
-                        criterion.calibration_forward(model, batch) if own else step(batch, index)
+                        step(batch, index)
         finally:
             criterion.end()
             model.train(was_training)

@@ -86,7 +86,7 @@ class Pruner:
             self.layers = [layer for layer in self.layers if layer.name not in off]
             if not self.layers:
                 raise ValueError(f"No layer fits the N:M pattern: {off}.")
-        self._norm_coupled = bool(getattr(self.granularity_config, "removes_norm_coupled", False))
+        self._norm_coupled = self.granularity_config.removes_norm_coupled
         self.structure = (NeuronStructure(model, example_input, self.layers, norm_coupled=self._norm_coupled)
                           if self.granularity == "neuron" else None)
         if self.structure is not None:
