@@ -116,6 +116,7 @@ class Pruning(CheckpointedState, Callback):
         self.pruner: Pruner | None = None
         self._exponents: dict[str, float] = {}  # group -> log(1 - its target) / log(1 - target) (PerLayer.overrides)
         self._commit_during_fit = False
+        self._config_noted = False
         self._enforcer: MaskEnforcer | None = None
         self._masks: dict[str, torch.Tensor] = {}
         self._state, self._restored = PruningState(), None
@@ -333,6 +334,9 @@ class Pruning(CheckpointedState, Callback):
             if self._state.rewind_point is not None:  # rewinding now restores the compact shapes
                 self._state.rewind_point = slice_to_model(self._state.rewind_point, kept, pl_module, names)
             self._state.plan["steps"].append(removal)
+            if self.pruner.config_notes and not self._config_noted:  # once per fit: the widths change every step
+                self._config_noted = True
+                rank_zero_warn(f"Pruning: {self.pruner.config_notes[0]}")
             self._state.present = clone_tensors(self._state.keep)
             self._apply(trainer, pl_module, self._state.keep)
 

@@ -22,6 +22,7 @@ from lightning_prune.checkpoint import mark_pruned
 from lightning_prune.config import Granularity, Neurons, Ranking, make_granularity, make_ranking
 from lightning_prune.counting import count_macs, count_parameters, kept_macs
 from lightning_prune.criteria import Criterion, score_layers
+from lightning_prune.hf_config import follow_configs
 from lightning_prune.latency import Latency, LatencyTable, Widths, layer_widths, model_seconds
 from lightning_prune.layers import PrunableLayer, find_layers, is_transposed
 from lightning_prune.masks import Masks
@@ -103,6 +104,8 @@ class Pruner:
             self.scored_layers = self.layers
         self.example_input = example_input
         self.macs = count_macs(model, example_input)
+        #: Hugging Face models whose config could not follow the last removal (:func:`~lightning_prune.hf_config.follow_configs`).
+        self.config_notes: list[str] = []
 
     @property
     def skipped_layers(self) -> dict[str, str]:
@@ -307,6 +310,7 @@ class Pruner:
                                             refused=self.structure.refused, norm_coupled=self._norm_coupled)
                 macs = count_macs(self.model, self.example_input)
                 _check_fits({key: (size,) for key, size in structure.sizes.items()}, keep, keep)
+                self.config_notes = follow_configs(self.model)  # Hugging Face width fields (a module attribute)
             self.structure, self.macs = structure, macs
             mark_pruned(self.model)  # its shapes are no longer its class's (see checkpoint.restore_pruned)
         return removal, kept

@@ -277,8 +277,9 @@ class Transaction:
         self.optimizers = list(optimizers)
 
     def __enter__(self) -> "Transaction":
-        self._modules = {
-            module: ({key: copy.copy(value) for key, value in vars(module).items()}) for module in self.model.modules()
+        self._modules = {  # containers are copied (the engine replaces their entries); other values kept as they are
+            module: {key: copy.copy(value) if isinstance(value, (dict, list, set)) else value for key, value in vars(module).items()}
+            for module in self.model.modules()
         }
         self._optimizers = [
             ([list(group["params"]) for group in optimizer.param_groups], dict(optimizer.state)) for optimizer in self.optimizers
