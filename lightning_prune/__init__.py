@@ -29,6 +29,7 @@ from lightning_prune.criteria import CRITERIA, APoZ, Criterion, Magnitude, Rando
 from lightning_prune.distillation import Distillation
 from lightning_prune.latency import Latency
 from lightning_prune.masks import MaskEnforcer, apply_masks
+from lightning_prune.mha import SplitMultiheadAttention, split_attention
 from lightning_prune.pruner import Pruner
 from lightning_prune.schedules import Cubic, Custom, Geometric, OneShot, Schedule
 from lightning_prune.semi_structured import NM, to_semi_structured
@@ -54,6 +55,7 @@ __all__ = [
     "Rewind",
     "Schedule",
     "SignedConstant",
+    "SplitMultiheadAttention",
     "Weights",
     "Magnitude",
     "MaskEnforcer",
@@ -72,6 +74,7 @@ __all__ = [
     "remove_zeroed_units",
     "restore_pruned",
     "save_compact",
+    "split_attention",
     "to_semi_structured",
 ]
 __version__ = "0.1.0"

@@ -41,24 +41,24 @@ def is_channel_mixing_norm(module: Any) -> bool:
     return isinstance(module, CHANNEL_MIXING_NORMS) or type(module).__name__.endswith(_NORM_NAMES)
 
 
-def tied_modules(model: nn.Module) -> dict[int, str]:
+def tied_modules(model: nn.Module) -> dict[int, dict[int, str]]:
     """Modules that share a parameter with another module (tied weights, e.g. an embedding and a head).
 
     Args:
         model: The model.
 
     Returns:
-        ``id(module)`` to the name of another module sharing one of its parameters.
+        ``id(module)`` to the other modules sharing one of its parameters (``id`` to name).
     """
     owners: dict[int, list[tuple[int, str]]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         for param in module.parameters(recurse=False):
             owners.setdefault(id(param), []).append((id(module), name))
-    tied = {}
+    tied: dict[int, dict[int, str]] = {}
     for sharing in owners.values():
         if len({module for module, _ in sharing}) > 1:
             for module, _ in sharing:
-                tied[module] = next(name for other, name in sharing if other != module)
+                tied.setdefault(module, {}).update((other, name) for other, name in sharing if other != module)
     return tied
 
 
@@ -74,15 +74,20 @@ def coupling_refusal(group: Any, tied: Mapping[int, str], module_names: Mapping[
             the prune step, ``Neurons(norm_coupled="remove")``).
 
     Returns:
-        The reason for the first member (in the group's order) whose weight is tied to another
-        module's or (unless ``allow_norms``) that is a channel-mixing norm, or ``None`` when there is none.
+        The reason for the first member (in the group's order) whose weight is tied to a module
+        outside the group or (unless ``allow_norms``) that is a channel-mixing norm, or ``None`` when
+        there is none. A tie whose every module is in the group (GPT-2's token embedding and
+        ``lm_head``) is not refused here: the removal slices both alike and re-ties them
+        (:func:`~lightning_prune.surgery.remove_groups`), which the trial removal checks.
     """
+    members = {id(item.dep.target.module) for item in group}
     for item in group:
         module = item.dep.target.module
         name = module_names.get(id(module), "?")
-        if id(module) in tied:
-            return (f"its channels reach {name!r}, whose weight is tied to {tied[id(module)]!r} (one shared "
-                    "tensor): removing them would break the tie")
+        outside = [other for key, other in tied.get(id(module), {}).items() if key not in members]
+        if outside:
+            return (f"its channels reach {name!r}, whose weight is tied to {outside[0]!r} (one shared "
+                    "tensor), whose channels are not in this group: removing them would break the tie")
         if is_channel_mixing_norm(module) and not allow_norms:
             return (f"its channels feed the channel-mixing norm {name!r} ({type(module).__name__}), where a "
                     "zeroed channel is not a removed one (Neurons(norm_coupled='remove') removes them at the prune step)")

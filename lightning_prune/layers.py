@@ -51,6 +51,38 @@ def is_transposed(module: nn.Module) -> bool:
     return (_HF_CONV1D is not None and isinstance(module, _HF_CONV1D)) or bool(getattr(module, "transposed", False))
 
 
+#: Integer attributes in which a module keeps the width of its own parameters, and which its forward
+#: may read (torchvision's ``VisionTransformer`` reshapes its patches with ``self.hidden_dim``).
+WIDTH_ATTRS = ("hidden_dim", "embed_dim", "hidden_size", "d_model", "num_features")
+
+
+def own_widths(model: nn.Module) -> dict[nn.Module, tuple[dict[str, tuple[int, ...]], dict[str, int]]]:
+    """For each module holding a :data:`WIDTH_ATTRS` attribute: its own parameters' shapes and those attributes."""
+    found = {}
+    for module in model.modules():
+        attrs = {name: vars(module)[name] for name in WIDTH_ATTRS if type(vars(module).get(name)) is int}
+        shapes = {name: tuple(p.shape) for name, p in module.named_parameters(recurse=False)}
+        if attrs and shapes:
+            found[module] = (shapes, attrs)
+    return found
+
+
+def follow_own_widths(before: dict[nn.Module, tuple[dict[str, tuple[int, ...]], dict[str, int]]]) -> None:
+    """After a removal, set each :data:`WIDTH_ATTRS` attribute that equalled a width its module's own
+    parameters lost to that width's new size (one old size changing to two new ones: left as it was)."""
+    for module, (shapes, attrs) in before.items():
+        now = {name: tuple(p.shape) for name, p in module.named_parameters(recurse=False)}
+        changes: dict[int, set[int]] = {}
+        for name, shape in shapes.items():
+            if name in now and len(now[name]) == len(shape):
+                for old, new in zip(shape, now[name]):
+                    if old != new:
+                        changes.setdefault(old, set()).add(new)
+        for attr, value in attrs.items():
+            if len(changes.get(value, ())) == 1:
+                setattr(module, attr, next(iter(changes[value])))
+
+
 def width_mismatches(module: nn.Module) -> list[str]:
     """The width attributes of ``module`` that disagree with its weight's shape, as ``"attr=declared (weight: actual)"``.
 

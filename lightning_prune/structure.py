@@ -48,6 +48,11 @@ from lightning_prune.unit_groups import (
 )
 from lightning_prune.verification import verify_groups
 
+#: Why the heads of an ``nn.MultiheadAttention`` are not units, and the way to make them units.
+MHA_HEADS = ("its heads are not units: nn.MultiheadAttention keeps q, k and v in one in_proj_weight tied to embed_dim; "
+             "lightning_prune.split_attention(model) replaces it by SplitMultiheadAttention (same outputs, q/k/v as "
+             "separate Linear layers, so heads can be removed)")
+
 __all__ = ["CHANNEL_MIXING_NORMS", "NeuronStructure", "UnitGroup", "is_channel_mixing_norm", "remove_zeroed_units"]
 
 
@@ -152,6 +157,9 @@ class NeuronStructure:
                 self.inexact.discard(key)
         self.skipped = _skipped(layers, grouped, set(order))
         self.sites = _sites(layers, graph)
+        for name, module in modules.items():  # heads whose q/k/v share one parameter: say what makes them units
+            if isinstance(module, nn.MultiheadAttention):
+                self.refused[name] = self.skipped[name] = MHA_HEADS  # skipped: the fit's setup warning names it
 
     @property
     def floors(self) -> dict[str, int]:

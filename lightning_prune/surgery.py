@@ -26,7 +26,7 @@ import torch_pruning as tp
 from torch import nn
 
 from lightning_prune.attention import kv_group_attention, qkv_widths, remove_kv_groups, update_head_counts
-from lightning_prune.layers import hf_conv1d_type, width_mismatches
+from lightning_prune.layers import follow_own_widths, hf_conv1d_type, own_widths, width_mismatches
 from lightning_prune.survivors import SliceRecorder, Survivors, UnexplainedRemovalError, shared_copy, swap_to_meta
 from lightning_prune.tracing import call, map_tensors, output_tensors
 
@@ -192,11 +192,42 @@ def remove_groups(
         if attention is not None:  # grouped-query attention: Torch-Pruning cannot follow repeat_kv
             remove_kv_groups(attention, sorted(set(indices)))
             continue
-        heads = qkv_widths(model)
+        heads, widths, ties = qkv_widths(model), own_widths(model), tied_parameters(model)
         group = graph.get_pruning_group(module, pruner.prune_out_channels, sorted(set(indices)))
         group.prune()
         update_head_counts(heads)
+        follow_own_widths(widths)
+        retie(ties, key, names)
         _check_widths(key, units - len(set(indices)), pruner.get_out_channels(module), group, names)
+
+
+def tied_parameters(model: nn.Module) -> list[list[tuple[nn.Module, str]]]:
+    """Every parameter that several modules share (tied weights), as the ``(module, attribute)`` holding it."""
+    holders: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for attribute, param in module._parameters.items():
+            if param is not None:
+                holders.setdefault(id(param), []).append((module, attribute))
+    return [found for found in holders.values() if len(found) > 1]
+
+
+def retie(ties: Sequence[Sequence[tuple[nn.Module, str]]], key: str, names: Mapping[int, str]) -> None:
+    """After a removal, make each tie one shared parameter again (Torch-Pruning gives each holder its own slice).
+
+    Raises:
+        UnsupportedModelError: If the holders of one tied parameter were sliced differently.
+    """
+    for holders in ties:
+        params = [module._parameters[attribute] for module, attribute in holders]
+        if all(param is params[0] for param in params):
+            continue
+        same = all(p.shape == params[0].shape for p in params) and (
+            params[0].is_meta or all(torch.equal(p, params[0]) for p in params))
+        if not same:
+            where = [f"{names.get(id(module), type(module).__name__)}.{attribute}" for module, attribute in holders]
+            raise UnsupportedModelError(f"Torch-Pruning's removal from {key!r} sliced the tied weight {where} differently.")
+        for module, attribute in holders[1:]:
+            module._parameters[attribute] = params[0]
 
 
 def _check_widths(key: str, expected: int, found: int, group: Any, names: Mapping[int, str]) -> None:

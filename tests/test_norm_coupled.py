@@ -24,6 +24,7 @@ from lightning_prune.checkpoint import input_spec, load_compact, save_compact
 from lightning_prune.criteria import Magnitude
 from lightning_prune.fit_checks import check_norm_coupled_removal
 from lightning_prune.pruner import Pruner
+from lightning_prune.surgery import tied_parameters
 from lightning_prune.tracing import call, output_tensors
 
 pytest.importorskip("timm")
@@ -41,8 +42,10 @@ def test_normed_channels_are_removed_and_the_cut_reaches_a_fifth(name, tmp_path)
     pruner = Pruner(model, x, Magnitude(2), Neurons(norm_coupled="remove"), Global(normalize="mean"))
     inexact = set(pruner.structure.inexact)
     assert inexact and not (inexact & set(pruner.structure.refused))  # the normed groups are pruned, not refused
+    ties = [[f"{id(module)}.{attribute}" for module, attribute in holders] for holders in tied_parameters(model)]
     removal, _ = pruner.commit(pruner.plan(pruner.dense_keep(), 0.3, 0))
     assert any(removal.get(key) for key in inexact)  # normed channels left the model
+    assert [[f"{id(module)}.{attribute}" for module, attribute in holders] for holders in tied_parameters(model)] == ties
     assert _count(model) <= 0.8 * dense, (name, _count(model) / dense)
     model.train()
     loss = sum(tensor.float().pow(2).mean() for tensor in output_tensors(call(model, x)))

@@ -34,7 +34,9 @@ ZOOS = {"zoo": ZOO, "torch_pruning": TP_ZOO}
 #: (the README's table says the same).
 PARTIAL: dict[str, str] = {
     "tv_convnext": "channels feed LayerNorm (refused); only the blocks' MLP hidden units are pruned",
-    "tv_vit": "the residual stream feeds LayerNorm; nn.MultiheadAttention keeps q/k/v in one parameter: FFN units only",
+    "tv_vit": "the residual stream feeds LayerNorm; nn.MultiheadAttention keeps q/k/v in one parameter (refused, naming "
+              "split_attention): FFN units only",
+    "tv_vit_split": "the residual stream feeds LayerNorm (refused): attention heads (after split_attention) and FFN units",
     "hf_bert": "the residual stream feeds LayerNorm (refused): attention heads and FFN units only",
     "hf_bert_classifier": "as hf_bert",
     "hf_vit": "as hf_bert",
@@ -54,6 +56,8 @@ PARTIAL: dict[str, str] = {
                                 "the transposed convs' channels are pruned",
     "issue_mha_layernorm": "the residual stream feeds LayerNorm (refused); nn.MultiheadAttention keeps q/k/v in one "
                            "parameter: FFN hidden units only",
+    "issue_mha_layernorm_split": "the residual stream feeds LayerNorm (refused): heads (after split_attention) and FFN units",
+    "issue_transformer_encoder": "as issue_mha_layernorm (nn.TransformerEncoderLayer holds an nn.MultiheadAttention)",
     "issue_unbind": "qkv and the embedding feed a reshape into (3, heads, head_dim) (removal fails: refused); "
                     "only proj's units are pruned",
 }

@@ -63,6 +63,13 @@ def _tv_vit() -> tuple[nn.Module, Any]:
     return model, _image()
 
 
+def _tv_vit_split() -> tuple[nn.Module, Any]:
+    from lightning_prune import split_attention
+
+    model, x = _tv_vit()
+    return split_attention(model), x  # nn.MultiheadAttention's heads as units
+
+
 def _tv_swin() -> tuple[nn.Module, Any]:
     from torchvision.models.swin_transformer import SwinTransformer
 
@@ -157,6 +164,7 @@ ZOO: dict[str, Callable[[], tuple[nn.Module, Any]]] = {
     "tv_squeezenet": partial(_tv, "squeezenet1_1"),
     "tv_convnext": _tv_convnext,
     "tv_vit": _tv_vit,
+    "tv_vit_split": _tv_vit_split,
     "tv_swin": _tv_swin,
     "timm_resnet": partial(_timm, "resnet10t"),
     "timm_regnet": partial(_timm, "regnetx_002"),
@@ -291,7 +299,7 @@ def report(zoo: Mapping[str, Callable[[], tuple[nn.Module, Any]]] | None = None,
 #: The models whose channels that feed a channel-mixing norm are refused by default and are pruned with
 #: ``Neurons(norm_coupled="remove")`` (tests/test_norm_coupled.py), from either zoo.
 NORM_COUPLED = ["timm_vit", "timm_deit", "hf_vit", "hf_bert_classifier", "hf_llama", "tv_convnext", "timm_convnext",
-                "issue_channel_layernorm"]
+                "tv_vit_split", "hf_gpt2", "issue_channel_layernorm", "issue_transformer_encoder_split"]
 
 
 def build(name: str) -> tuple[nn.Module, Any]:

@@ -52,7 +52,9 @@ Torch-Pruning's ``tests/`` build no unbind, LayerNorm, GroupNorm, InstanceNorm, 
 grouped or depthwise module of their own, but issue 13's filing names several of these among the
 failures it measured; the ``issue_*`` entries are small modules for them:
 
-- ``issue_mha_layernorm``: a pre-norm transformer block with ``nn.MultiheadAttention`` and ``nn.LayerNorm``.
+- ``issue_mha_layernorm``: a pre-norm transformer block with ``nn.MultiheadAttention`` and ``nn.LayerNorm``;
+  ``issue_transformer_encoder``: PyTorch's own ``nn.TransformerEncoder``. Their ``_split`` versions are
+  the same models after ``lightning_prune.split_attention`` (heads as units).
 - ``issue_channel_layernorm``: convs with a LayerNorm over channels (``permute``, LayerNorm, ``permute`` back).
 - ``issue_groupnorm`` / ``issue_instancenorm``: conv-GroupNorm and conv-InstanceNorm(affine) stacks.
 - ``issue_grouped_depthwise``: a grouped conv followed by a depthwise and a pointwise conv.
@@ -336,6 +338,27 @@ class AttentionBlock(nn.Module):
         return self.head(x.mean(1))
 
 
+class TransformerEncoderNet(nn.Module):
+    """``nn.TransformerEncoder`` (two post-norm ``nn.TransformerEncoderLayer``\ s, batch first) between a
+    token embedding ``Linear`` and a classifier on the mean token."""
+
+    def __init__(self, d: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, d)
+        layer = nn.TransformerEncoderLayer(d, heads, dim_feedforward=4 * d, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(x)).mean(1))
+
+
+def _split(model: nn.Module, x: Any) -> tuple[nn.Module, Any]:
+    from lightning_prune import split_attention
+
+    return split_attention(model), x
+
+
 class ChannelLayerNorm(nn.Module):
     """Convs with a LayerNorm over the channels of every pixel (ConvNeXt's)."""
 
@@ -495,6 +518,9 @@ TP_ZOO: dict[str, Callable[[], tuple[nn.Module, Any]]] = {
     "tp_convtranspose": lambda: (ConvTransposeNet(), _image(8)),
     "tv_alexnet": _alexnet,
     "issue_mha_layernorm": lambda: (AttentionBlock(), _randn(2, 6, 8)),
+    "issue_mha_layernorm_split": lambda: _split(AttentionBlock(), _randn(2, 6, 8)),
+    "issue_transformer_encoder": lambda: (TransformerEncoderNet(), _randn(2, 6, 8)),
+    "issue_transformer_encoder_split": lambda: _split(TransformerEncoderNet(), _randn(2, 6, 8)),
     "issue_channel_layernorm": lambda: (ChannelLayerNorm(), _image(8)),
     "issue_groupnorm": lambda: (NormStack(lambda c: nn.GroupNorm(4, c)), _image(8)),
     "issue_instancenorm": lambda: (NormStack(lambda c: nn.InstanceNorm2d(c, affine=True)), _image(8)),
