@@ -171,6 +171,7 @@ class Pruning(CheckpointedState, Callback):
             self.pruner = Pruner(pl_module, example, self.criterion, self.granularity, self.ranking, self.config.layers,
                                  self.config.ignore_layers)
         self._commit_during_fit = self.remove and trainer.world_size == 1
+        self._config_noted = False
         if self.remove and not self._commit_during_fit:
             rank_zero_info(masked_during_fit(trainer))
         dense = self.pruner.dense_keep()
@@ -336,7 +337,7 @@ class Pruning(CheckpointedState, Callback):
             self._state.plan["steps"].append(removal)
             if self.pruner.config_notes and not self._config_noted:  # once per fit: the widths change every step
                 self._config_noted = True
-                rank_zero_warn(f"Pruning: {self.pruner.config_notes[0]}")
+                rank_zero_warn("Pruning: " + " ".join(self.pruner.config_notes))
             self._state.present = clone_tensors(self._state.keep)
             self._apply(trainer, pl_module, self._state.keep)
 

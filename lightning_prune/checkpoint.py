@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_prune.hf_config import follow_configs
+from lightning_prune.hf_config import follow_configs, pretrained_signatures
 from lightning_prune.surgery import Transaction, remove_groups
 
 PLAN_KEY = "lightning_prune_plan"
@@ -61,12 +61,13 @@ def apply_plan(model: nn.Module, plan: Plan) -> None:
     _check_plan(plan)
     device = next(model.parameters()).device
     example = example_from_spec(plan["inputs"], device)
+    signatures = pretrained_signatures(model)
     for index, step in enumerate(plan["steps"]):
         try:
             remove_groups(model, example, step)
         except ValueError as error:
             raise ValueError(f"The pruning plan does not fit this model (step {index}): {error}") from error
-    follow_configs(model)  # as after the removals it replays (Hugging Face width fields)
+    follow_configs(model, signatures)  # as after the removals it replays (Hugging Face width fields)
 
 
 def restore_pruned(module: nn.Module, checkpoint: Mapping[str, Any]) -> bool:

@@ -62,7 +62,7 @@ def tied_modules(model: nn.Module) -> dict[int, dict[int, str]]:
     return tied
 
 
-def coupling_refusal(group: Any, tied: Mapping[int, str], module_names: Mapping[int, str],
+def coupling_refusal(group: Any, tied: Mapping[int, Mapping[int, str]], module_names: Mapping[int, str],
                      allow_norms: bool = False) -> str | None:
     """Why a group's units cannot be masked-then-removed exactly, for couplings known without trying.
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import itertools
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -40,8 +41,11 @@ _MAX_TRIES = 2**_MAX_FIELDS
 
 
 def pretrained_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The outermost Hugging Face ``PreTrainedModel``\\ s in ``model`` (with their names), if
-    ``transformers`` is imported at all."""
+    """The outermost Hugging Face ``PreTrainedModel``\\ s in ``model``.
+
+    Returns:
+        ``(name, module)`` of each, in module order; empty if ``transformers`` is not imported.
+    """
     transformers = sys.modules.get("transformers")
     if transformers is None:
         return []
@@ -53,28 +57,34 @@ def pretrained_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
-def follow_configs(model: nn.Module) -> list[str]:
+def pretrained_signatures(model: nn.Module) -> dict[str, dict[str, tuple[int, ...]]]:
+    """The :func:`signature` of each Hugging Face model in ``model``, by name (taken before a removal)."""
+    return {name: signature(pretrained) for name, pretrained in pretrained_models(model)}
+
+
+def follow_configs(model: nn.Module, before: Mapping[str, Mapping[str, tuple[int, ...]]] | None = None) -> list[str]:
     """Give every Hugging Face model inside ``model`` a config that describes its current widths.
 
+    Args:
+        model: The model, after a removal.
+        before: :func:`pretrained_signatures` taken before the removal: models whose signature did
+            not change (a frozen teacher, a model nobody pruned) are left alone. ``None``: all.
+
     Returns:
-        One line per model whose config cannot describe it (left as it was), naming the model and
-        the first parameters whose shapes the config cannot give.
+        One line per changed model whose config cannot describe it (left as it was), naming the
+        model and why.
     """
     notes = []
     for name, pretrained in pretrained_models(model):
         config = getattr(pretrained, "config", None)
-        if config is None:
-            continue
         compact = signature(pretrained)
-        new, mismatches = compact_config(type(pretrained), config, compact)
+        if config is None or (before is not None and before.get(name) == compact):
+            continue
+        new, why = compact_config(type(pretrained), config, compact)
         if new is None:
-            where = name or type(pretrained).__name__
-            notes.append(f"the config of {where!r} ({type(config).__name__}) cannot describe its pruned widths, so it "
-                         "was left as it was and `save_pretrained` would not rebuild this model (a config holds one "
-                         "width per field, so layers pruned to different widths cannot be written in it, nor can "
-                         "heads whose size the model derives as hidden_size // heads, as BERT, ViT and GPT-2 do): "
-                         f"{'; '.join(mismatches)}. Reload it through the pruning plan instead (`load_from_checkpoint`, "
-                         "`load_compact`); `PerLayer` ranking keeps the layers at one width.")
+            notes.append(f"the config of {name or type(pretrained).__name__!r} ({type(config).__name__}) was left as it "
+                         f"was: {why}. `save_pretrained` would not rebuild this model; reload it through the pruning "
+                         "plan (`load_from_checkpoint`, `load_compact`).")
         elif new is not config:
             for module in pretrained.modules():
                 if getattr(module, "config", None) is config:
@@ -82,8 +92,8 @@ def follow_configs(model: nn.Module) -> list[str]:
     return notes
 
 
-def compact_config(cls: type, config: Any, compact: dict[str, tuple[int, ...]]) -> tuple[Any, list[str]]:
-    """A copy of ``config`` whose width fields make ``cls`` build the ``compact`` parameter shapes.
+def compact_config(cls: type, config: Any, compact: Mapping[str, tuple[int, ...]]) -> tuple[Any, str]:
+    """A copy of ``config`` whose width fields make ``cls`` build the ``compact`` model.
 
     Args:
         cls: The model's class.
@@ -91,15 +101,16 @@ def compact_config(cls: type, config: Any, compact: dict[str, tuple[int, ...]]) 
         compact: The pruned model's :func:`signature`.
 
     Returns:
-        ``(config, [])`` if the shapes are already the config's; ``(new config, [])`` if changed
-        width fields give them; ``(None, mismatches)`` if no such fields were found, each mismatch
-        naming a parameter, its compact shape and the shape the config would build.
+        ``(config, "")`` if the config already builds it; ``(new config, "")`` if changed width
+        fields do; ``(None, why)`` if no such fields were found or the config cannot be copied or
+        built from.
     """
-    base = _shapes(cls, config)
+    copied = _with(config, {})
+    base = _built(cls, copied) if copied is not None else None  # a copy: a class may write to the config it is built from
     if base is None:
-        return None, [f"{cls.__name__} cannot be built from its config on the meta device"]
+        return None, f"{cls.__name__} could not be built from a copy of its config on the meta device"
     if base == compact:
-        return config, []
+        return config, ""
     inferred = {}
     for field, positions in _governed(cls, config, base).items():
         values = {compact[key][dim] / factor for key, dim, factor in positions if len(compact.get(key, ())) > dim}
@@ -107,20 +118,21 @@ def compact_config(cls: type, config: Any, compact: dict[str, tuple[int, ...]]) 
         if value is not None and value.is_integer() and value >= 1 and int(value) != getattr(config, field):
             inferred[field] = int(value)
     # Fields can explain the same widths together (LLaMA's q/k/v: fewer heads, or a smaller head_dim):
-    # the fewest changed fields that build the compact shapes win.
+    # the fewest changed fields that build the compact model win.
     fields = sorted(inferred)
     subsets = [combo for size in range(1, len(fields) + 1) for combo in itertools.combinations(fields, size)]
     built = base
     for combo in subsets[:_MAX_TRIES] if len(fields) <= _MAX_FIELDS else [tuple(fields)]:
-        new = copy.deepcopy(config)
-        for field in combo:
-            setattr(new, field, inferred[field])
-        built = _shapes(cls, new)
+        new = _with(config, {field: inferred[field] for field in combo})
+        built = _built(cls, new) if new is not None else None
         if built == compact:
-            return new, []
+            return new, ""
     wrong = [f"{key}: {compact[key]} pruned, {built.get(key) if built else None} from the config" for key in compact
              if not built or built.get(key) != compact[key]]
-    return None, wrong[:3]
+    return None, ("it cannot describe the pruned widths (a config holds one width per field, so layers pruned to "
+                  "different widths cannot be written in it, nor can heads whose size the model derives as "
+                  "hidden_size // heads, as BERT, ViT and GPT-2 do; a `PerLayer` ranking keeps layers at one width): "
+                  + "; ".join(wrong[:3]))
 
 
 def signature(model: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -134,14 +146,25 @@ def signature(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return found
 
 
-def _shapes(cls: type, config: Any) -> dict[str, tuple[int, ...]] | None:
+def _built(cls: type, config: Any) -> dict[str, tuple[int, ...]] | None:
     """The :func:`signature` of ``cls(config)``, built on the ``meta`` device (no memory), or ``None`` if it fails."""
     try:
         with torch.device("meta"):
             model = cls(config)
-    except Exception:  # a probe value the class rejects: that field is not followed
+    except Exception:  # a class that needs more than its config, or a probe value it rejects: not followed
         return None
     return signature(model)
+
+
+def _with(config: Any, values: Mapping[str, int]) -> Any:
+    """A copy of ``config`` with ``values`` set, or ``None`` if it cannot be copied."""
+    try:
+        new = copy.deepcopy(config)
+    except Exception:  # a config holding something uncopyable: its fields are not followed
+        return None
+    for field, value in values.items():
+        setattr(new, field, value)
+    return new
 
 
 def _governed(cls: type, config: Any, base: dict[str, tuple[int, ...]]) -> dict[str, list[tuple[str, int, float]]]:
@@ -170,6 +193,6 @@ def _governed(cls: type, config: Any, base: dict[str, tuple[int, ...]]) -> dict[
 
 
 def _probe(cls: type, config: Any, field: str, value: int) -> dict[str, tuple[int, ...]] | None:
-    probe = copy.deepcopy(config)
-    setattr(probe, field, value)
-    return _shapes(cls, probe)
+    """The :func:`signature` ``cls`` builds with ``field`` set to ``value``, or ``None``."""
+    probe = _with(config, {field: value})
+    return _built(cls, probe) if probe is not None else None

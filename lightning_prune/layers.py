@@ -69,7 +69,11 @@ def own_widths(model: nn.Module) -> dict[nn.Module, tuple[dict[str, tuple[int, .
 
 def follow_own_widths(before: dict[nn.Module, tuple[dict[str, tuple[int, ...]], dict[str, int]]]) -> None:
     """After a removal, set each :data:`WIDTH_ATTRS` attribute that equalled a width its module's own
-    parameters lost to that width's new size (one old size changing to two new ones: left as it was)."""
+    parameters lost to that width's new size (one old size changing to two new ones: left as it was).
+
+    Matched by value: a module whose own parameter has another dimension of the same size that
+    changes would have the attribute follow that one (no zoo model has one).
+    """
     for module, (shapes, attrs) in before.items():
         now = {name: tuple(p.shape) for name, p in module.named_parameters(recurse=False)}
         changes: dict[int, set[int]] = {}

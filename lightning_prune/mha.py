@@ -46,7 +46,7 @@ class SplitMultiheadAttention(nn.Module):
     in_proj_bias = None
     _qkv_same_embed_dim = False
 
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True, kdim: int | None = None,
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True, *, kdim: int | None = None,
                  vdim: int | None = None, batch_first: bool = False, head_dim: int | None = None,
                  device: Any = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
@@ -69,7 +69,11 @@ class SplitMultiheadAttention(nn.Module):
 
     @classmethod
     def from_module(cls, module: nn.MultiheadAttention, name: str = "") -> SplitMultiheadAttention:
-        """The same attention as ``module``, with its weights, device, dtype and train/eval mode.
+        """The same attention as ``module``, with its weights (frozen or not), device, dtype and train/eval mode.
+
+        Args:
+            module: The attention to copy (not changed).
+            name: Its name in the model, for error messages.
 
         Raises:
             ValueError: If ``module`` uses ``add_bias_kv`` or ``add_zero_attn`` (extra key/value
@@ -81,21 +85,21 @@ class SplitMultiheadAttention(nn.Module):
                              "over; nothing was replaced. Replace the others one by one with "
                              "SplitMultiheadAttention.from_module(module).")
         weight = module.out_proj.weight
-        split = cls(module.embed_dim, module.num_heads, module.dropout, module.in_proj_bias is not None, module.kdim,
-                    module.vdim, module.batch_first, device=weight.device, dtype=weight.dtype)
+        split = cls(module.embed_dim, module.num_heads, module.dropout, module.in_proj_bias is not None, kdim=module.kdim,
+                    vdim=module.vdim, batch_first=module.batch_first, device=weight.device, dtype=weight.dtype)
         if module._qkv_same_embed_dim:
             weights = module.in_proj_weight.chunk(3)
         else:
             weights = (module.q_proj_weight, module.k_proj_weight, module.v_proj_weight)
         biases = module.in_proj_bias.chunk(3) if module.in_proj_bias is not None else (None, None, None)
         with torch.no_grad():
-            for layer, w, b in zip((split.q_proj, split.k_proj, split.v_proj), weights, biases):
-                layer.weight.copy_(w)
-                if b is not None:
-                    layer.bias.copy_(b)
-            split.out_proj.weight.copy_(module.out_proj.weight)
-            if module.out_proj.bias is not None:
-                split.out_proj.bias.copy_(module.out_proj.bias)
+            pairs = [(layer.weight, w) for layer, w in zip((split.q_proj, split.k_proj, split.v_proj), weights)]
+            pairs += [(layer.bias, b) for layer, b in zip((split.q_proj, split.k_proj, split.v_proj), biases) if b is not None]
+            pairs += [(split.out_proj.weight, module.out_proj.weight)]
+            pairs += [(split.out_proj.bias, module.out_proj.bias)] if module.out_proj.bias is not None else []
+            for new, old in pairs:
+                new.copy_(old)
+                new.requires_grad_(old.requires_grad)  # a frozen attention stays frozen
         return split.train(module.training)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -105,9 +109,14 @@ class SplitMultiheadAttention(nn.Module):
         """As ``nn.MultiheadAttention.forward``: ``(output, attention weights or None)``.
 
         Raises:
+            RuntimeError: If ``is_causal`` is set without an ``attn_mask`` (as ``nn.MultiheadAttention``).
+            TypeError: If a mask is neither boolean nor floating point.
             ValueError: If ``attn_mask`` holds one mask per head for another number of heads (heads
                 were removed since it was made).
         """
+        if is_causal and attn_mask is None:
+            raise RuntimeError("Need attn_mask if specifying the is_causal hint (as nn.MultiheadAttention). You may use "
+                               "nn.Transformer.generate_square_subsequent_mask to create this mask.")
         batched = query.dim() == 3
         if not batched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
@@ -121,16 +130,13 @@ class SplitMultiheadAttention(nn.Module):
         mask = self._additive_mask(attn_mask, key_padding_mask, batch, length, source, q.dtype)
         dropout = self.dropout if self.training else 0.0
         weights = None
-        if need_weights:
+        if need_weights:  # the weights are returned: computed here, as nn.MultiheadAttention does (after dropout)
             scores = q @ k.transpose(-2, -1) * self.head_dim**-0.5
-            if mask is None and is_causal:
-                mask = torch.ones(length, source, dtype=torch.bool, device=q.device).tril().logical_not()
-                mask = torch.zeros(length, source, dtype=q.dtype, device=q.device).masked_fill(mask, float("-inf"))
             weights = F.dropout((scores if mask is None else scores + mask).softmax(dim=-1), dropout, self.training)
             out = weights @ v
             weights = weights.mean(dim=1) if average_attn_weights else weights
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal and mask is None)
+        else:  # is_causal is only a hint that attn_mask is causal: the mask itself is used
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         out = self.out_proj(out.transpose(1, 2).reshape(batch, length, -1))
         if not batched:
             return out.squeeze(0), weights.squeeze(0) if weights is not None else None
@@ -154,16 +160,29 @@ class SplitMultiheadAttention(nn.Module):
 
 
 def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A boolean mask (``True``: not attended) as ``0``/``-inf``; a float mask as it is."""
+    """A boolean mask (``True``: not attended) as ``0``/``-inf``; a float mask as it is.
+
+    Raises:
+        TypeError: For another dtype (``nn.MultiheadAttention`` takes only these two).
+    """
     if mask.dtype == torch.bool:
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
+    if not mask.is_floating_point():
+        raise TypeError(f"SplitMultiheadAttention: masks must be bool or floating point, not {mask.dtype} "
+                        "(as nn.MultiheadAttention).")
     return mask.to(dtype)
 
 
 def split_attention(model: nn.Module) -> nn.Module:
     """Replace every ``nn.MultiheadAttention`` in ``model`` by a :class:`SplitMultiheadAttention`, in place.
 
-    The model computes the same outputs, and its attention heads become prunable units.
+    The model computes the same outputs, and its attention heads become prunable units. An
+    ``nn.TransformerEncoder`` around them stops packing padded batches into nested tensors (its
+    fast path for ``nn.MultiheadAttention``): padded positions of its output then hold computed
+    values instead of zeros; every other position is the same.
+
+    Args:
+        model: The model (changed in place).
 
     Returns:
         ``model`` (or the replacement, if ``model`` itself is an ``nn.MultiheadAttention``).
@@ -174,9 +193,16 @@ def split_attention(model: nn.Module) -> nn.Module:
     """
     if isinstance(model, nn.MultiheadAttention):
         return SplitMultiheadAttention.from_module(model)
-    found = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.MultiheadAttention)]
-    replacements = [(name, SplitMultiheadAttention.from_module(module, name)) for name, module in found]
-    for name, replacement in replacements:
+    found = [(name, module) for name, module in model.named_modules(remove_duplicate=False)
+             if isinstance(module, nn.MultiheadAttention)]
+    replacements: dict[int, SplitMultiheadAttention] = {}
+    for name, module in found:  # one replacement per module, set under each of its names
+        if id(module) not in replacements:
+            replacements[id(module)] = SplitMultiheadAttention.from_module(module, name)
+    for name, module in found:
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, replacement)
+        setattr(model.get_submodule(parent), child, replacements[id(module)])
+    for module in model.modules():
+        if isinstance(module, nn.TransformerEncoder) and any(isinstance(m, SplitMultiheadAttention) for m in module.modules()):
+            module.use_nested_tensor = False
     return model

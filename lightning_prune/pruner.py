@@ -22,7 +22,7 @@ from lightning_prune.checkpoint import mark_pruned
 from lightning_prune.config import Granularity, Neurons, Ranking, make_granularity, make_ranking
 from lightning_prune.counting import count_macs, count_parameters, kept_macs
 from lightning_prune.criteria import Criterion, score_layers
-from lightning_prune.hf_config import follow_configs
+from lightning_prune.hf_config import follow_configs, pretrained_signatures
 from lightning_prune.latency import Latency, LatencyTable, Widths, layer_widths, model_seconds
 from lightning_prune.layers import PrunableLayer, find_layers, is_transposed
 from lightning_prune.masks import Masks
@@ -305,12 +305,13 @@ class Pruner:
         kept: dict[str, Survivors] = {}
         if removal:
             with Transaction(self.model, optimizers):  # removal, re-trace, MACs and checks: all or nothing
+                signatures = pretrained_signatures(self.model)
                 kept = remove_units(self.model, self.example_input, removal, optimizers)
                 structure = NeuronStructure(self.model, self.example_input, self.layers, verify=False,
                                             refused=self.structure.refused, norm_coupled=self._norm_coupled)
                 macs = count_macs(self.model, self.example_input)
                 _check_fits({key: (size,) for key, size in structure.sizes.items()}, keep, keep)
-                self.config_notes = follow_configs(self.model)  # Hugging Face width fields (a module attribute)
+                self.config_notes = follow_configs(self.model, signatures)  # Hugging Face width fields (module attributes)
             self.structure, self.macs = structure, macs
             mark_pruned(self.model)  # its shapes are no longer its class's (see checkpoint.restore_pruned)
         return removal, kept

@@ -157,9 +157,13 @@ class NeuronStructure:
                 self.inexact.discard(key)
         self.skipped = _skipped(layers, grouped, set(order))
         self.sites = _sites(layers, graph)
+        selected = [layer.name for layer in layers]
         for name, module in modules.items():  # heads whose q/k/v share one parameter: say what makes them units
             if isinstance(module, nn.MultiheadAttention):
-                self.refused[name] = self.skipped[name] = MHA_HEADS  # skipped: the fit's setup warning names it
+                self.refused[name] = MHA_HEADS
+                block = name.rpartition(".")[0]
+                if not block or any(layer.startswith(block + ".") for layer in selected):  # in the selection's reach
+                    self.skipped[name] = MHA_HEADS  # the fit's setup warning names it
 
     @property
     def floors(self) -> dict[str, int]:

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_prune import Geometric, Neurons, OneShot, PerLayer, PrunedCheckpointMixin, Pruning
 from lightning_prune.config import Global
 from lightning_prune.criteria import Magnitude
-from lightning_prune.hf_config import follow_configs
+from lightning_prune.hf_config import follow_configs, pretrained_signatures
 from lightning_prune.pruner import Pruner
 from lightning_prune.tracing import call, output_tensors
 from trainers import make_trainer
@@ -80,7 +80,7 @@ def test_a_config_that_cannot_describe_the_compact_model_is_left_as_it_was_and_n
     model, x, dense_config, pruner = _prune(name, ranking=ranking, layers=layers)
     assert model.config is dense_config
     (note,) = pruner.config_notes
-    assert "cannot describe its pruned widths" in note and mismatch in note and "load_from_checkpoint" in note
+    assert "cannot describe the pruned widths" in note and mismatch in note and "load_from_checkpoint" in note
 
 
 def test_a_failure_after_the_config_followed_puts_the_old_config_back(monkeypatch):
@@ -92,8 +92,8 @@ def test_a_failure_after_the_config_followed_puts_the_old_config_back(monkeypatc
     keep = pruner.plan(pruner.dense_keep(), 0.3, 0)
     before = {key: value.clone() for key, value in model.state_dict().items()}
 
-    def follow_then_fail(module):
-        follow_configs(module)
+    def follow_then_fail(module, before):
+        follow_configs(module, before)
         assert module.config is not config  # it did follow
         raise RuntimeError("injected after the config followed")
 
@@ -167,8 +167,35 @@ def test_a_fit_whose_layers_end_at_different_widths_warns_once_and_keeps_the_con
     L.seed_everything(0)
     module = TinyLlama()
     pruning = Pruning(schedule=Geometric(target=0.5, per_cycle=0.3), criterion="l2", granularity="neuron", verbose=False)
-    with pytest.warns(UserWarning, match="cannot describe its pruned widths") as caught:
+    with pytest.warns(UserWarning, match="cannot describe the pruned widths") as caught:
         _fit(module, pruning, tmp_path)
     assert module.net.config.intermediate_size == 64 and module.net.model.layers[0].mlp.up_proj.out_features < 64
     assert len([w for w in caught if "cannot describe" in str(w.message)]) == 1  # two removals, one warning
     assert len(pruning._state.plan["steps"]) == 2
+
+
+def test_models_the_removal_did_not_change_are_left_alone_and_an_uncopyable_config_is_a_note_not_an_error():
+    import threading
+
+    from torch import nn
+    from transformers import BertConfig, BertModel
+
+    class NeedsMore(BertModel):  # a class that cannot be rebuilt from its config alone
+        def __init__(self, config, scale):
+            super().__init__(config)
+            self.scale = scale
+
+    llama, x = build("hf_llama")
+    other = NeedsMore(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                 intermediate_size=64), 2.0)
+    container = nn.ModuleDict({"student": llama, "other": other})
+    before = pretrained_signatures(container)
+    pruner = Pruner(llama.eval(), x, Magnitude(2), Neurons(), PerLayer())
+    pruner.commit(pruner.plan(pruner.dense_keep(), 0.3, 0))
+    assert follow_configs(container, before) == []  # the student followed already; `other` did not change
+    (note,) = follow_configs(container)  # without `before`: every model is checked, and `other` cannot be rebuilt
+    assert "'other'" in note and "could not be built" in note
+
+    llama.config.lock = threading.Lock()  # deepcopy fails on it: a note, not an error
+    (note,) = follow_configs(llama)
+    assert "could not be built from a copy of its config" in note and llama.config.intermediate_size == 45

@@ -139,8 +139,17 @@ def test_removal_at_once_works_with_rewinding_activation_scores_and_a_macs_budge
     module = _ViT()
     dense_width = module.net.patch_embed.proj.out_channels
     pruning = Pruning(schedule=schedule, granularity=Neurons(norm_coupled="remove"), verbose=False, **extra)
+    init = {key: value.clone() for key, value in module.state_dict().items()}
     make_trainer(2, [pruning], limit_train_batches=2, limit_val_batches=0, num_sanity_val_steps=0).fit(module, _images())
     assert module.net.patch_embed.proj.out_channels < dense_width
+    if option == "rewind":  # the rewind point holds the initial values of the residual channels kept, in order
+        removed = set(pruning._state.plan["steps"][0]["net.patch_embed.proj"])
+        kept = torch.tensor([c for c in range(dense_width) if c not in removed])
+        point = pruning._state.rewind_point["model"]
+        assert torch.equal(point["net.patch_embed.proj.weight"], init["net.patch_embed.proj.weight"][kept])
+        assert torch.equal(point["net.cls_token"], init["net.cls_token"][..., kept])
+        assert torch.equal(point["net.norm.weight"], init["net.norm.weight"][kept])
+        assert torch.equal(point["net.blocks.0.attn.qkv.weight"], init["net.blocks.0.attn.qkv.weight"][:, kept])
     row = pruning.history[-1]
     if option == "macs":
         assert 1 - row["macs"] / pruning.dense["macs"] >= 0.3

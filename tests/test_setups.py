@@ -242,6 +242,36 @@ class _TiedTokens(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=1e-3)
 
 
+class _TiedResidual(_TiedTokens):
+    """As :class:`_TiedTokens` with a residual MLP: the embedding's width is one group of channels that
+    holds both holders of the tie (the embedding's columns and the output layer's inputs)."""
+
+    def forward(self, tokens):
+        x = self.embedding(tokens)
+        return self.out(x + self.hidden2(torch.relu(self.hidden1(x))))
+
+
+def test_a_tie_whose_holders_are_both_in_the_group_is_removed_alike_and_stays_one_tensor():
+    import copy
+
+    from lightning_prune.config import PerLayer
+    from lightning_prune.criteria import Magnitude
+    from lightning_prune.masks import apply_masks
+    from lightning_prune.pruner import Pruner
+
+    torch.manual_seed(0)
+    model = _TiedResidual().eval()
+    x = torch.randint(0, 17, (2, 64), generator=torch.Generator().manual_seed(0))
+    pruner = Pruner(model, x, Magnitude(2), "neuron", PerLayer())
+    assert {g.key for g in pruner.structure.groups} == {"hidden1", "hidden2"}  # hidden2's group: the embedding width
+    keep = pruner.plan(pruner.dense_keep(), 0.5, 0)
+    masked = copy.deepcopy(model)
+    apply_masks(masked, pruner.parameter_masks(keep))
+    pruner.commit(keep)
+    assert model.out.weight is model.embedding.weight and model.embedding.weight.shape == (17, 8)
+    assert torch.allclose(model(x), masked(x), atol=1e-6)  # masked == compact
+
+
 @pytest.mark.parametrize("granularity", ["weight", "neuron"])
 def test_tied_embedding_and_output_stay_tied(granularity):
     model = _TiedTokens()

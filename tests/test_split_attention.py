@@ -173,3 +173,40 @@ def test_a_fit_removes_heads_of_torchs_transformer_encoder_and_the_checkpoint_re
     x = torch.randn(4, 8, 8)
     assert reloaded.net.encoder.layers[1].self_attn.num_heads == 2
     assert torch.allclose(reloaded.eval()(x), model.eval()(x), atol=1e-6)
+
+
+def test_a_default_encoder_in_no_grad_with_padding_gives_the_same_tokens():
+    """nn.TransformerEncoder packs padded batches into nested tensors for nn.MultiheadAttention (eval, no_grad);
+    after the split it does not, and every position but the padded ones (zeros before, computed now) is equal."""
+    torch.manual_seed(0)
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32, batch_first=True), 2).eval()
+    split = split_attention(copy.deepcopy(encoder))
+    x, padding = torch.randn(2, 5, 16), torch.zeros(2, 5, dtype=torch.bool)
+    padding[1, -2:] = True
+    with torch.no_grad():
+        expected, found = encoder(x, src_key_padding_mask=padding), split(x, src_key_padding_mask=padding)
+    assert torch.allclose(found[~padding], expected[~padding], atol=1e-5)
+
+
+def test_bad_calls_fail_as_nn_multiheadattention_fails_and_frozen_weights_stay_frozen():
+    reference = nn.MultiheadAttention(16, 4, batch_first=True)
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    split = split_attention(copy.deepcopy(reference))
+    assert not any(p.requires_grad for p in split.parameters())
+    x = torch.randn(2, 5, 16)
+    for module in (reference, split):
+        with pytest.raises(RuntimeError, match="Need attn_mask if specifying the is_causal hint"):
+            module(x, x, x, is_causal=True, key_padding_mask=torch.zeros(2, 5, dtype=torch.bool))
+    with pytest.raises(TypeError, match="bool or floating point"):
+        split(x, x, x, attn_mask=torch.zeros(5, 5, dtype=torch.uint8))
+    with pytest.raises(TypeError):  # keyword-only past `bias`, so nn.MultiheadAttention's positional flags cannot land
+        SplitMultiheadAttention(16, 4, 0.0, True, False, False)
+
+
+def test_one_attention_registered_under_two_names_is_replaced_by_one_module():
+    shared = nn.MultiheadAttention(16, 4)
+    model = nn.Module()
+    model.first, model.second = shared, shared
+    split_attention(model)
+    assert isinstance(model.first, SplitMultiheadAttention) and model.first is model.second

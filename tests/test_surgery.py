@@ -110,3 +110,39 @@ def test_removal_that_torch_pruning_gets_wrong_is_refused_and_changes_nothing(un
     structure = NeuronStructure(model, x, find_prunable_layers(model, x))  # the trial removal refuses fc up front
     assert {group.key for group in structure.groups} == {"up1", "up2"}  # the transposed convs' own channels
     assert "in blocks" in structure.refused["fc"], structure.refused
+
+
+def test_retie_makes_holders_one_parameter_again_and_refuses_holders_sliced_differently():
+    from lightning_prune.surgery import UnsupportedModelError, retie, tied_parameters
+
+    embedding, head = torch.nn.Embedding(10, 8), torch.nn.Linear(8, 10, bias=False)
+    head.weight = embedding.weight
+    ties = tied_parameters(torch.nn.ModuleList([embedding, head]))
+    assert len(ties) == 1
+    kept = torch.tensor([0, 2, 5])
+    sliced = embedding.weight.detach()[:, kept]
+    embedding.weight, head.weight = torch.nn.Parameter(sliced.clone()), torch.nn.Parameter(sliced.clone())  # alike
+    retie(ties, "root", {})
+    assert head.weight is embedding.weight
+
+    ties = tied_parameters(torch.nn.ModuleList([embedding, head]))
+    embedding.weight = torch.nn.Parameter(embedding.weight.detach()[:, :2].clone())
+    head.weight = torch.nn.Parameter(head.weight.detach()[:, 1:].clone())  # other columns
+    with pytest.raises(UnsupportedModelError, match="sliced the tied weight"):
+        retie(ties, "root", {})
+
+
+def test_a_width_attribute_follows_its_modules_own_parameter():
+    from lightning_prune.layers import follow_own_widths, own_widths
+
+    class Stem(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hidden_dim, self.num_features = 32, 7  # 7: no own parameter has a width of 7
+            self.class_token = torch.nn.Parameter(torch.zeros(1, 1, 32))
+
+    stem = Stem()
+    before = own_widths(stem)
+    stem.class_token = torch.nn.Parameter(torch.zeros(1, 1, 22))
+    follow_own_widths(before)
+    assert (stem.hidden_dim, stem.num_features) == (22, 7)

@@ -37,13 +37,12 @@ PARTIAL: dict[str, str] = {
     "tv_vit": "the residual stream feeds LayerNorm; nn.MultiheadAttention keeps q/k/v in one parameter (refused, naming "
               "split_attention): FFN units only",
     "tv_vit_split": "the residual stream feeds LayerNorm (refused): attention heads (after split_attention) and FFN units",
-    "hf_bert": "the residual stream feeds LayerNorm (refused): attention heads and FFN units only",
-    "hf_bert_classifier": "as hf_bert",
-    "hf_vit": "as hf_bert",
-    "timm_convnext": "as tv_convnext",
+    "hf_bert": "the residual stream is the model's output (last_hidden_state: the layers writing it are output "
+               "layers): attention heads and FFN units only",
+    "hf_bert_classifier": "the residual stream feeds LayerNorm (refused): attention heads and FFN units only",
+    "hf_vit": "as hf_bert_classifier",
     "timm_vit": "as tv_vit",
     "timm_deit": "as tv_vit",
-    "timm_mixer": "token/channel MLPs between LayerNorms: hidden units only",
     "tv_swin": "Torch-Pruning's search grows without bound from its residual stream (window partitions): refused; "
                "MLP units only (its qkv is called through F.linear)",
     "hf_gpt2": "the residual stream feeds LayerNorm (refused): heads of the fused Conv1D c_attn and MLP units only",
@@ -61,6 +60,26 @@ PARTIAL: dict[str, str] = {
     "issue_unbind": "qkv and the embedding feed a reshape into (3, heads, head_dim) (removal fails: refused); "
                     "only proj's units are pruned",
 }
+
+#: The partial models that ``Neurons(norm_coupled="remove")`` does not bring past the 20 % cut, and why
+#: (every other one is in ``zoo.NORM_COUPLED``, checked in tests/test_norm_coupled.py).
+BEYOND_NORM_COUPLED: dict[str, str] = {
+    "tv_vit": "nn.MultiheadAttention left unsplit (its embed_dim must divide by num_heads); tv_vit_split passes",
+    "issue_mha_layernorm": "as tv_vit; issue_mha_layernorm_split passes",
+    "issue_transformer_encoder": "as tv_vit; issue_transformer_encoder_split passes",
+    "hf_bert": "its residual stream is the model's output",
+    "tv_swin": "its residual stream's search grows without bound; its stem's removal fails (qkv called through F.linear)",
+    "tp_split_shared": "a split whose parts go different ways (no norm involved)",
+    "tp_reshape_deconv_narrow": "a Linear viewed into transposed-conv channels in blocks (no norm involved)",
+    "issue_unbind": "the forward reshapes qkv with the embedding width it reads off its input (no norm involved)",
+}
+
+
+def test_every_partial_model_passes_with_norm_coupled_removal_or_is_listed_with_the_reason():
+    from zoo import NORM_COUPLED
+
+    assert set(PARTIAL) - set(NORM_COUPLED) == set(BEYOND_NORM_COUPLED)
+
 
 #: Models refused whole, before anything changes (UnsupportedModelError naming each group's reason), and why.
 #: No model of tests/zoo.py is: GPT-2 is traced with its KV cache off, and an unbounded search refuses only
@@ -103,6 +122,7 @@ def test_zoo_model_is_pruned_exactly_or_refused(zoo, name, saved):
     assert [y.shape for y in outcome.found] == [y.shape for y in outcome.expected], name
     assert outcome.error <= 1e-5, (name, outcome.error)  # masked == compact, on every output
     assert outcome.fraction <= (0.8 if name not in PARTIAL else 0.97), (name, outcome.fraction)
+    assert name not in PARTIAL or outcome.fraction > 0.8, f"{name} now passes the 20 % cut: take it off PARTIAL"
     for reason in outcome.refused.values():  # refusals say why
         assert reason and len(reason) > 20
 

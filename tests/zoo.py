@@ -299,7 +299,8 @@ def report(zoo: Mapping[str, Callable[[], tuple[nn.Module, Any]]] | None = None,
 #: The models whose channels that feed a channel-mixing norm are refused by default and are pruned with
 #: ``Neurons(norm_coupled="remove")`` (tests/test_norm_coupled.py), from either zoo.
 NORM_COUPLED = ["timm_vit", "timm_deit", "hf_vit", "hf_bert_classifier", "hf_llama", "tv_convnext", "timm_convnext",
-                "tv_vit_split", "hf_gpt2", "issue_channel_layernorm", "issue_transformer_encoder_split"]
+                "tv_vit_split", "hf_gpt2", "issue_channel_layernorm", "issue_mha_layernorm_split",
+                "issue_transformer_encoder_split"]
 
 
 def build(name: str) -> tuple[nn.Module, Any]:
