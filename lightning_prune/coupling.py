@@ -20,7 +20,8 @@ from torch import nn
 from lightning_prune.layers import PRUNABLE_TYPES
 from lightning_prune.surgery import UnsupportedModelError, bounded_group_search
 
-#: Norm layers that mix channels: zeroing a channel that feeds one is not removing it (the zero
+#: Norm layers that mix channels (a GroupNorm only with one group: see is_channel_mixing_norm): zeroing a
+#: channel that feeds one is not removing it (the zero
 #: still enters the mean and variance). Matched by type, or by class name for the many copies
 #: (timm's ``LayerNorm2d`` subclasses ``nn.LayerNorm``; Hugging Face's ``LlamaRMSNorm`` does not).
 CHANNEL_MIXING_NORMS: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
@@ -34,10 +35,14 @@ def is_channel_mixing_norm(module: Any) -> bool:
         module: Any object met in a group (a module, or one of Torch-Pruning's op stand-ins).
 
     Returns:
-        ``True`` for a channel-mixing norm; ``False`` for BatchNorm (per-channel statistics) and the rest.
+        ``True`` for a channel-mixing norm; ``False`` for BatchNorm (per-channel statistics), for a
+        GroupNorm of more than one group (each group is normalised on its own, so a whole group masked
+        is a group removed: :func:`~lightning_prune.unit_groups.group_norm_units`) and the rest.
     """
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return False
+    if isinstance(module, nn.GroupNorm) and module.num_groups > 1:
+        return False  # it mixes channels within each of its groups only: whole groups are units (unit_groups)
     return isinstance(module, CHANNEL_MIXING_NORMS) or type(module).__name__.endswith(_NORM_NAMES)
 
 

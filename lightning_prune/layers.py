@@ -87,15 +87,35 @@ def follow_own_widths(before: dict[nn.Module, tuple[dict[str, tuple[int, ...]], 
                 setattr(module, attr, next(iter(changes[value])))
 
 
+def group_norm_sizes(model: nn.Module) -> dict[nn.GroupNorm, tuple[int, int]]:
+    """``(num_channels, num_groups)`` of every GroupNorm of several groups (before a removal)."""
+    return {m: (m.num_channels, m.num_groups) for m in model.modules() if isinstance(m, nn.GroupNorm) and m.num_groups > 1}
+
+
+def follow_group_norms(before: dict[nn.GroupNorm, tuple[int, int]]) -> None:
+    """After a removal that took whole groups of a GroupNorm (Torch-Pruning keeps ``num_groups``), set
+    ``num_groups`` to the groups left; a removal that took part of a group leaves ``num_groups``
+    as it was (:func:`width_mismatches` then names the GroupNorm)."""
+    for norm, (channels, groups) in before.items():
+        per_group = channels // groups
+        if norm.num_channels != channels and norm.num_channels % per_group == 0:
+            norm.num_groups = norm.num_channels // per_group
+
+
 def width_mismatches(module: nn.Module) -> list[str]:
     """The width attributes of ``module`` that disagree with its weight's shape, as ``"attr=declared (weight: actual)"``.
 
     A layer whose ``in_channels`` (``in_features``, ``num_features``...) is not its weight's width
     fails, or silently computes another function, wherever the model's forward reads the attribute
     (e.g. ``x.view(-1, self.up.in_channels, 2, 2)``). Covered: ``Linear``, convolutions (transposed
-    too) and BatchNorm; other modules give ``[]``.
+    too), BatchNorm and GroupNorm (also: channels a multiple of ``num_groups``); other modules give ``[]``.
     """
     weight = getattr(module, "weight", None)
+    if isinstance(module, nn.GroupNorm):
+        wrong = [] if module.num_channels % module.num_groups == 0 else [
+            f"num_channels={module.num_channels} (not a multiple of num_groups={module.num_groups})"]
+        same = not torch.is_tensor(weight) or weight.shape[0] == module.num_channels
+        return wrong + ([] if same else [f"num_channels={module.num_channels} (weight: {weight.shape[0]})"])
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         stats = weight if weight is not None else getattr(module, "running_mean", None)
         widths = {"num_features": stats.shape[0]} if torch.is_tensor(stats) else {}

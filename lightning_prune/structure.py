@@ -39,6 +39,7 @@ from lightning_prune.unit_groups import (
     UnitGroup,
     first_called,
     group_members,
+    group_norm_units,
     grouped_conv_units,
     head_units,
     keyed_by_first_member,
@@ -138,7 +139,12 @@ class NeuronStructure:
             members_by_name = dict(members) or {names[id(root)]: tuple(range(size))}
             key = first_called(members_by_name, order)
             unit_of, tie_reason = grouped_conv_units(group, size)
-            reason = self.refused.get(key) or coupling_refusal(group, tied, module_names, norm_coupled) or tie_reason
+            norm_units, norm_reason = group_norm_units(group, size)
+            if unit_of is not None and norm_units is not None:
+                tie_reason = "its channels reach both a grouped convolution and a GroupNorm, whose units differ"
+            unit_of = norm_units if norm_units is not None else unit_of
+            reason = (self.refused.get(key) or coupling_refusal(group, tied, module_names, norm_coupled) or tie_reason
+                      or norm_reason)
             if unit_of is None and members:
                 unit_of = head_units([parents.get(name) for name, _ in members], size)
             for name, _ in members:

@@ -26,7 +26,14 @@ import torch_pruning as tp
 from torch import nn
 
 from lightning_prune.attention import kv_group_attention, qkv_widths, remove_kv_groups, update_head_counts
-from lightning_prune.layers import follow_own_widths, hf_conv1d_type, own_widths, width_mismatches
+from lightning_prune.layers import (
+    follow_group_norms,
+    follow_own_widths,
+    group_norm_sizes,
+    hf_conv1d_type,
+    own_widths,
+    width_mismatches,
+)
 from lightning_prune.survivors import SliceRecorder, Survivors, UnexplainedRemovalError, shared_copy, swap_to_meta
 from lightning_prune.tracing import call, map_tensors, output_tensors
 
@@ -192,11 +199,12 @@ def remove_groups(
         if attention is not None:  # grouped-query attention: Torch-Pruning cannot follow repeat_kv
             remove_kv_groups(attention, sorted(set(indices)))
             continue
-        heads, widths, ties = qkv_widths(model), own_widths(model), tied_parameters(model)
+        heads, widths, ties, norms = qkv_widths(model), own_widths(model), tied_parameters(model), group_norm_sizes(model)
         group = graph.get_pruning_group(module, pruner.prune_out_channels, sorted(set(indices)))
         group.prune()
         update_head_counts(heads)
         follow_own_widths(widths)
+        follow_group_norms(norms)
         retie(ties, key, names)
         _check_widths(key, units - len(set(indices)), pruner.get_out_channels(module), group, names)
 

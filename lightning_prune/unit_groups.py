@@ -185,6 +185,35 @@ def grouped_conv_units(group: Any, channels: int) -> tuple[tuple[int, ...] | Non
     return tuple(channel % period for channel in range(channels)), None
 
 
+def group_norm_units(group: Any, channels: int) -> tuple[tuple[int, ...] | None, str | None]:
+    """Whole GroupNorm groups as units, when the group's channels feed a GroupNorm of several groups.
+
+    GroupNorm normalises each of its groups over that group's channels only. Masking every channel
+    of one group (the layers' rows, the norm's weight and bias) makes that group's output exactly
+    zero, as removing it does; masking part of a group would change the rest of the group's
+    statistics. So a unit is one group: ``channels // num_groups`` consecutive channels.
+
+    Returns:
+        ``(unit_of, None)`` (``unit_of`` is ``None`` when no such GroupNorm is involved) or
+        ``(None, reason)``.
+    """
+    counts = set()
+    for item in group:
+        module = item.dep.target.module
+        if not isinstance(module, nn.GroupNorm) or module.num_groups == 1:
+            continue
+        plain, roots = _indices(item)
+        if plain != roots or len(plain) != channels or module.num_channels != channels:
+            return None, f"its channels reach the GroupNorm(num_groups={module.num_groups}) re-ordered or in part"
+        counts.add(module.num_groups)
+    if not counts:
+        return None, None
+    if len(counts) > 1:
+        return None, f"its channels reach GroupNorms of {sorted(counts)} groups, whose groups are not the same channels"
+    period = channels // counts.pop()
+    return tuple(channel // period for channel in range(channels)), None
+
+
 def touches_grouped_conv(group: Any) -> bool:
     """Whether a Torch-Pruning group reaches a convolution with ``groups > 1`` (see :attr:`UnitGroup.floor`)."""
     return any(isinstance(item.dep.target.module, nn.modules.conv._ConvNd) and item.dep.target.module.groups > 1

@@ -85,7 +85,6 @@ def test_every_partial_model_passes_with_norm_coupled_removal_or_is_listed_with_
 #: No model of tests/zoo.py is: GPT-2 is traced with its KV cache off, and an unbounded search refuses only
 #: the layer it starts from (Swin's residual stream, LLaMA's q/k/v, whose key/value groups are ours).
 REFUSED: dict[str, str] = {
-    "issue_groupnorm": "both convs' channels feed GroupNorm (refused), head is the output layer",
     "issue_grouped_convtranspose": "conv1's channels feed a grouped ConvTranspose2d, whose inputs Torch-Pruning slices "
                                    "inexactly (the trial removal fails: refused); a grouped transposed conv is not a "
                                    "prunable layer; conv2 is the output layer",

@@ -149,6 +149,7 @@ ZOO: dict[str, Callable[[], tuple[nn.Module, Any]]] = {
     "tv_resnet": partial(_tv_resnet, "BasicBlock", [1, 1, 1, 1]),
     "tv_resnext": partial(_tv_resnet, "Bottleneck", [1, 1, 1, 1], groups=4, width_per_group=8),
     "tv_wide_resnet": partial(_tv_resnet, "Bottleneck", [1, 1, 1, 1], width_per_group=128),
+    "tv_resnet_groupnorm": partial(_tv_resnet, "BasicBlock", [1, 1, 1, 1], norm_layer=partial(nn.GroupNorm, 8)),
     "tv_vgg": _tv_vgg,
     "tv_densenet": _tv_densenet,
     "tv_googlenet": partial(_tv, "googlenet", size=32, aux_logits=False, init_weights=True),
