@@ -20,10 +20,10 @@ from torch import nn
 from lightning_prune.layers import PRUNABLE_TYPES
 from lightning_prune.surgery import UnsupportedModelError, bounded_group_search
 
-#: Norm layers that mix channels (a GroupNorm only with one group: see is_channel_mixing_norm): zeroing a
-#: channel that feeds one is not removing it (the zero
-#: still enters the mean and variance). Matched by type, or by class name for the many copies
-#: (timm's ``LayerNorm2d`` subclasses ``nn.LayerNorm``; Hugging Face's ``LlamaRMSNorm`` does not).
+#: Norm layers that mix channels (a GroupNorm only when it has one group: see is_channel_mixing_norm):
+#: zeroing a channel that feeds one is not removing it (the zero still enters the mean and variance).
+#: Matched by type, or by class name for the many copies (timm's ``LayerNorm2d`` subclasses
+#: ``nn.LayerNorm``; Hugging Face's ``LlamaRMSNorm`` does not).
 CHANNEL_MIXING_NORMS: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 _NORM_NAMES = ("LayerNorm", "RMSNorm", "GroupNorm", "LayerNorm2d", "LayerNormChannel")
 
