@@ -58,7 +58,8 @@ class Neurons(Granularity):
         round_to: Round each layer's kept units up to a multiple of this (e.g. 8, for the widths
             that dense kernels run fastest at); ``None``: no rounding.
         norm_coupled: What to do with channels that feed a channel-mixing norm (LayerNorm,
-            RMSNorm, GroupNorm: a transformer's residual stream, ConvNeXt's channels), where a
+            RMSNorm, a GroupNorm of one group: a transformer's residual stream, ConvNeXt's
+            channels; a GroupNorm of several groups is pruned exactly, a whole group per unit), where a
             zeroed channel still enters the mean and variance, so masking them is not removing
             them. ``"refuse"`` (default): leave them unpruned, with the reason. ``"remove"``:
             prune them by removing them at the prune step, so the model trained from then on is

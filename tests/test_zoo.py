@@ -48,8 +48,8 @@ PARTIAL: dict[str, str] = {
     "hf_gpt2": "the residual stream feeds LayerNorm (refused): heads of the fused Conv1D c_attn and MLP units only",
     "hf_llama": "the residual stream feeds RMSNorm (refused): key/value groups of its grouped-query attention and MLP units",
     # Torch-Pruning's test architectures (tests/zoo_torch_pruning.py)
-    "tp_split_shared": "the stem's last conv is refused (split three ways, two parts into one shared block: removing "
-                       "its units changes an output's shape); only the stem's first conv is pruned",
+    "tp_split_shared": "the stem's last conv is refused (split three ways, two parts into one shared block: "
+                       "Torch-Pruning's removal keeps other units than asked); only the stem's first conv is pruned",
     "tp_reshape_deconv_narrow": "fc is refused (Torch-Pruning maps its 32 units onto up1's 8 channels in blocks of 4: "
                                 "removing one unit removes four, or leaves up1.in_channels unequal to its weight); "
                                 "the transposed convs' channels are pruned",
