@@ -32,6 +32,7 @@ from lightning_prune.coupling import (
     searched_groups,
     tied_modules,
 )
+from lightning_prune.hf_config import follow_configs, pretrained_signatures
 from lightning_prune.layers import PrunableLayer, find_prunable_layers, forward_order, is_prunable
 from lightning_prune.masks import Masks
 from lightning_prune.surgery import build_graph, remove_units, surviving_entries
@@ -311,5 +312,7 @@ def remove_zeroed_units(
         if all(not params[name].detach()[~mask.to(params[name].device)].any() for name, mask in dropped.items()):
             removal[group.key] = structure.removal(keep)[group.key]
     if removal:
+        signatures = pretrained_signatures(model)
         remove_units(model, example_input, removal, optimizers)
+        follow_configs(model, signatures)  # Hugging Face width fields, as after a fit's own removal
     return removal

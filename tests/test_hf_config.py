@@ -199,3 +199,18 @@ def test_models_the_removal_did_not_change_are_left_alone_and_an_uncopyable_conf
     llama.config.lock = threading.Lock()  # deepcopy fails on it: a note, not an error
     (note,) = follow_configs(llama)
     assert "could not be built from a copy of its config" in note and llama.config.intermediate_size == 45
+
+
+def test_removing_the_zeroed_units_of_a_masked_model_makes_the_config_follow_too(tmp_path):
+    """What a ddp_spawn fit hands back is masked, dense-shaped; remove_zeroed_units makes it compact, config included."""
+    from lightning_prune.masks import apply_masks
+    from lightning_prune.structure import remove_zeroed_units
+
+    model, x = build("hf_llama")
+    pruner = Pruner(model.eval(), x, Magnitude(2), Neurons(), PerLayer())
+    apply_masks(model, pruner.parameter_masks(pruner.plan(pruner.dense_keep(), 0.3, 0)))
+    expected = _outputs(model, x)
+    remove_zeroed_units(model, x)
+    assert (model.config.num_key_value_heads, model.config.intermediate_size) == (1, 45)
+    reloaded = _reloaded(model, tmp_path)
+    assert torch.allclose(_outputs(reloaded, x), expected, atol=1e-5)
