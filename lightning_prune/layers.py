@@ -8,7 +8,7 @@ weight pruning. Norms, embeddings and biases are never pruned as weights.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from typing import Any
@@ -92,14 +92,27 @@ def group_norm_sizes(model: nn.Module) -> dict[nn.GroupNorm, tuple[int, int]]:
     return {m: (m.num_channels, m.num_groups) for m in model.modules() if isinstance(m, nn.GroupNorm) and m.num_groups > 1}
 
 
-def follow_group_norms(before: dict[nn.GroupNorm, tuple[int, int]]) -> None:
-    """After a removal that took whole groups of a GroupNorm (Torch-Pruning keeps ``num_groups``), set
-    ``num_groups`` to the groups left; a removal that took part of a group leaves ``num_groups``
-    as it was (:func:`width_mismatches` then names the GroupNorm)."""
+def follow_group_norms(before: Mapping[nn.GroupNorm, tuple[int, int]], removed: Mapping[nn.GroupNorm, Collection[int]]) -> None:
+    """After a removal, lower each GroupNorm's ``num_groups`` by the groups it lost (Torch-Pruning keeps it).
+
+    Args:
+        before: :func:`group_norm_sizes` before the removal.
+        removed: GroupNorm to the indices of its channels the removal took.
+
+    Raises:
+        ValueError: If the removal took part of a group (the rest of that group would be normalised
+            with other statistics), naming the GroupNorm's size and the channels.
+    """
     for norm, (channels, groups) in before.items():
+        gone = set(removed.get(norm, ()))
+        if not gone:
+            continue
         per_group = channels // groups
-        if norm.num_channels != channels and norm.num_channels % per_group == 0:
-            norm.num_groups = norm.num_channels // per_group
+        lost = {channel // per_group for channel in gone}
+        if len(gone) != len(lost) * per_group:
+            raise ValueError(f"the removal took part of a group of GroupNorm({groups}, {channels}) (channels "
+                             f"{sorted(gone)[:8]}), not whole groups of {per_group} channels")
+        norm.num_groups = groups - len(lost)
 
 
 def width_mismatches(module: nn.Module) -> list[str]:

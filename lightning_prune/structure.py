@@ -64,7 +64,7 @@ class NeuronStructure:
     A group is pruned only when masking its units is, exactly, removing them: the masked model
     that a fit trains and judges must be the compact model it ends with. Groups where that cannot
     hold are *refused* (left unpruned, with the reason): channels that feed a channel-mixing norm
-    (LayerNorm, RMSNorm, GroupNorm; kept as :attr:`inexact` groups with ``norm_coupled``, for a
+    (LayerNorm, RMSNorm, a GroupNorm of one group; kept as :attr:`inexact` groups with ``norm_coupled``, for a
     caller that removes them at the prune step) or a tied weight, channels that reach a grouped convolution
     re-ordered or in part, and, found by trying it, any other group whose masked and removed models
     differ on the example input or whose removal fails or leaves a layer inconsistent (a reshape or
@@ -153,7 +153,8 @@ class NeuronStructure:
             if reason is not None:
                 self.refused[key] = reason
             elif members:
-                self.groups.append(keyed_by_first_member(members_by_name, unit_of, size, order, touches_grouped_conv(group)))
+                self.groups.append(keyed_by_first_member(members_by_name, unit_of, size, order, touches_grouped_conv(group),
+                                                         norm_units is not None))
                 if norm_coupled and feeds_norm(group, norm_params):
                     self.inexact.add(key)
         if verify:

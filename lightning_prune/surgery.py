@@ -204,9 +204,25 @@ def remove_groups(
         group.prune()
         update_head_counts(heads)
         follow_own_widths(widths)
-        follow_group_norms(norms)
+        _follow_group_norms(norms, group, key)
         retie(ties, key, names)
         _check_widths(key, units - len(set(indices)), pruner.get_out_channels(module), group, names)
+
+
+def _follow_group_norms(norms: Mapping[nn.GroupNorm, tuple[int, int]], group: Any, key: str) -> None:
+    """:func:`~lightning_prune.layers.follow_group_norms` with the channels each GroupNorm of ``group`` lost.
+
+    Raises:
+        UnsupportedModelError: If the removal from ``key`` took part of a GroupNorm's group.
+    """
+    removed: dict[nn.GroupNorm, set[int]] = {}
+    for item in group:
+        if isinstance(item.dep.target.module, nn.GroupNorm):
+            removed.setdefault(item.dep.target.module, set()).update(int(i) for i in tp._helpers.to_plain_idxs(item.idxs))
+    try:
+        follow_group_norms(norms, removed)
+    except ValueError as error:
+        raise UnsupportedModelError(f"Torch-Pruning's removal from {key!r}: {error}.") from error
 
 
 def tied_parameters(model: nn.Module) -> list[list[tuple[nn.Module, str]]]:

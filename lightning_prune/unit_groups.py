@@ -37,6 +37,7 @@ class UnitGroup:
         unit_of: For each channel (root order), the index of its unit; ``None`` when every channel is
             its own unit.
         grouped_conv: Whether the group touches a grouped (or depthwise) convolution.
+        group_norm: Whether its units are the groups of a GroupNorm (:func:`group_norm_units`).
     """
 
     key: str
@@ -44,16 +45,19 @@ class UnitGroup:
     members: tuple[tuple[str, tuple[int, ...]], ...]
     unit_of: tuple[int, ...] | None = None
     grouped_conv: bool = False
+    group_norm: bool = False
 
     @property
     def floor(self) -> int:
-        """Units the group always keeps: two when it touches a grouped or depthwise conv, else one.
+        """Units the group always keeps: two when it touches a grouped or depthwise conv or its units
+        are GroupNorm groups, else one.
 
         The engine tells a depthwise conv by ``groups == out_channels > 1``: a depthwise conv cut to
         one channel, or a grouped conv cut to one channel per group, would change kind under it and
-        the next trace would couple other channels.
+        the next trace would couple other channels. A GroupNorm cut to one group would normalise
+        over all of its channels, as LayerNorm does, and its channels would be refused next time.
         """
-        return min(self.size, 2) if self.grouped_conv else 1
+        return min(self.size, 2) if self.grouped_conv or self.group_norm else 1
 
     @property
     def channels(self) -> int:
@@ -118,6 +122,7 @@ def keyed_by_first_member(
     channels: int,
     order: Mapping[str, int],
     grouped_conv: bool,
+    group_norm: bool = False,
 ) -> UnitGroup:
     """A group named after its member called first in forward order, in that member's channel order.
 
@@ -127,6 +132,7 @@ def keyed_by_first_member(
         channels: Number of channels in the group.
         order: Layer name to its position in forward order (see :func:`first_called`).
         grouped_conv: Whether the group touches a grouped convolution.
+        group_norm: Whether the units are a GroupNorm's groups.
 
     Returns:
         The group, keyed and ordered by its first member called.
@@ -136,7 +142,8 @@ def keyed_by_first_member(
     roots = [to_root[channel] for channel in range(channels)]
     aligned = {name: tuple(permutation[root] for root in roots) for name, permutation in members.items()}
     units = None if unit_of is None else tuple(unit_of[root] for root in roots)
-    return UnitGroup(key, channels if units is None else max(units) + 1, tuple(aligned.items()), units, grouped_conv)
+    return UnitGroup(key, channels if units is None else max(units) + 1, tuple(aligned.items()), units, grouped_conv,
+                     group_norm)
 
 
 def head_units(parents: Sequence[nn.Module | None], channels: int) -> tuple[int, ...] | None:

@@ -97,3 +97,44 @@ def test_a_fit_removes_whole_groups_and_the_checkpoint_reloads(criterion, tmp_pa
     x = torch.randn(4, 1, 8, 8)
     assert reloaded.net[4].num_groups == 2
     assert torch.allclose(reloaded.eval()(x), model.eval()(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("target", [0.75, 0.9])
+def test_a_groupnorm_keeps_two_groups_so_it_never_turns_into_a_norm_over_every_channel(target):
+    torch.manual_seed(0)
+    model, x = _net().eval(), torch.randn(4, 1, 8, 8)
+    pruner = Pruner(model, x, Magnitude(2), "neuron", PerLayer())
+    assert pruner.structure.floors == {"0": 2, "3": 2}
+    pruner.commit(pruner.plan(pruner.dense_keep(), target, 0))
+    assert [(m.num_channels, m.num_groups) for m in (model[1], model[4])] == [(8, 2), (16, 2)]
+
+
+def test_a_zeroed_group_that_gives_nan_under_eps_zero_is_refused_by_the_trial_removal():
+    torch.manual_seed(0)
+    model, x = _net().eval(), torch.randn(4, 1, 8, 8)
+    model[1].eps = 0.0  # a masked group has variance 0: 0 / sqrt(0) is NaN, the removed model is finite
+    pruner = Pruner(model, x, Magnitude(2), "neuron", PerLayer())
+    assert "non-finite" in pruner.structure.refused["0"] and "3" in pruner.structure.sizes
+
+
+def test_a_removal_that_takes_part_of_a_group_is_refused_not_regrouped():
+    from lightning_prune.surgery import Transaction, remove_groups
+
+    torch.manual_seed(0)
+    model, x = _net().eval(), torch.randn(4, 1, 8, 8)
+    with pytest.raises(UnsupportedModelError, match=r"part of a group of GroupNorm\(4, 16\)"):
+        with Transaction(model):
+            remove_groups(model, x, {"0": [0, 4, 8, 12]})  # one channel of every group: 12 channels, 4 groups
+    assert (model[1].num_channels, model[1].num_groups) == (16, 4)  # put back
+
+
+def test_a_global_ranking_in_a_fit_keeps_every_groupnorm_at_two_groups_or_more(tmp_path):
+    L.seed_everything(0)
+    model = GroupNormNet()
+    pruning = Pruning(schedule=OneShot(target=0.5, warmup_epochs=1), criterion="l2", granularity="neuron",
+                      ranking="global", verbose=False)
+    make_trainer(2, [pruning], limit_train_batches=4, limit_val_batches=0, num_sanity_val_steps=0).fit(
+        model, DigitsDataModule(batch_size=32))
+    norms = [model.net[1], model.net[4]]
+    assert [norm.num_channels // norm.num_groups for norm in norms] == [4, 8]  # whole groups of 4 and 8 channels left
+    assert min(norm.num_groups for norm in norms) >= 2 and sum(norm.num_groups for norm in norms) == 4  # 4 of 8 units
