@@ -147,7 +147,7 @@ class NeuronStructure:
             reason = (self.refused.get(key) or coupling_refusal(group, tied, module_names, norm_coupled) or tie_reason
                       or norm_reason)
             if unit_of is None and members:
-                unit_of = head_units([parents.get(name) for name, _ in members], size)
+                unit_of = head_units([name for name, _ in members], [parents.get(name) for name, _ in members], size)
             for name, _ in members:
                 grouped[name] = reason if grouped.get(name, "") is not None else None
             if reason is not None:

@@ -18,7 +18,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from lightning_prune.attention import attention_heads, kv_group_attention
+from lightning_prune.attention import QKV_NAMES, attention_heads, kv_group_attention
 
 
 @dataclass(frozen=True)
@@ -146,18 +146,26 @@ def keyed_by_first_member(
                      group_norm)
 
 
-def head_units(parents: Sequence[nn.Module | None], channels: int) -> tuple[int, ...] | None:
+def head_units(members: Sequence[str], parents: Sequence[nn.Module | None], channels: int) -> tuple[int, ...] | None:
     """Whole attention heads as units, when every member layer is a q/k/v projection of one attention module.
 
     A head owns ``head_dim`` consecutive channels of each projection (of each third of a fused
     ``qkv``); masking a head's rows (weights and bias) of q, k and v zeroes its output exactly, and
-    removing them removes the head (the module's head count is updated by the surgery).
+    removing them removes the head (the module's head count is updated by the surgery). The output
+    projection's channels are not heads (they are the model's width), even where they number
+    ``heads * head_dim``.
+
+    Args:
+        members: The member layers' names.
+        parents: Each member's parent module.
+        channels: Number of channels in the group.
 
     Returns:
         The head of each channel, or ``None`` when the members are not one attention's projections.
     """
     parent = parents[0] if parents else None
-    heads = attention_heads(parent) if parent is not None and all(p is parent for p in parents) else None
+    projections = all(name.rpartition(".")[2] in QKV_NAMES for name in members)
+    heads = attention_heads(parent) if projections and parent is not None and all(p is parent for p in parents) else None
     if heads is None:
         return None
     _, count, size = heads

@@ -210,3 +210,30 @@ def test_one_attention_registered_under_two_names_is_replaced_by_one_module():
     model.first, model.second = shared, shared
     split_attention(model)
     assert isinstance(model.first, SplitMultiheadAttention) and model.first is model.second
+
+
+class _NoResidual(nn.Module):
+    """Attention whose output projection feeds the classifier directly (no residual stream to couple it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.attn, self.head = nn.Linear(8, 16), nn.MultiheadAttention(16, 4, batch_first=True), nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = self.embed(x)
+        return self.head(torch.relu(self.attn(h, h, h, need_weights=False)[0]).mean(1))
+
+
+def test_the_output_projections_channels_are_single_units_even_when_they_number_heads_times_head_dim():
+    torch.manual_seed(0)
+    model, x = split_attention(_NoResidual()).eval(), torch.randn(2, 6, 8)
+    pruner = Pruner(model, x, Magnitude(2), "neuron", PerLayer())
+    groups = {group.key: group for group in pruner.structure.groups}
+    assert groups["attn.out_proj"].unit_of is None and groups["attn.out_proj"].size == 16  # 16 channels, not 4 "heads"
+    assert groups["attn.q_proj"].size == 4  # the heads
+    keep = pruner.plan(pruner.dense_keep(), 0.25, 0)
+    masked = copy.deepcopy(model)
+    apply_masks(masked, pruner.parameter_masks(keep))
+    pruner.commit(keep)
+    assert (model.attn.num_heads, model.attn.out_proj.out_features) == (3, 12)
+    assert torch.allclose(model(x), masked(x), atol=1e-5)
