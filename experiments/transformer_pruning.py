@@ -310,7 +310,9 @@ def main() -> None:
         "kept heads and q/k/v/o have `heads × head size` rows/columns; every pruned layer has exactly the kept units; "
         "the module's parameter count equals the callback's; the compact model and a dense-shaped twin holding its "
         "weights at the kept positions and zeros elsewhere give the same logits (column \"max abs masked − compact\"). "
-        f"Hugging Face's global `config.num_attention_heads` stays {first['hf_config_heads']} (layers now differ).", "",
+        f"Hugging Face's global `config.num_attention_heads` stays {first['hf_config_heads']}: a ViT config derives "
+        "the head size as `hidden_size // num_attention_heads`, so it cannot describe the pruned heads (the fit warns "
+        "once; the model reloads through the checkpoint's pruning plan).", "",
         f"CPU latency: `torch.utils.benchmark.Timer`, forward pass of a batch of {LATENCY_BATCH} in eval mode under "
         "`torch.no_grad()`, 1 thread; 21 repeats of 3 calls per model, dense and pruned interleaved in a random order, "
         "median per model (min-max in the per-seed table). The machine was shared with other jobs (load average "

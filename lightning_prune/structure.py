@@ -38,14 +38,14 @@ from lightning_prune.masks import Masks
 from lightning_prune.surgery import build_graph, remove_units, surviving_entries
 from lightning_prune.unit_groups import (
     UnitGroup,
+    channel_units,
     first_called,
     group_members,
-    group_norm_units,
-    grouped_conv_units,
     head_units,
     keyed_by_first_member,
     kv_groups,
     kv_layers,
+    touches_group_norm,
     touches_grouped_conv,
 )
 from lightning_prune.verification import verify_groups
@@ -139,13 +139,8 @@ class NeuronStructure:
             members = group_members(graph, group, names)
             members_by_name = dict(members) or {names[id(root)]: tuple(range(size))}
             key = first_called(members_by_name, order)
-            unit_of, tie_reason = grouped_conv_units(group, size)
-            norm_units, norm_reason = group_norm_units(group, size)
-            if unit_of is not None and norm_units is not None:
-                tie_reason = "its channels reach both a grouped convolution and a GroupNorm, whose units differ"
-            unit_of = norm_units if norm_units is not None else unit_of
-            reason = (self.refused.get(key) or coupling_refusal(group, tied, module_names, norm_coupled) or tie_reason
-                      or norm_reason)
+            unit_of, unit_reason = channel_units(group, size)
+            reason = self.refused.get(key) or coupling_refusal(group, tied, module_names, norm_coupled) or unit_reason
             if unit_of is None and members:
                 unit_of = head_units([name for name, _ in members], [parents.get(name) for name, _ in members], size)
             for name, _ in members:
@@ -154,7 +149,7 @@ class NeuronStructure:
                 self.refused[key] = reason
             elif members:
                 self.groups.append(keyed_by_first_member(members_by_name, unit_of, size, order, touches_grouped_conv(group),
-                                                         norm_units is not None))
+                                                         touches_group_norm(group)))
                 if norm_coupled and feeds_norm(group, norm_params):
                     self.inexact.add(key)
         if verify:

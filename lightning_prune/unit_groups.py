@@ -229,6 +229,28 @@ def group_norm_units(group: Any, channels: int) -> tuple[tuple[int, ...] | None,
     return tuple(channel // period for channel in range(channels)), None
 
 
+def channel_units(group: Any, channels: int) -> tuple[tuple[int, ...] | None, str | None]:
+    """The unit of each channel, from the grouped convolutions or the GroupNorm the group reaches.
+
+    Returns:
+        ``(unit_of, None)`` (``unit_of`` is ``None`` when neither is involved: one channel per unit,
+        or attention heads) or ``(None, reason)``, also when both are involved (their units differ).
+    """
+    conv_units, conv_reason = grouped_conv_units(group, channels)
+    norm_units, norm_reason = group_norm_units(group, channels)
+    if conv_reason or norm_reason:
+        return None, conv_reason or norm_reason
+    if conv_units is not None and norm_units is not None:
+        return None, "its channels reach both a grouped convolution and a GroupNorm, whose units differ"
+    return (norm_units if norm_units is not None else conv_units), None
+
+
+def touches_group_norm(group: Any) -> bool:
+    """Whether a Torch-Pruning group reaches a GroupNorm of several groups (its units are whole groups)."""
+    return any(isinstance(item.dep.target.module, nn.GroupNorm) and item.dep.target.module.num_groups > 1
+               for item in group)
+
+
 def touches_grouped_conv(group: Any) -> bool:
     """Whether a Torch-Pruning group reaches a convolution with ``groups > 1`` (see :attr:`UnitGroup.floor`)."""
     return any(isinstance(item.dep.target.module, nn.modules.conv._ConvNd) and item.dep.target.module.groups > 1

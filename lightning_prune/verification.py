@@ -110,11 +110,10 @@ def verify_groups(model: nn.Module, example_input: Any, structure: NeuronStructu
         check(keys[:middle], probe, exact)
         check(keys[middle:], probe, exact)
 
-    inexact = getattr(structure, "inexact", set())
     for probe in PROBES:
         for exact in (True, False):
             keys = [group.key for group in structure.groups
-                    if group.size > 1 and group.key not in failed and (group.key in inexact) != exact]
+                    if group.size > 1 and group.key not in failed and (group.key in structure.inexact) != exact]
             if keys:
                 check(keys, probe, exact)
     return failed

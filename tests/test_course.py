@@ -67,3 +67,12 @@ def test_notebook_configures_pruning_with_its_current_arguments(path):
                 names = {keyword.arg for keyword in node.keywords if keyword.arg is not None}
                 assert names <= allowed, f"{path.name}: Pruning({', '.join(sorted(names - allowed))}=...) no longer exists"
                 assert len(node.args) <= 1, f"{path.name}: Pruning's only positional argument is the schedule"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_and_its_paired_jupytext_source_hold_the_same_cells(path):
+    """Edit one, then `jupytext --sync` (course/README.md): a notebook edited alone drifts from its source."""
+    jupytext = pytest.importorskip("jupytext")
+    notebook = [(cell.cell_type, cell.source.strip()) for cell in nbformat.read(path, as_version=4).cells]
+    source = [(cell.cell_type, cell.source.strip()) for cell in jupytext.read(COURSE / "src" / f"{path.stem}.py").cells]
+    assert notebook == source

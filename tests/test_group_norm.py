@@ -79,6 +79,9 @@ class GroupNormNet(PrunedCheckpointMixin, L.LightningModule):
     def training_step(self, batch, batch_idx):
         return F.cross_entropy(self(batch[0]), batch[1])
 
+    def validation_step(self, batch, batch_idx):
+        self.log("val_acc", (self(batch[0]).argmax(1) == batch[1]).float().mean())
+
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=3e-3)
 
@@ -138,3 +141,25 @@ def test_a_global_ranking_in_a_fit_keeps_every_groupnorm_at_two_groups_or_more(t
     norms = [model.net[1], model.net[4]]
     assert [norm.num_channels // norm.num_groups for norm in norms] == [4, 8]  # whole groups of 4 and 8 channels left
     assert min(norm.num_groups for norm in norms) >= 2 and sum(norm.num_groups for norm in norms) == 4  # 4 of 8 units
+
+
+@pytest.mark.parametrize("setup", ["masked", "guarded"])
+def test_groupnorm_units_need_no_option_where_the_masked_model_is_trained_or_judged(setup):
+    """Masking a whole group is removing it, so GroupNorm groups are pruned with ``remove=False`` (the model
+    stays masked) and under a ``DropGuard`` (the masked model is judged), unlike LayerNorm-coupled channels."""
+    from lightning_prune import DropGuard, Neurons
+
+    L.seed_everything(0)
+    model = GroupNormNet()
+    options = {"masked": dict(granularity=Neurons(remove=False)),
+               "guarded": dict(granularity="neuron", guard=DropGuard("val_acc", 1.0))}[setup]
+    pruning = Pruning(schedule=OneShot(target=0.5, warmup_epochs=1), criterion="l2", ranking="layer", verbose=False,
+                      **options)
+    make_trainer(2, [pruning], limit_train_batches=4, limit_val_batches=2, num_sanity_val_steps=0).fit(
+        model, DigitsDataModule(batch_size=32))
+    norm = model.net[4]
+    if setup == "masked":  # dense shapes; two of the four groups of 8 channels are zero in the norm's weight
+        zero = (norm.weight.detach() == 0).reshape(4, 8)
+        assert norm.num_groups == 4 and zero.all(dim=1).sum() == 2 and zero.any(dim=1).sum() == 2
+    else:
+        assert (norm.num_channels, norm.num_groups) == (16, 2) and pruning.history[0]["sparsity"] == pytest.approx(0.5)

@@ -404,6 +404,10 @@ assert median_ms["compact"] * 1.3 < median_ms["dense"], median_ms  # loose: the 
 # - A residual addition couples the channels of everything it adds: the ResNet's 9 convolutions form 6
 #   groups, three of them with two members (`NeuronStructure.groups`). A group is scored as a whole and
 #   pruned in every member at once.
+# - With GroupNorm (组归一化 / 組歸一化) instead of BatchNorm, channels are normalised together, group by
+#   group: zeroing one channel would change its group's mean and variance, so the library's unit is a
+#   *whole group* (masking all of its channels is removing it), and `num_groups` follows the removal. A
+#   GroupNorm of one group mixes every channel, like LayerNorm (notebook 9).
 # - Masking a channel's entries and removing the channel give the same outputs (checked to 1e-5);
 #   removal gives narrower conv weights and BatchNorm buffers. Halving every group leaves about a
 #   quarter of the parameters and MACs, because each conv loses half its outputs *and* half its inputs.
